@@ -1,0 +1,47 @@
+"""The ``moejax`` command: one subcommand per step of the data flow.
+
+Each subcommand lives next to the code it drives (``moejax/train/cli.py`` for ``train`` ...) and
+exposes ``add_arguments(parser)`` and ``run(args) -> int``. Imports are lazy so that ``moejax fit``
+never pays for TensorFlow and ``moejax --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). A new subcommand is one line here plus its module.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("moejax.train.cli", "train a model from gin files into a workdir"),
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moejax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Build only the requested subcommand's parser when possible (keeps imports lazy).
+    if argv and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+        sp = argparse.ArgumentParser(prog=f"moejax {argv[0]}", description=SUBCOMMANDS[argv[0]][1])
+        module.add_arguments(sp)
+        return int(module.run(sp.parse_args(argv[1:])) or 0)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
