@@ -1,0 +1,195 @@
+"""Model configuration: one canonical description of an architecture, and its validation.
+
+In: gin bindings such as ``ModelConfig.d_model = 256`` or ``MoEConfig.num_experts = 8``.
+Out: frozen dataclasses that the Flax modules, the accounting functions and the laws read, and
+``validate_model_config`` which rejects impossible combinations before anything is compiled, with
+a ``ConfigError`` that names the knob, its value and the allowed range.
+
+Letters used for shapes across ``moejax.model``: B batch, T tokens (sequence), D d_model,
+N query heads, H head dim, F feed-forward hidden, E experts, K top-k, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is outside its allowed range; the message names the knob."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    """A token-choice MoE feed-forward layer.
+
+    Attributes:
+      num_experts: E, routed experts per MoE layer (>= 1).
+      top_k: K, experts each token is sent to (1 <= K <= E).
+      d_expert: F, hidden width of each expert's SwiGLU (granularity G = d_ff / d_expert).
+      router_scores: how router logits become scores: "softmax".
+      renormalize: rescale the K chosen weights to sum to one (Mixtral style) instead of using
+        the raw scores (Switch/GShard style).
+      aux_loss_weight: weight of the Switch load-balancing loss (0 disables it).
+      z_loss_weight: weight of the router z-loss (0 disables it).
+    """
+
+    num_experts: int = 8
+    top_k: int = 2
+    d_expert: int = 512
+    router_scores: str = "softmax"
+    renormalize: bool = False
+    aux_loss_weight: float = 1e-2
+    z_loss_weight: float = 1e-3
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only transformer whose feed-forward layers are dense or MoE.
+
+    Attributes:
+      vocab_size: V, embedding rows; None (the default) takes the data vocabulary's size.
+      d_model: D, residual width.
+      n_layers: number of transformer blocks.
+      n_heads: N, query heads.
+      n_kv_heads: key/value heads (grouped-query attention when < n_heads; None = n_heads).
+      d_head: H, per-head width (None = d_model // n_heads).
+      d_ff: hidden width of a dense SwiGLU feed-forward layer.
+      dense_ff_multiplier: scales d_ff of the dense layers (FLOP-matched dense baselines).
+      moe: the MoE layer description, or None for a dense model.
+      moe_every: every n-th block is MoE (1 = all; 2 = blocks 1, 3, 5, ... as in GShard).
+      first_dense_layers: the first k blocks stay dense whatever moe_every says.
+      tie_embeddings: reuse the token embedding as the output projection.
+      rope_theta: base of the rotary position embedding.
+      norm_eps: RMSNorm epsilon.
+      compute_dtype: dtype of activations and matmuls ("float32" on CPU, "bfloat16" on
+        accelerators); parameters are always float32, router and loss math float32.
+      init_std: standard deviation of the embedding initialiser.
+    """
+
+    vocab_size: int | None = None
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    d_head: int | None = None
+    d_ff: int = 1024
+    dense_ff_multiplier: float = 1.0
+    moe: MoEConfig | None = None
+    moe_every: int = 1
+    first_dense_layers: int = 0
+    tie_embeddings: bool = True
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    compute_dtype: str = "float32"
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def dense_d_ff(self) -> int:
+        return int(round(self.d_ff * self.dense_ff_multiplier))
+
+
+def moe_layer_indices(config: ModelConfig) -> tuple[int, ...]:
+    """Indices of the blocks whose feed-forward is MoE (empty for a dense model).
+
+    Block i is MoE when i >= first_dense_layers and (i - first_dense_layers + 1) is a multiple of
+    moe_every: with moe_every=2 the second block of every pair is MoE, as in GShard and Switch.
+    """
+    if config.moe is None:
+        return ()
+    return tuple(
+        i
+        for i in range(config.first_dense_layers, config.n_layers)
+        if (i - config.first_dense_layers + 1) % config.moe_every == 0
+    )
+
+
+def _require(ok: bool, knob: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{knob} = {value!r} is not allowed: {allowed}")
+
+
+def validate_model_config(config: ModelConfig) -> ModelConfig:
+    """Raise ConfigError naming the first impossible knob; return the config unchanged if valid.
+
+    Pure Python, no JAX: runs in microseconds before anything is traced or compiled.
+    """
+    c = config
+    _require(c.vocab_size is not None, "ModelConfig.vocab_size", c.vocab_size,
+             "an integer >= 1 (the trainer fills it from the data vocabulary)")
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
+        value = getattr(c, name)
+        _require(isinstance(value, int) and value >= 1, f"ModelConfig.{name}", value, "an integer >= 1")
+    if c.d_head is None:
+        _require(
+            c.d_model % c.n_heads == 0,
+            "ModelConfig.n_heads",
+            c.n_heads,
+            f"must divide d_model = {c.d_model} when d_head is not set",
+        )
+    else:
+        _require(c.d_head >= 1, "ModelConfig.d_head", c.d_head, "an integer >= 1")
+    _require(c.head_dim % 2 == 0, "ModelConfig.d_head", c.head_dim, "must be even (rotary embedding)")
+    _require(
+        1 <= c.kv_heads <= c.n_heads and c.n_heads % c.kv_heads == 0,
+        "ModelConfig.n_kv_heads",
+        c.n_kv_heads,
+        f"must divide n_heads = {c.n_heads} (1 <= n_kv_heads <= n_heads)",
+    )
+    _require(c.dense_ff_multiplier > 0 and c.dense_d_ff >= 1, "ModelConfig.dense_ff_multiplier",
+             c.dense_ff_multiplier, "> 0, and d_ff * multiplier must round to >= 1")
+    _require(c.compute_dtype in COMPUTE_DTYPES, "ModelConfig.compute_dtype", c.compute_dtype,
+             f"one of {COMPUTE_DTYPES}")
+    _require(c.rope_theta > 0, "ModelConfig.rope_theta", c.rope_theta, "> 0")
+    _require(c.norm_eps > 0, "ModelConfig.norm_eps", c.norm_eps, "> 0")
+    _require(c.init_std > 0, "ModelConfig.init_std", c.init_std, "> 0")
+    _require(isinstance(c.moe_every, int) and c.moe_every >= 1, "ModelConfig.moe_every", c.moe_every,
+             "an integer >= 1")
+    _require(
+        isinstance(c.first_dense_layers, int) and 0 <= c.first_dense_layers <= c.n_layers,
+        "ModelConfig.first_dense_layers",
+        c.first_dense_layers,
+        f"an integer in [0, n_layers = {c.n_layers}]",
+    )
+    if c.moe is not None:
+        validate_moe_config(c.moe)
+        _require(
+            len(moe_layer_indices(c)) > 0,
+            "ModelConfig.first_dense_layers",
+            c.first_dense_layers,
+            f"leaves no MoE block among n_layers = {c.n_layers} with moe_every = {c.moe_every}; "
+            "set ModelConfig.moe = None for a dense model",
+        )
+    return c
+
+
+def validate_moe_config(moe: MoEConfig) -> MoEConfig:
+    """Raise ConfigError naming the first impossible MoE knob."""
+    _require(isinstance(moe.num_experts, int) and moe.num_experts >= 1, "MoEConfig.num_experts",
+             moe.num_experts, "an integer >= 1")
+    _require(
+        isinstance(moe.top_k, int) and 1 <= moe.top_k <= moe.num_experts,
+        "MoEConfig.top_k",
+        moe.top_k,
+        f"an integer in [1, num_experts = {moe.num_experts}]",
+    )
+    _require(isinstance(moe.d_expert, int) and moe.d_expert >= 1, "MoEConfig.d_expert", moe.d_expert,
+             "an integer >= 1")
+    _require(moe.router_scores in ("softmax",), "MoEConfig.router_scores", moe.router_scores,
+             "one of ('softmax',)")
+    _require(moe.aux_loss_weight >= 0, "MoEConfig.aux_loss_weight", moe.aux_loss_weight, ">= 0")
+    _require(moe.z_loss_weight >= 0, "MoEConfig.z_loss_weight", moe.z_loss_weight, ">= 0")
+    return moe

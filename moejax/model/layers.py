@@ -1,0 +1,99 @@
+"""Dense transformer pieces: RMSNorm, rotary embedding, grouped-query causal attention, SwiGLU.
+
+In/out: activations x_BTD in the compute dtype. Parameters are float32 and cast at use.
+Attention runs through ``jax.nn.dot_product_attention`` with a mask that is causal and keeps
+packed documents apart (a token attends only to earlier tokens of its own segment).
+
+Shapes: B batch, T/S query/key positions, D d_model, N query heads, G key/value heads, H head dim,
+F feed-forward hidden.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def _linear_init(fan_in: int, scale: float = 1.0):
+    return jax.nn.initializers.truncated_normal(scale / math.sqrt(fan_in))
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, computed in float32 and returned in the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32**2, axis=-1, keepdims=True) + self.eps)
+        return (normed * self.scale[...]).astype(x.dtype)
+
+
+def rotary_embedding(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+    """Rotate pairs (i, i + H/2) of every head by angle position * theta^(-2i/H)."""
+    head_dim = x_BTNH.shape[-1]
+    half = head_dim // 2
+    inv_freq_h = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles_BTh = positions_BT.astype(jnp.float32)[..., None] * inv_freq_h
+    sin = jnp.sin(angles_BTh)[:, :, None, :]
+    cos = jnp.cos(angles_BTh)[:, :, None, :]
+    x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_BTNH.dtype)
+
+
+def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
+    """(B, 1, T, S) boolean: causal and within the same packed segment."""
+    seq = segment_ids_BT.shape[1]
+    causal_TS = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+    same_segment_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+    return (causal_TS[None] & same_segment_BTS)[:, None]
+
+
+class Attention(nnx.Module):
+    """Causal multi-head attention with grouped-query key/value heads and rotary positions."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
+                 rope_theta: float, out_scale: float, compute_dtype, rngs: nnx.Rngs):
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.rope_theta = rope_theta
+        self.compute_dtype = compute_dtype
+        init = _linear_init(d_model)
+        self.w_q_DNH = nnx.Param(init(rngs.params(), (d_model, n_heads, head_dim)))
+        self.w_k_DGH = nnx.Param(init(rngs.params(), (d_model, n_kv_heads, head_dim)))
+        self.w_v_DGH = nnx.Param(init(rngs.params(), (d_model, n_kv_heads, head_dim)))
+        self.w_o_NHD = nnx.Param(
+            _linear_init(n_heads * head_dim, out_scale)(rngs.params(), (n_heads, head_dim, d_model)))
+
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+        dt = self.compute_dtype
+        x = x_BTD.astype(dt)
+        q_BTNH = jnp.einsum("btd,dnh->btnh", x, self.w_q_DNH[...].astype(dt))
+        k_BTGH = jnp.einsum("btd,dgh->btgh", x, self.w_k_DGH[...].astype(dt))
+        v_BTGH = jnp.einsum("btd,dgh->btgh", x, self.w_v_DGH[...].astype(dt))
+        q_BTNH = rotary_embedding(q_BTNH, positions_BT, self.rope_theta)
+        k_BTGH = rotary_embedding(k_BTGH, positions_BT, self.rope_theta)
+        out_BTNH = jax.nn.dot_product_attention(
+            q_BTNH, k_BTGH, v_BTGH, mask=attention_mask(segment_ids_BT))
+        return jnp.einsum("btnh,nhd->btd", out_BTNH, self.w_o_NHD[...].astype(dt))
+
+
+class SwiGLU(nnx.Module):
+    """Dense feed-forward silu(x W_gate) * (x W_up) W_out, gate/up fused as (D, 2F)."""
+
+    def __init__(self, d_model: int, d_ff: int, *, out_scale: float, compute_dtype,
+                 rngs: nnx.Rngs):
+        self.compute_dtype = compute_dtype
+        self.w_in_DF2 = nnx.Param(_linear_init(d_model)(rngs.params(), (d_model, 2 * d_ff)))
+        self.w_out_FD = nnx.Param(_linear_init(d_ff, out_scale)(rngs.params(), (d_ff, d_model)))
+
+    def __call__(self, x_BTD):
+        dt = self.compute_dtype
+        h = jnp.dot(x_BTD.astype(dt), self.w_in_DF2[...].astype(dt))
+        gate, up = jnp.split(h, 2, axis=-1)
+        return jnp.dot(jax.nn.silu(gate) * up, self.w_out_FD[...].astype(dt))

@@ -1,0 +1,90 @@
+"""The decoder-only transformer: tokens in, float32 logits and per-MoE-layer statistics out.
+
+Pre-norm blocks (RMSNorm -> attention -> residual, RMSNorm -> feed-forward -> residual); each
+block's feed-forward is a dense SwiGLU or an MoE layer, as ``moe_layer_indices`` decides. A dense
+model is this same code with no MoE blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from moejax.model.config import ModelConfig, moe_layer_indices
+from moejax.model.layers import Attention, RMSNorm, SwiGLU
+from moejax.model.moe import MoEFeedForward, MoEStats
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, *, is_moe: bool, rngs: nnx.Rngs):
+        c = config
+        dt = jnp.dtype(c.compute_dtype)
+        out_scale = 1.0 / math.sqrt(2 * c.n_layers)
+        self.is_moe = is_moe
+        self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
+        self.attn = Attention(c.d_model, c.n_heads, c.kv_heads, c.head_dim, rope_theta=c.rope_theta,
+                              out_scale=out_scale, compute_dtype=dt, rngs=rngs)
+        self.ff_norm = RMSNorm(c.d_model, c.norm_eps)
+        if is_moe:
+            self.ff = MoEFeedForward(c.d_model, c.moe, n_layers=c.n_layers, init_std=c.init_std,
+                                     compute_dtype=dt, rngs=rngs)
+        else:
+            self.ff = SwiGLU(c.d_model, c.dense_d_ff, out_scale=out_scale, compute_dtype=dt,
+                             rngs=rngs)
+
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT)
+        h_BTD = self.ff_norm(x_BTD)
+        if self.is_moe:
+            y_BTD, stats = self.ff(h_BTD, segment_ids_BT > 0)
+        else:
+            y_BTD, stats = self.ff(h_BTD), None
+        return x_BTD + y_BTD.astype(x_BTD.dtype), stats
+
+
+class Transformer(nnx.Module):
+    """Token embedding, ``n_layers`` blocks, final RMSNorm, tied or untied output projection."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        self.compute_dtype = jnp.dtype(c.compute_dtype)
+        moe_blocks = set(moe_layer_indices(c))
+        self.embed_VD = nnx.Param(
+            jax.nn.initializers.normal(c.init_std)(rngs.params(), (c.vocab_size, c.d_model)))
+        self.blocks = nnx.List([Block(c, is_moe=i in moe_blocks, rngs=rngs)
+                                for i in range(c.n_layers)])
+        self.final_norm = RMSNorm(c.d_model, c.norm_eps)
+        if not c.tie_embeddings:
+            self.unembed_DV = nnx.Param(
+                jax.nn.initializers.truncated_normal(1.0 / math.sqrt(c.d_model))(
+                    rngs.params(), (c.d_model, c.vocab_size)))
+
+    def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
+                 segment_ids_BT: jax.Array | None = None) -> tuple[jax.Array, list[MoEStats]]:
+        """Returns logits (B, T, V) float32 and the MoEStats of every MoE block, in block order.
+
+        positions default to 0..T-1 and segment ids to a single segment (no packing).
+        """
+        batch, seq = tokens_BT.shape
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+        if segment_ids_BT is None:
+            segment_ids_BT = jnp.ones((batch, seq), jnp.int32)
+        x_BTD = jnp.take(self.embed_VD[...], tokens_BT, axis=0).astype(self.compute_dtype)
+        moe_stats = []
+        for block in self.blocks:
+            x_BTD, stats = block(x_BTD, positions_BT, segment_ids_BT)
+            if stats is not None:
+                moe_stats.append(stats)
+        x_BTD = self.final_norm(x_BTD)
+        if self.config.tie_embeddings:
+            w_DV = self.embed_VD[...].T
+        else:
+            w_DV = self.unembed_DV[...]
+        logits_BTV = jnp.dot(x_BTD, w_DV.astype(self.compute_dtype),
+                             preferred_element_type=jnp.float32)
+        return logits_BTV.astype(jnp.float32), moe_stats

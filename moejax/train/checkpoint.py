@@ -1,0 +1,116 @@
+"""Orbax checkpoints of the train state: save every N steps, keep the last K, resume the latest.
+
+In: a run's checkpoint directory and ``TrainState`` pytrees. Out: saved steps
+``<dir>/<step>/{state,meta}`` and restored states.
+
+Only finalized checkpoints count. Orbax writes into a temporary directory and renames it when the
+save is complete, so a run killed mid-save leaves a ``*.orbax-checkpoint-tmp-*`` directory that is
+never listed. A step directory that lacks orbax's metadata file, or that fails to restore, is
+reported by name and moved aside to ``<step>.corrupt-<time>`` (never deleted), and the previous
+good step is used instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+METADATA_FILE = "_CHECKPOINT_METADATA"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not match the run's configuration."""
+
+
+def _is_finalized(step_dir: str) -> bool:
+    return os.path.exists(os.path.join(step_dir, METADATA_FILE))
+
+
+class Checkpointer:
+    """A thin wrapper over ``ocp.CheckpointManager`` for one run's train state."""
+
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+
+    def steps(self) -> list[int]:
+        """Finalized steps, ascending."""
+        return sorted(s for s in self._manager.all_steps()
+                      if _is_finalized(os.path.join(self.directory, str(s))))
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        """Save (asynchronously when enabled); ``wait()`` makes it durable."""
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def read_meta(self, step: int) -> dict:
+        path = os.path.join(self.directory, str(step), "meta", "metadata")
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"checkpoint {self.directory}/{step}: unreadable meta ({e})") from e
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restore one step onto the structure, shapes and dtypes of ``abstract_state``."""
+        step_dir = os.path.join(self.directory, str(step))
+        if not _is_finalized(step_dir):
+            raise CheckpointError(f"checkpoint {step_dir} is missing or was never finalized")
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for truncated or mismatched files
+            raise CheckpointError(f"checkpoint {step_dir} could not be restored: "
+                                  f"{type(e).__name__}: {str(e)[:500]}") from e
+        return restored.state, dict(restored.meta)
+
+    def restore_latest(self, abstract_state: Any, *, log=print) -> tuple[Any, dict] | None:
+        """Restore the newest checkpoint that restores cleanly; None when there is none.
+
+        Unreadable newer checkpoints are moved aside (and logged), never silently used.
+        """
+        for step in reversed(self.steps()):
+            try:
+                return self.restore(step, abstract_state)
+            except CheckpointError as e:
+                aside = os.path.join(self.directory, f"{step}.corrupt-{int(time.time())}")
+                os.rename(os.path.join(self.directory, str(step)), aside)
+                log(f"WARNING: {e}; moved it to {aside} and trying the previous checkpoint")
+                self._manager.reload()
+        return None
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def config_fingerprint(*configs) -> dict:
+    """JSON-able description of the configs a checkpoint was written with."""
+    out = {}
+    for c in configs:
+        out[type(c).__name__] = json.loads(json.dumps(dataclasses.asdict(c), default=str))
+    return out
+
+
+def config_mismatch(saved: dict, current: dict) -> list[str]:
+    """Names of the fields whose saved and current values differ ('Class.field')."""
+    diffs = []
+    for cls in sorted(set(saved) | set(current)):
+        a, b = saved.get(cls, {}), current.get(cls, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{cls}.{key}: checkpoint {a.get(key)!r} vs config {b.get(key)!r}")
+    return diffs

@@ -1,0 +1,57 @@
+"""``moejax train``: gin files and bindings in, a trained run directory out (t5x flag style).
+
+    moejax train --gin_file=configs/smoke.gin [--gin_file=...] \
+        [--gin_bindings='MoEConfig.num_experts = 8'] --workdir=runs/smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from moejax.ginconf import GinConfigError, parse_gin
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (path, or name under configs/); repeatable, applied in order")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="a gin binding such as 'TrainConfig.steps = 100'; repeatable")
+    parser.add_argument("--workdir", required=True,
+                        help="run directory: checkpoints, metrics, config; resumed if it exists")
+
+
+def load_configs(gin_files, gin_bindings):
+    """Parse gin and build the three configs (validation happens in run_training)."""
+    parse_gin(gin_files, gin_bindings)
+    from moejax.data import DataConfig
+    from moejax.model.config import ModelConfig
+    from moejax.train.config import TrainConfig
+
+    return ModelConfig(), DataConfig(), TrainConfig()
+
+
+def run(args: argparse.Namespace) -> int:
+    import gin
+
+    from moejax.model.config import ConfigError
+    from moejax.train.checkpoint import CheckpointError
+    from moejax.train.loop import TrainingDiverged, run_training
+
+    try:
+        model, data, train = load_configs(args.gin_file, args.gin_bindings)
+        summary = run_training(args.workdir, model, data, train,
+                               gin_config=gin.operative_config_str())
+    except (GinConfigError, ConfigError, CheckpointError, TrainingDiverged) as e:
+        print(f"moejax train: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, (GinConfigError, ConfigError)) else 1
+    workdir = summary["workdir"]
+    print(f"\nrun directory: {workdir}")
+    print(f"  metrics:      {workdir}/metrics.jsonl, {workdir}/eval.jsonl")
+    print(f"  checkpoints:  {workdir}/checkpoints/")
+    print(f"  tensorboard:  tensorboard --logdir {workdir}/tensorboard")
+    if summary.get("validation"):
+        print("  validation loss (nats/token) at step "
+              f"{summary['final_step']}: " +
+              ", ".join(f"{k} {v:.4f}" for k, v in summary["validation"].items()))
+    return 0

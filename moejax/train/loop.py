@@ -1,0 +1,218 @@
+"""The training loop: configs in, a run directory with checkpoints, metrics and scores out.
+
+In: a workdir and the three configs (model, data, training), normally from gin. Out, under the
+workdir: ``config.gin`` (the operative gin config), ``config.json`` (the dataclasses),
+``checkpoints/<step>/`` (orbax), ``metrics.jsonl`` and ``eval.jsonl``, ``tensorboard/``.
+
+Behaviour a researcher can rely on:
+- resume: the newest finalized checkpoint in the workdir is restored and the data stream resumes at
+  that step, so a run killed at any point (even SIGKILL) continues with exactly the losses of a
+  run never interrupted;
+- preemption: SIGTERM finishes the current step, saves a checkpoint and returns normally;
+- divergence: a non-finite loss or gradient stops the run with ``TrainingDiverged`` naming the step;
+  no checkpoint is written after the last finite step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+import warnings
+from typing import Callable
+
+import jax
+import numpy as np
+
+from moejax import data as data_lib
+from moejax.model.config import ConfigError, ModelConfig, validate_model_config
+from moejax.model.functional import build_model
+from moejax.train.checkpoint import Checkpointer, CheckpointError, config_fingerprint, config_mismatch
+from moejax.train.config import TrainConfig, validate_train_config
+from moejax.train.metrics import MetricsWriter
+from moejax.train.optim import make_optimizer, make_schedule
+from moejax.train.step import TrainState, init_train_state, make_eval_step, make_train_step
+
+# CPU has no buffer donation; the warning says nothing a user can act on.
+warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN or infinite."""
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def resolve_model_config(model: ModelConfig, data: "data_lib.DataConfig") -> ModelConfig:
+    """Fill the vocabulary size from the data and check an explicit one is large enough."""
+    needed = data_lib.vocab_size(data)
+    if model.vocab_size is None:
+        return dataclasses.replace(model, vocab_size=needed)
+    if model.vocab_size < needed:
+        raise ConfigError(f"ModelConfig.vocab_size = {model.vocab_size} is smaller than the "
+                          f"{data.vocabulary!r} vocabulary's {needed} ids; unset it to use the data's")
+    return model
+
+
+def validate_all(model: ModelConfig, data, train: TrainConfig) -> ModelConfig:
+    """Every check that can fail before compiling; returns the resolved model config."""
+    validate_train_config(train)
+    model = resolve_model_config(model, data)
+    return validate_model_config(model)
+
+
+def evaluate(eval_step: Callable, params, batches_by_name: dict[str, list]) -> dict[str, float]:
+    """Token-weighted mean NLL (nats/token) per validation task."""
+    scores = {}
+    for name, batches in batches_by_name.items():
+        nll, tokens = 0.0, 0.0
+        for batch in batches:
+            batch_nll, batch_tokens = jax.device_get(eval_step(params, batch))
+            nll += float(batch_nll)
+            tokens += float(batch_tokens)
+        scores[name] = nll / max(tokens, 1.0)
+    return scores
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _progress(total: int, initial: int):
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    return None
+
+
+def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
+                 gin_config: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) one run in ``workdir``; returns a summary dict.
+
+    Raises ConfigError before compiling if any config is impossible, CheckpointError if the
+    workdir holds checkpoints of a different model or data config, and TrainingDiverged on a
+    non-finite loss.
+    """
+    model = validate_all(model, data, train)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    fingerprint = config_fingerprint(model, data, train)
+    if gin_config is not None:
+        _atomic_write(os.path.join(workdir, "config.gin"), gin_config)
+    _atomic_write(os.path.join(workdir, "config.json"), json.dumps(fingerprint, indent=2) + "\n")
+
+    fmodel = build_model(model)
+    schedule = make_schedule(train)
+    tx = make_optimizer(train)
+    abstract_state = jax.eval_shape(lambda: init_train_state(fmodel, tx, train.seed))
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
+    restored = checkpointer.restore_latest(abstract_state, log=log)
+    if restored is None:
+        state = init_train_state(fmodel, tx, train.seed)
+        start_step = 0
+    else:
+        state, meta = restored
+        saved = meta.get("config", {})
+        frozen = {k: v for k, v in saved.items() if k != "TrainConfig"}
+        current = {k: v for k, v in fingerprint.items() if k != "TrainConfig"}
+        diffs = config_mismatch(frozen, current)
+        if diffs:
+            raise CheckpointError(
+                f"{checkpointer.directory} holds checkpoints of a different model/data config; "
+                f"use a new --workdir or restore the config. Differences: " + "; ".join(diffs))
+        for diff in config_mismatch(saved.get("TrainConfig", {}), fingerprint["TrainConfig"]):
+            log(f"note: resuming with a changed training knob: {diff}")
+        start_step = int(jax.device_get(state.step))
+        log(f"resumed from {checkpointer.directory}/{start_step}")
+
+    writer = MetricsWriter(workdir, resume_step=start_step)
+    train_step = make_train_step(fmodel, tx, schedule)
+    eval_step = make_eval_step(fmodel)
+    eval_sets = {name: data_lib.eval_batches(data, name, train.eval_batches)
+                 for name in data_lib.eval_names(data)} if train.eval_every else {}
+
+    def save(step: int, state: TrainState) -> None:
+        checkpointer.save(step, state, {"step": step, "config": fingerprint,
+                                        "time": time.time()})
+
+    summary = {"workdir": workdir, "start_step": start_step, "validation": {}}
+    batches = data_lib.train_batches(data, start_step)
+    bar = _progress(train.steps, start_step)
+    step = start_step
+    last_time = time.time()
+    try:
+        with _Preemption() as preemption:
+            while step < train.steps:
+                batch = next(batches)
+                state, metrics = train_step(state, batch)
+                metrics = jax.device_get(metrics)
+                now = time.time()
+                step_seconds, last_time = now - last_time, now
+                if not bool(metrics.pop("finite")):
+                    raise TrainingDiverged(
+                        f"loss became {float(metrics['loss'])} (gradient norm "
+                        f"{float(metrics['grad_norm'])}) at step {step + 1}; stopped without "
+                        f"saving. Last good checkpoint: "
+                        f"{checkpointer.steps()[-1] if checkpointer.steps() else 'none'} "
+                        f"in {checkpointer.directory}")
+                step += 1
+                metrics["step_seconds"] = step_seconds
+                metrics["tokens_per_second"] = float(metrics["tokens"]) / max(step_seconds, 1e-9)
+                writer.write_train(step, metrics)
+                summary["train_loss"] = float(metrics["loss"])
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
+                elif step % train.log_every == 0 or step == train.steps:
+                    log(f"step {step}/{train.steps} loss {float(metrics['loss']):.4f} "
+                        f"lr {float(metrics['learning_rate']):.2e} "
+                        f"tokens/s {metrics['tokens_per_second']:.0f}")
+                is_last = step == train.steps
+                if train.eval_every and (step % train.eval_every == 0 or is_last):
+                    scores = evaluate(eval_step, state.params, eval_sets)
+                    writer.write_eval(step, scores)
+                    summary["validation"] = scores
+                    log(f"step {step} validation " +
+                        " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                if step % train.checkpoint_every == 0 or is_last or preemption.requested:
+                    save(step, state)
+                if preemption.requested and not is_last:
+                    checkpointer.wait()
+                    log(f"SIGTERM: saved checkpoint {checkpointer.directory}/{step}; exiting")
+                    summary["preempted"] = True
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+        checkpointer.close()
+        writer.close()
+    summary["final_step"] = step
+    return summary

@@ -1,0 +1,104 @@
+"""Per-step metrics to JSON lines and TensorBoard, safe to resume.
+
+In: host-side metric dicts (floats, and per-MoE-layer lists of tokens per expert). Out:
+``<workdir>/metrics.jsonl`` (one record per training step), ``<workdir>/eval.jsonl`` (one record per
+validation score) and TensorBoard event files under ``<workdir>/tensorboard``.
+
+On resume from step s, records after s left by the interrupted run are dropped (rewritten through
+a temporary file and an atomic rename), so every step appears exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+
+def _truncate_jsonl(path: str, last_step: int) -> None:
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill mid-write
+            if record.get("step", 0) <= last_step:
+                kept.append(json.dumps(record))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    array = np.asarray(value)
+    if array.ndim == 0:
+        x = array.item()
+        return x if not isinstance(x, float) or math.isfinite(x) else str(x)
+    return array.tolist()
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True):
+        self.train_path = os.path.join(workdir, "metrics.jsonl")
+        self.eval_path = os.path.join(workdir, "eval.jsonl")
+        for path in (self.train_path, self.eval_path):
+            _truncate_jsonl(path, resume_step)
+        self._train = open(self.train_path, "a")
+        self._eval = open(self.eval_path, "a")
+        self._tb = None
+        if tensorboard:
+            import tensorflow as tf  # already loaded by seqio; imported here to keep laws TF-free
+
+            self._tf = tf
+            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def write_train(self, step: int, metrics: dict) -> None:
+        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._train.write(json.dumps(record) + "\n")
+        self._train.flush()
+        if self._tb is not None:
+            with self._tb.as_default(step=step):
+                for key, value in record.items():
+                    if key == "step":
+                        continue
+                    if key == "tokens_per_expert":
+                        for layer, counts in enumerate(value):
+                            counts = np.asarray(counts, np.float64)
+                            self._tf.summary.histogram(f"moe/layer{layer}/tokens_per_expert", counts)
+                            if counts.mean() > 0:
+                                self._tf.summary.scalar(f"moe/layer{layer}/load_imbalance",
+                                                        counts.max() / counts.mean())
+                    elif isinstance(value, (int, float)):
+                        self._tf.summary.scalar(f"train/{key}", value)
+
+    def write_eval(self, step: int, scores: dict[str, float]) -> None:
+        for name, loss in scores.items():
+            self._eval.write(json.dumps({"step": step, "task": name, "loss": loss}) + "\n")
+        self._eval.flush()
+        if self._tb is not None:
+            with self._tb.as_default(step=step):
+                for name, loss in scores.items():
+                    self._tf.summary.scalar(f"validation/{name}", loss)
+
+    def close(self) -> None:
+        self._train.close()
+        self._eval.close()
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()

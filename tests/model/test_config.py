@@ -1,0 +1,30 @@
+"""Impossible configurations fail fast, before anything compiles, naming the knob."""
+
+import time
+
+import pytest
+
+from moejax.model import ConfigError, ModelConfig, MoEConfig, validate_model_config
+
+
+@pytest.mark.parametrize("config,knob", [
+    (ModelConfig(vocab_size=64, moe=MoEConfig(num_experts=4, top_k=8)), "MoEConfig.top_k"),
+    (ModelConfig(vocab_size=64, moe=MoEConfig(num_experts=0)), "MoEConfig.num_experts"),
+    (ModelConfig(vocab_size=64, d_model=100, n_heads=3), "ModelConfig.n_heads"),
+    (ModelConfig(vocab_size=64, n_heads=4, n_kv_heads=3), "ModelConfig.n_kv_heads"),
+    (ModelConfig(vocab_size=64, compute_dtype="float8"), "ModelConfig.compute_dtype"),
+    (ModelConfig(vocab_size=64, n_layers=2, first_dense_layers=2, moe=MoEConfig()),
+     "ModelConfig.first_dense_layers"),
+    (ModelConfig(vocab_size=None), "ModelConfig.vocab_size"),
+    (ModelConfig(vocab_size=64, moe=MoEConfig(d_expert=0)), "MoEConfig.d_expert"),
+])
+def test_invalid_config_names_the_knob(config, knob):
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=knob.replace(".", r"\.")):
+        validate_model_config(config)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_valid_config_passes():
+    cfg = ModelConfig(vocab_size=64, moe=MoEConfig(num_experts=4, top_k=4))
+    assert validate_model_config(cfg) is cfg
