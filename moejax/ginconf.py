@@ -8,8 +8,10 @@ known names. Search paths: the directory of each file and the repository's ``con
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
+import logging
 import os
 import re
 from typing import Sequence
@@ -46,7 +48,7 @@ def _suggest(message: str) -> str:
     configurable = re.search(r"No configurable matching '([\w.]+)'", message)
     if configurable:
         try:
-            known = sorted({k.split(".")[-1] for k in gin.config._REGISTRY})  # noqa: SLF001
+            known = sorted({k.split(".")[-1] for k, _ in gin.config._REGISTRY.items()})  # noqa: SLF001
         except Exception:
             return ""
         close = difflib.get_close_matches(configurable.group(1).split(".")[-1], known, n=3)
@@ -63,16 +65,37 @@ def find_gin_file(path: str) -> str:
                          f"{REPO_CONFIGS})")
 
 
+class _DropGinSearchMisses(logging.Filter):
+    """gin logs an ERROR for every search path that lacks an included file, even when a later
+    search path has it; a file that is really missing still raises, with all paths tried."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Path not found")
+
+
+@contextlib.contextmanager
+def _quiet_gin_search():
+    root = logging.getLogger()
+    quiet = _DropGinSearchMisses()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> None:
     """Clear gin, register moejax's configurables, then apply files and bindings in order."""
     register_configurables()
     gin.clear_config()
     resolved = [find_gin_file(f) for f in files]
     for path in [REPO_CONFIGS] + [os.path.dirname(p) for p in resolved]:
-        gin.add_config_file_search_path(path)
+        if path not in gin.config._LOCATION_PREFIXES:  # noqa: SLF001 (gin only ever appends)
+            gin.add_config_file_search_path(path)
     for path in resolved:
         try:
-            gin.parse_config_file(path)
+            with _quiet_gin_search():
+                gin.parse_config_file(path)
         except Exception as e:
             raise GinConfigError(f"in gin file {path}: {e}{_suggest(str(e))}") from None
     for binding in bindings:

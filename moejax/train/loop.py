@@ -148,7 +148,8 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
             raise CheckpointError(
                 f"{checkpointer.directory} holds checkpoints of a different model/data config; "
                 f"use a new --workdir or restore the config. Differences: " + "; ".join(diffs))
-        for diff in config_mismatch(saved.get("TrainConfig", {}), fingerprint["TrainConfig"]):
+        for diff in config_mismatch({"TrainConfig": saved.get("TrainConfig", {})},
+                                    {"TrainConfig": fingerprint["TrainConfig"]}):
             log(f"note: resuming with a changed training knob: {diff}")
         start_step = int(jax.device_get(state.step))
         log(f"resumed from {checkpointer.directory}/{start_step}")
@@ -164,6 +165,10 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
                                         "time": time.time()})
 
     summary = {"workdir": workdir, "start_step": start_step, "validation": {}}
+    if eval_sets and start_step == 0:  # the untrained model's score anchors every loss curve
+        scores = evaluate(eval_step, state.params, eval_sets)
+        writer.write_eval(0, scores)
+        summary["initial_validation"] = scores
     batches = data_lib.train_batches(data, start_step)
     bar = _progress(train.steps, start_step)
     step = start_step
@@ -177,6 +182,7 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
                 now = time.time()
                 step_seconds, last_time = now - last_time, now
                 if not bool(metrics.pop("finite")):
+                    checkpointer.wait()  # so the message lists saves still in flight
                     raise TrainingDiverged(
                         f"loss became {float(metrics['loss'])} (gradient norm "
                         f"{float(metrics['grad_norm'])}) at step {step + 1}; stopped without "

@@ -63,42 +63,36 @@ class MetricsWriter:
         self._eval = open(self.eval_path, "a")
         self._tb = None
         if tensorboard:
-            import tensorflow as tf  # already loaded by seqio; imported here to keep laws TF-free
+            from tensorboardX import SummaryWriter  # event files without importing TensorFlow
 
-            self._tf = tf
-            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
     def write_train(self, step: int, metrics: dict) -> None:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         self._train.write(json.dumps(record) + "\n")
         self._train.flush()
         if self._tb is not None:
-            with self._tb.as_default(step=step):
-                for key, value in record.items():
-                    if key == "step":
-                        continue
-                    if key == "tokens_per_expert":
-                        for layer, counts in enumerate(value):
-                            counts = np.asarray(counts, np.float64)
-                            self._tf.summary.histogram(f"moe/layer{layer}/tokens_per_expert", counts)
-                            if counts.mean() > 0:
-                                self._tf.summary.scalar(f"moe/layer{layer}/load_imbalance",
-                                                        counts.max() / counts.mean())
-                    elif isinstance(value, (int, float)):
-                        self._tf.summary.scalar(f"train/{key}", value)
+            for key, value in record.items():
+                if key == "tokens_per_expert":
+                    for layer, counts in enumerate(value):
+                        counts = np.asarray(counts, np.float64)
+                        self._tb.add_histogram(f"moe/layer{layer}/tokens_per_expert", counts, step)
+                        if counts.mean() > 0:
+                            self._tb.add_scalar(f"moe/layer{layer}/load_imbalance",
+                                                counts.max() / counts.mean(), step)
+                elif key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"train/{key}", value, step)
 
     def write_eval(self, step: int, scores: dict[str, float]) -> None:
         for name, loss in scores.items():
             self._eval.write(json.dumps({"step": step, "task": name, "loss": loss}) + "\n")
         self._eval.flush()
         if self._tb is not None:
-            with self._tb.as_default(step=step):
-                for name, loss in scores.items():
-                    self._tf.summary.scalar(f"validation/{name}", loss)
+            for name, loss in scores.items():
+                self._tb.add_scalar(f"validation/{name}", loss, step)
 
     def close(self) -> None:
         self._train.close()
         self._eval.close()
         if self._tb is not None:
-            self._tb.flush()
             self._tb.close()

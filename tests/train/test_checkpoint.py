@@ -1,0 +1,63 @@
+"""Checkpoints round-trip, and half-written or corrupt ones are never taken as the latest."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from moejax.train.checkpoint import Checkpointer
+
+
+def _state(value):
+    params = {"blocks": {0: {"w": jnp.full((3, 3), value)}}, "norm": jnp.ones(3)}
+    return {"params": params, "opt_state": optax.adamw(1e-3).init(params),
+            "step": jnp.int32(value)}
+
+
+def test_round_trip_restores_identical_arrays(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=2)
+    state = _state(3.0)
+    ckpt.save(3, state, {"step": 3})
+    ckpt.wait()
+    restored, meta = ckpt.restore_latest(_state(0.0))
+    assert meta["step"] == 3
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, b)
+    ckpt.close()
+
+
+def test_keeps_only_last_k(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=2, async_save=False)
+    for step in (1, 2, 3):
+        ckpt.save(step, _state(float(step)), {"step": step})
+    ckpt.wait()
+    assert ckpt.steps() == [2, 3]
+    ckpt.close()
+
+
+def test_half_written_and_corrupt_checkpoints_are_skipped(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=5, async_save=False)
+    ckpt.save(2, _state(2.0), {"step": 2})
+    ckpt.save(4, _state(4.0), {"step": 4})
+    ckpt.close()
+    # A save killed mid-way: orbax's temporary directory, never finalized.
+    os.makedirs(tmp_path / "6.orbax-checkpoint-tmp-1234" / "state")
+    # A step directory with no orbax metadata (e.g. copied by hand, interrupted).
+    os.makedirs(tmp_path / "5" / "state")
+    # The newest finalized checkpoint has its array data destroyed.
+    for root, _, files in os.walk(tmp_path / "4" / "state"):
+        for name in files:
+            if name not in ("_CHECKPOINT_METADATA",):
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    messages = []
+    ckpt = Checkpointer(str(tmp_path), keep=5)
+    assert ckpt.steps() == [2, 4]
+    restored, meta = ckpt.restore_latest(_state(0.0), log=messages.append)
+    assert meta["step"] == 2 and float(restored["params"]["blocks"][0]["w"][0, 0]) == 2.0
+    assert any("4" in m and "corrupt" in m for m in messages)
+    assert any(name.startswith("4.corrupt-") for name in os.listdir(tmp_path))  # kept, not deleted
+    ckpt.close()

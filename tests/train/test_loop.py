@@ -1,0 +1,166 @@
+"""The training loop end to end on the embedded corpus: resume, preemption, divergence, errors.
+
+Runs use a tiny model and the byte vocabulary so each step takes milliseconds; the killed run is a
+real subprocess receiving SIGKILL.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from moejax.model.config import ConfigError
+from moejax.train.cli import load_configs
+from moejax.train.loop import TrainingDiverged, run_training
+from moejax.train.metrics import load_jsonl
+
+TINY = [
+    "ModelConfig.d_model = 32", "ModelConfig.n_layers = 2", "ModelConfig.n_heads = 2",
+    "ModelConfig.d_ff = 64", "MoEConfig.d_expert = 32", "DataConfig.vocabulary = 'byte'",
+    "DataConfig.seq_len = 32", "DataConfig.batch_size = 4", "TrainConfig.warmup_steps = 2",
+    "TrainConfig.learning_rate = 1e-3",
+]
+
+
+def tiny(*extra):
+    return load_configs(["smoke.gin"], TINY + list(extra))
+
+
+def cli(workdir, *extra):
+    args = [sys.executable, "-m", "moejax.cli", "train", "--gin_file=smoke.gin", f"--workdir={workdir}"]
+    return args + [f"--gin_bindings={b}" for b in TINY + list(extra)]
+
+
+def losses(workdir):
+    return {r["step"]: r["loss"] for r in load_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+
+
+def _wait_for_step(workdir, step, proc, timeout=300):
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early:\n{proc.stdout.read()}")
+        if os.path.exists(path):
+            with open(path) as f:
+                steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]
+            if steps and steps[-1] >= step:
+                return steps[-1]
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+    bindings = ["TrainConfig.checkpoint_every = 3", "TrainConfig.eval_every = 0"]
+    m, d, t = tiny("TrainConfig.steps = 6", *bindings)
+    run_training(str(tmp_path / "straight"), m, d, t)
+    m, d, t3 = tiny("TrainConfig.steps = 3", *bindings)
+    run_training(str(tmp_path / "resumed"), m, d, t3)
+    summary = run_training(str(tmp_path / "resumed"), m, d, t)
+    assert summary["start_step"] == 3
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+
+
+def test_sigkill_then_restart_continues_with_identical_losses(tmp_path):
+    bindings = ["TrainConfig.steps = 300", "TrainConfig.checkpoint_every = 10",
+                "TrainConfig.eval_every = 0"]
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen(cli(killed, *bindings), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    reached = _wait_for_step(killed, 35, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert reached < 300, "the run finished before it could be killed"
+    steps_at_kill = max(losses(killed))
+    finalized = [s for s in os.listdir(os.path.join(killed, "checkpoints")) if s.isdigit()]
+    assert finalized, "no checkpoint was finalized before the kill"
+
+    restart = subprocess.run(cli(killed, *bindings), capture_output=True, text=True, timeout=600)
+    assert restart.returncode == 0, restart.stderr
+    assert "resumed from" in restart.stdout
+    straight = str(tmp_path / "straight")
+    run = subprocess.run(cli(straight, *bindings), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    resumed, uninterrupted = losses(killed), losses(straight)
+    assert sorted(resumed) == list(range(1, 301)) and steps_at_kill < 300
+    assert resumed == uninterrupted  # exact equality, not a tolerance
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(cli(workdir, "TrainConfig.steps = 100000", "TrainConfig.eval_every = 0",
+                                "TrainConfig.checkpoint_every = 100000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_step(workdir, 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "SIGTERM" in out
+    last_logged = max(losses(workdir))
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    assert saved == [last_logged]
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    m, d, t = tiny("TrainConfig.steps = 50", "TrainConfig.learning_rate = 1e12",
+                   "TrainConfig.grad_clip_norm = 0.0", "TrainConfig.warmup_steps = 0",
+                   "TrainConfig.checkpoint_every = 1", "TrainConfig.eval_every = 0")
+    with pytest.raises(TrainingDiverged, match=r"at step (\d+)") as info:
+        run_training(str(tmp_path), m, d, t)
+    bad_step = int(info.match.group(1)) if hasattr(info, "match") else None
+    import re
+
+    bad_step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+    saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert saved and max(saved) == bad_step - 1  # nothing written at or after the bad step
+    assert f"Last good checkpoint: {bad_step - 1}" in str(info.value)
+
+
+def test_impossible_setting_fails_before_compiling(tmp_path):
+    m, d, t = tiny("MoEConfig.top_k = 8", "TrainConfig.steps = 5")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"MoEConfig\.top_k = 8"):
+        run_training(str(tmp_path), m, d, t)
+    assert time.perf_counter() - start < 1.0
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_cli_unknown_binding_names_the_knob(tmp_path):
+    out = subprocess.run(cli(tmp_path, "MoEConfig.num_expert = 8"), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2
+    assert "num_expert" in out.stderr and "Did you mean MoEConfig.num_experts" in out.stderr
+
+
+def test_changed_model_config_refuses_to_resume(tmp_path):
+    m, d, t = tiny("TrainConfig.steps = 2", "TrainConfig.eval_every = 0")
+    run_training(str(tmp_path), m, d, t)
+    m2, d, t = tiny("TrainConfig.steps = 4", "TrainConfig.eval_every = 0", "MoEConfig.top_k = 1")
+    from moejax.train.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="top_k"):
+        run_training(str(tmp_path), m2, d, t)
+
+
+def test_run_directory_contents(tmp_path):
+    m, d, t = tiny("TrainConfig.steps = 4", "TrainConfig.eval_every = 2")
+    import gin
+
+    run_training(str(tmp_path), m, d, t, gin_config=gin.operative_config_str())
+    for name in ("config.gin", "config.json", "metrics.jsonl", "eval.jsonl", "tensorboard"):
+        assert os.path.exists(tmp_path / name), name
+    assert "MoEConfig.num_experts = 4" in (tmp_path / "config.gin").read_text()
+    record = load_jsonl(tmp_path / "metrics.jsonl")[-1]
+    for key in ("loss", "aux_loss", "z_loss", "learning_rate", "grad_norm", "tokens_per_second"):
+        assert np.isfinite(record[key]), key
+    per_layer = record["tokens_per_expert"]
+    assert len(per_layer) == 2 and all(len(layer) == 4 for layer in per_layer)
+    assert all(sum(layer) == 4 * 32 * 2 for layer in per_layer)  # every real token, top-2
+    evals = load_jsonl(tmp_path / "eval.jsonl")
+    assert {r["step"] for r in evals} == {0, 2, 4}
+    assert {r["task"] for r in evals} >= {"moejax_embedded", "moejax_wiki"}
