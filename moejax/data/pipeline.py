@@ -63,6 +63,9 @@ class DataConfig:
     seed: int = 0
     validation_fraction: float = 0.03
 
+    def __post_init__(self):
+        validate(self)  # fail at construction (e.g. when gin builds it), naming the field
+
     @property
     def variant(self) -> tasks.TaskVariant:
         """The task variant (vocabulary, validation fraction) this config reads."""
@@ -151,13 +154,16 @@ def train_batches(
     """Infinite training batches from step ``start_step`` on, for this host's shard.
 
     ``train_batches(config, s)`` yields exactly what ``train_batches(config)`` yields from
-    its ``s``-th batch (0-based) on, so training resumes exactly after preemption.
+    its ``s``-th batch (0-based) on, so training resumes exactly after preemption. The
+    configuration is checked and the pipeline built at the call (errors surface here, not at
+    the first ``next``).
 
-    Cost of resuming: packing decides which documents share a row, so the batches before
-    ``start_step`` are still read, tokenized and packed, then dropped (tf.data ``skip`` on
-    packed rows, before batching); this takes time linear in ``start_step`` — about the time
-    the data pipeline needs to produce those batches (see the package README for numbers).
-    Every host builds the whole global batch and keeps its rows (``shard_rows``).
+    Cost of resuming: packing decides which documents share a row, so the rows before
+    ``start_step`` are still read, tokenized and packed, then dropped (tf.data ``skip`` on the
+    packed rows, before batching and sharding). That is linear in the skipped tokens, about
+    3e5 tokens/s on one busy CPU core for the embedded corpus: resuming at step 2000 of
+    8 x 128-token batches took ~7 s on the development machine. Every host builds the whole
+    global batch and keeps its own rows (``shard_rows``).
     """
     validate(config, shard_index, num_shards)
     if start_step < 0:
@@ -168,7 +174,7 @@ def train_batches(
     if num_shards > 1:
         block = shard_rows(config.batch_size, shard_index, num_shards)
         batches = batches.map(lambda batch: {key: value[block] for key, value in batch.items()})
-    yield from batches.prefetch(2).as_numpy_iterator()
+    return batches.prefetch(2).as_numpy_iterator()
 
 
 def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

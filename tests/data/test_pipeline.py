@@ -131,15 +131,25 @@ def test_byte_vocabulary_config():
     assert eval_names(config) == ["moejax_embedded", "moejax_bible", "moejax_shakespeare", "moejax_wiki"]
 
 
-@pytest.mark.parametrize("config, shards, message", [
-    (DataConfig(seq_len=1), 1, "seq_len"),
-    (DataConfig(batch_size=6), 4, "batch_size"),
-    (DataConfig(vocabulary="gpt2"), 1, "vocabulary"),
-    (DataConfig(mixture="nonexistent_mixture"), 1, "moejax_embedded"),
+@pytest.mark.parametrize("fields, message", [
+    ({"seq_len": 1}, "seq_len"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"vocabulary": "gpt2"}, "vocabulary"),
+    ({"validation_fraction": 1.5}, "validation_fraction"),
 ])
-def test_bad_configs_fail_naming_the_field(config, shards, message):
-    with pytest.raises(ValueError, match=message):
-        next(train_batches(config, num_shards=shards))
+def test_bad_configs_fail_at_construction_naming_the_field(fields, message):
+    with pytest.raises(ValueError, match=f"DataConfig.{message}"):
+        DataConfig(**fields)
+
+
+def test_batch_size_not_divisible_by_shards_fails_naming_the_field():
+    with pytest.raises(ValueError, match="batch_size.*num_shards"):
+        train_batches(DataConfig(batch_size=6), shard_index=0, num_shards=4)
+
+
+def test_unknown_mixture_lists_registered_names():
+    with pytest.raises(ValueError, match="unknown task or mixture 'nonexistent'.*moejax_embedded"):
+        train_batches(DataConfig(mixture="nonexistent"))
 
 
 def test_data_config_is_gin_configurable():

@@ -57,7 +57,7 @@ def test_unknown_name_lists_registered_moejax_names():
 def test_c4_without_data_dir_explains_how_to_prepare(monkeypatch):
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="TFDS_DATA_DIR") as error:
-        next(train_batches(DataConfig(mixture="moejax_c4")))
+        train_batches(DataConfig(mixture="moejax_c4"))
     assert "tfds build c4/en" in str(error.value) and "tfds_data_dir.path" in str(error.value)
 
 
@@ -135,3 +135,17 @@ def test_register_text_task_errors_name_the_problem(tmp_path):
         tasks.register_text_task("user_missing", [str(tmp_path / "nope*.txt")], [])
     with pytest.raises(ValueError, match="format"):
         tasks.register_text_task("user_bad", [], [], format="csv")
+
+
+def test_c4_data_dir_from_gin(monkeypatch, tmp_path):
+    import gin
+
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    with gin.unlock_config():
+        gin.parse_config(f"tfds_data_dir.path = '{tmp_path}'")
+    try:
+        with pytest.raises(FileNotFoundError, match="no prepared TFDS dataset") as error:
+            tasks.resolve_name("moejax_c4")
+        assert str(tmp_path) in str(error.value)
+    finally:
+        gin.clear_config()
