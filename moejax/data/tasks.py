@@ -104,7 +104,7 @@ def resolve_name(name: str, variant: TaskVariant = DEFAULT_VARIANT) -> str:
         registered_name = name + variant.suffix()
         if not _is_registered(registered_name):
             _BUILDERS[name](registered_name, variant)
-            _BASE_NAME[registered_name] = name
+        _BASE_NAME[registered_name] = name
         return registered_name
     if _is_registered(name):
         return name
@@ -295,6 +295,10 @@ def register_text_task(
         raise ValueError(f"register_text_task({name!r}): format must be 'text' or 'jsonl', got {format!r}")
     if text_unit not in ("file", "paragraph"):
         raise ValueError(f"register_text_task({name!r}): text_unit must be 'file' or 'paragraph', got {text_unit!r}")
+    if name in (*EMBEDDED_TASKS, EMBEDDED_MIXTURE, C4_TASK):
+        raise ValueError(f"register_text_task: {name!r} is a built-in moejax name; choose another name")
+    if name not in _BUILDERS and _is_registered(name):
+        raise ValueError(f"register_text_task: {name!r} is already registered with seqio by other code")
     files = {
         "train": _expand(train_files, "train_files", name),
         "validation": _expand(validation_files, "validation_files", name),

@@ -135,6 +135,8 @@ def test_register_text_task_errors_name_the_problem(tmp_path):
         tasks.register_text_task("user_missing", [str(tmp_path / "nope*.txt")], [])
     with pytest.raises(ValueError, match="format"):
         tasks.register_text_task("user_bad", [], [], format="csv")
+    with pytest.raises(ValueError, match="built-in"):
+        tasks.register_text_task("moejax_wiki", [], [])
 
 
 def test_c4_data_dir_from_gin(monkeypatch, tmp_path):
