@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  metrics:      {workdir}/metrics.jsonl, {workdir}/eval.jsonl")
     print(f"  checkpoints:  {workdir}/checkpoints/")
     print(f"  tensorboard:  tensorboard --logdir {workdir}/tensorboard")
+    if summary.get("loss_curve"):
+        print(f"  loss curves:  {summary['loss_curve']}")
     if summary.get("validation"):
         print("  validation loss (nats/token) at step "
               f"{summary['final_step']}: " +

@@ -34,6 +34,7 @@ from moejax.train.checkpoint import Checkpointer, CheckpointError, config_finger
 from moejax.train.config import TrainConfig, validate_train_config
 from moejax.train.metrics import MetricsWriter
 from moejax.train.optim import make_optimizer, make_schedule
+from moejax.train.plots import plot_loss_curves
 from moejax.train.step import TrainState, init_train_state, make_eval_step, make_train_step
 
 # CPU has no buffer donation; the warning says nothing a user can act on.
@@ -221,4 +222,5 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
         checkpointer.close()
         writer.close()
     summary["final_step"] = step
+    summary["loss_curve"] = plot_loss_curves(workdir)
     return summary

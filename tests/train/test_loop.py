@@ -6,6 +6,7 @@ real subprocess receiving SIGKILL.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,9 +113,6 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
                    "TrainConfig.checkpoint_every = 1", "TrainConfig.eval_every = 0")
     with pytest.raises(TrainingDiverged, match=r"at step (\d+)") as info:
         run_training(str(tmp_path), m, d, t)
-    bad_step = int(info.match.group(1)) if hasattr(info, "match") else None
-    import re
-
     bad_step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
     saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert saved and max(saved) == bad_step - 1  # nothing written at or after the bad step
@@ -152,7 +150,8 @@ def test_run_directory_contents(tmp_path):
     import gin
 
     run_training(str(tmp_path), m, d, t, gin_config=gin.operative_config_str())
-    for name in ("config.gin", "config.json", "metrics.jsonl", "eval.jsonl", "tensorboard"):
+    for name in ("config.gin", "config.json", "metrics.jsonl", "eval.jsonl", "tensorboard",
+                 "loss_curve.png"):
         assert os.path.exists(tmp_path / name), name
     assert "MoEConfig.num_experts = 4" in (tmp_path / "config.gin").read_text()
     record = load_jsonl(tmp_path / "metrics.jsonl")[-1]
