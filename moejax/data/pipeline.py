@@ -28,6 +28,7 @@ import numpy as np
 from moejax.data import tasks
 from moejax.data.tf_setup import tf
 from moejax.data.vocabularies import VOCABULARY_NAMES, get_vocabulary, padded_vocab_size
+from moejax.errors import ConfigError
 
 import seqio  # noqa: E402
 
@@ -73,17 +74,17 @@ class DataConfig:
 
 
 def validate(config: DataConfig, shard_index: int = 0, num_shards: int = 1) -> None:
-    """Raises ValueError naming the field if the config (or the shard request) is invalid."""
+    """Raises ConfigError (a ValueError) naming the field if the config or shard request is invalid."""
     if config.vocabulary not in VOCABULARY_NAMES:
-        raise ValueError(f"DataConfig.vocabulary must be one of {VOCABULARY_NAMES}, got {config.vocabulary!r}")
+        raise ConfigError(f"DataConfig.vocabulary must be one of {VOCABULARY_NAMES}, got {config.vocabulary!r}")
     if config.seq_len < 2:
-        raise ValueError(f"DataConfig.seq_len must be >= 2 (an input and a target), got {config.seq_len}")
+        raise ConfigError(f"DataConfig.seq_len must be >= 2 (an input and a target), got {config.seq_len}")
     if config.batch_size < 1:
-        raise ValueError(f"DataConfig.batch_size must be >= 1, got {config.batch_size}")
+        raise ConfigError(f"DataConfig.batch_size must be >= 1, got {config.batch_size}")
     if not 0.0 <= config.validation_fraction < 1.0:
-        raise ValueError(f"DataConfig.validation_fraction must be in [0, 1), got {config.validation_fraction}")
+        raise ConfigError(f"DataConfig.validation_fraction must be in [0, 1), got {config.validation_fraction}")
     if num_shards < 1 or config.batch_size % num_shards:
-        raise ValueError(
+        raise ConfigError(
             f"DataConfig.batch_size ({config.batch_size}) must be divisible by num_shards ({num_shards})"
         )
     if not 0 <= shard_index < num_shards:

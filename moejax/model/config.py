@@ -15,11 +15,9 @@ import dataclasses
 
 import gin
 
+from moejax.errors import ConfigError
+
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A configuration value is outside its allowed range; the message names the knob."""
 
 
 @gin.configurable

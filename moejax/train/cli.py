@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         model, data, train = load_configs(args.gin_file, args.gin_bindings)
         summary = run_training(args.workdir, model, data, train,
                                gin_config=gin.operative_config_str())
-    except (GinConfigError, ConfigError, CheckpointError, TrainingDiverged) as e:
+    except (GinConfigError, ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError) as e:
         print(f"moejax train: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (GinConfigError, ConfigError)) else 1
     workdir = summary["workdir"]
