@@ -12,6 +12,8 @@ N query heads, H head dim, F feed-forward hidden, E experts, K top-k, V vocabula
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import NamedTuple
 
 import gin
 
@@ -20,29 +22,82 @@ from moejax.errors import ConfigError
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
+class ExpertGroup(NamedTuple):
+    """Experts of one width with their own router and top-k (one group = a homogeneous MoE)."""
+
+    num_experts: int
+    d_expert: int
+    top_k: int
+
+
+ROUTINGS = ("token_choice", "expert_choice")
+ROUTER_SCORES = ("softmax", "sigmoid")
+AUX_LOSS_SCOPES = ("global", "sequence")
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class MoEConfig:
-    """A token-choice MoE feed-forward layer.
+    """An MoE feed-forward layer: routed expert groups, optional shared experts, balancing.
 
     Attributes:
       num_experts: E, routed experts per MoE layer (>= 1).
-      top_k: K, experts each token is sent to (1 <= K <= E).
+      top_k: K, experts each token is sent to (1 <= K <= E); sparsity E/K.
       d_expert: F, hidden width of each expert's SwiGLU (granularity G = d_ff / d_expert).
-      router_scores: how router logits become scores: "softmax".
-      renormalize: rescale the K chosen weights to sum to one (Mixtral style) instead of using
-        the raw scores (Switch/GShard style).
+      expert_groups: heterogeneous experts: ((num_experts, d_expert, top_k), ...), each group with
+        its own router and top-k, outputs summed (Slicing & Dicing). When set it replaces
+        num_experts, d_expert and top_k.
+      num_shared_experts: always-active experts added to the routed output (0 = none).
+      d_shared_expert: width of each shared expert (None = d_expert of the first group).
+      routing: "token_choice" (each token picks K experts) or "expert_choice" (each expert picks
+        its top tokens; leaks future tokens in a decoder, for analysis only).
+      router_scores: "softmax" or "sigmoid" scores, computed in float32.
+      renormalize: rescale the K chosen weights to sum to one (Mixtral) instead of raw scores.
+      router_jitter: multiplicative uniform noise (1 +- jitter) on router inputs in training.
       aux_loss_weight: weight of the Switch load-balancing loss (0 disables it).
+      aux_loss_scope: "global" (f and p averaged over the whole batch) or "sequence" (per sequence,
+        then averaged); they have different minima, so record which.
       z_loss_weight: weight of the router z-loss (0 disables it).
+      bias_update_rate: auxiliary-loss-free balancing: a per-expert bias added to the scores only
+        to choose experts, moved by rate * sign(mean load - load) after every optimizer step,
+        never seen by the optimizer (0 disables it).
+      capacity_factor: None = dropless (token choice); else each expert takes at most
+        ceil(capacity_factor * K * T / E) assignments in training, top-1 choices first, the rest
+        dropped (they pass through the residual). Expert choice: tokens per expert
+        = ceil(capacity_factor * K * T / E) (None means 1.0).
+      eval_capacity_factor: the same at evaluation (None = dropless), so a model trained with
+        capacity can be evaluated dropless.
     """
 
     num_experts: int = 8
     top_k: int = 2
     d_expert: int = 512
+    expert_groups: tuple | None = None
+    num_shared_experts: int = 0
+    d_shared_expert: int | None = None
+    routing: str = "token_choice"
     router_scores: str = "softmax"
     renormalize: bool = False
+    router_jitter: float = 0.0
     aux_loss_weight: float = 1e-2
+    aux_loss_scope: str = "global"
     z_loss_weight: float = 1e-3
+    bias_update_rate: float = 0.0
+    capacity_factor: float | None = None
+    eval_capacity_factor: float | None = None
+
+    @property
+    def groups(self) -> tuple[ExpertGroup, ...]:
+        """The routed expert groups: one for a homogeneous layer, several for heterogeneous."""
+        if self.expert_groups is None:
+            return (ExpertGroup(self.num_experts, self.d_expert, self.top_k),)
+        return tuple(ExpertGroup(*map(int, g)) for g in self.expert_groups)
+
+    @property
+    def shared_width(self) -> int:
+        """Total hidden width of the shared experts (n shared SwiGLUs == one of n times the width)."""
+        width = self.d_shared_expert if self.d_shared_expert is not None else self.groups[0].d_expert
+        return self.num_shared_experts * width
 
 
 @gin.configurable
@@ -176,18 +231,50 @@ def validate_model_config(config: ModelConfig) -> ModelConfig:
 
 def validate_moe_config(moe: MoEConfig) -> MoEConfig:
     """Raise ConfigError naming the first impossible MoE knob."""
-    _require(isinstance(moe.num_experts, int) and moe.num_experts >= 1, "MoEConfig.num_experts",
-             moe.num_experts, "an integer >= 1")
-    _require(
-        isinstance(moe.top_k, int) and 1 <= moe.top_k <= moe.num_experts,
-        "MoEConfig.top_k",
-        moe.top_k,
-        f"an integer in [1, num_experts = {moe.num_experts}]",
-    )
-    _require(isinstance(moe.d_expert, int) and moe.d_expert >= 1, "MoEConfig.d_expert", moe.d_expert,
-             "an integer >= 1")
-    _require(moe.router_scores in ("softmax",), "MoEConfig.router_scores", moe.router_scores,
-             "one of ('softmax',)")
+    if moe.expert_groups is None:
+        _require(isinstance(moe.num_experts, int) and moe.num_experts >= 1, "MoEConfig.num_experts",
+                 moe.num_experts, "an integer >= 1")
+        _require(isinstance(moe.top_k, int) and 1 <= moe.top_k <= moe.num_experts, "MoEConfig.top_k",
+                 moe.top_k, f"an integer in [1, num_experts = {moe.num_experts}]")
+        _require(isinstance(moe.d_expert, int) and moe.d_expert >= 1, "MoEConfig.d_expert",
+                 moe.d_expert, "an integer >= 1")
+    else:
+        groups = moe.expert_groups
+        _require(isinstance(groups, (tuple, list)) and len(groups) >= 1
+                 and all(isinstance(g, (tuple, list)) and len(g) == 3 for g in groups),
+                 "MoEConfig.expert_groups", groups,
+                 "a non-empty tuple of (num_experts, d_expert, top_k) triples")
+        for i, (e, f, k) in enumerate(groups):
+            _require(isinstance(e, int) and e >= 1, f"MoEConfig.expert_groups[{i}].num_experts", e,
+                     "an integer >= 1")
+            _require(isinstance(f, int) and f >= 1, f"MoEConfig.expert_groups[{i}].d_expert", f,
+                     "an integer >= 1")
+            _require(isinstance(k, int) and 1 <= k <= e, f"MoEConfig.expert_groups[{i}].top_k", k,
+                     f"an integer in [1, num_experts of the group = {e}]")
+    _require(isinstance(moe.num_shared_experts, int) and moe.num_shared_experts >= 0,
+             "MoEConfig.num_shared_experts", moe.num_shared_experts, "an integer >= 0")
+    _require(moe.d_shared_expert is None or (isinstance(moe.d_shared_expert, int)
+                                             and moe.d_shared_expert >= 1),
+             "MoEConfig.d_shared_expert", moe.d_shared_expert, "None or an integer >= 1")
+    _require(moe.routing in ROUTINGS, "MoEConfig.routing", moe.routing, f"one of {ROUTINGS}")
+    _require(moe.router_scores in ROUTER_SCORES, "MoEConfig.router_scores", moe.router_scores,
+             f"one of {ROUTER_SCORES}")
+    _require(0 <= moe.router_jitter < 1, "MoEConfig.router_jitter", moe.router_jitter, "in [0, 1)")
     _require(moe.aux_loss_weight >= 0, "MoEConfig.aux_loss_weight", moe.aux_loss_weight, ">= 0")
+    _require(moe.aux_loss_scope in AUX_LOSS_SCOPES, "MoEConfig.aux_loss_scope", moe.aux_loss_scope,
+             f"one of {AUX_LOSS_SCOPES}")
     _require(moe.z_loss_weight >= 0, "MoEConfig.z_loss_weight", moe.z_loss_weight, ">= 0")
+    _require(moe.bias_update_rate >= 0, "MoEConfig.bias_update_rate", moe.bias_update_rate, ">= 0")
+    for name in ("capacity_factor", "eval_capacity_factor"):
+        value = getattr(moe, name)
+        _require(value is None or (isinstance(value, (int, float)) and value > 0),
+                 f"MoEConfig.{name}", value, "None (dropless) or a number > 0")
+    if moe.routing == "expert_choice":
+        _require(moe.bias_update_rate == 0, "MoEConfig.bias_update_rate", moe.bias_update_rate,
+                 "0 with routing = 'expert_choice' (experts already receive equal load)")
     return moe
+
+
+def capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """Assignments one expert can take: ceil(capacity_factor * K * T / E), at least 1."""
+    return max(1, math.ceil(capacity_factor * top_k * num_tokens / num_experts))

@@ -1,7 +1,7 @@
 """A bank of E SwiGLU experts applied to rows already grouped by expert.
 
-In: x_MD rows sorted by expert and group_sizes_E. Out: y_MD, each row transformed by its own
-expert: y = (silu(x @ w_gate) * (x @ w_up)) @ w_out. Gate and up projections are fused into one
+In: x_MD rows sorted by expert and group_sizes_E (dropless), or fixed-size buffers x_ECD
+(capacity, expert choice). Out: each row transformed by its own expert: y = (silu(x @ w_gate) * (x @ w_up)) @ w_out. Gate and up projections are fused into one
 (E, D, 2F) weight so each expert layer is two grouped matmuls.
 
 Shapes: M routed rows, D d_model, F expert hidden, E experts.
@@ -30,6 +30,18 @@ def swiglu_experts(x_MD: jax.Array, w_in_EDF2: jax.Array, w_out_EFD: jax.Array,
                preferred_element_type=jnp.float32).astype(compute_dtype)
 
 
+def swiglu_experts_batched(x_ECD: jax.Array, w_in_EDF2: jax.Array, w_out_EFD: jax.Array,
+                           compute_dtype=jnp.float32) -> jax.Array:
+    """Expert e's SwiGLU on its own fixed-size buffer x_ECD[e] (capacity and expert-choice paths)."""
+    x_ECD = x_ECD.astype(compute_dtype)
+    h_ECF2 = jnp.einsum("ecd,edf->ecf", x_ECD, w_in_EDF2.astype(compute_dtype),
+                        preferred_element_type=jnp.float32)
+    gate_ECF, up_ECF = jnp.split(h_ECF2, 2, axis=-1)
+    a_ECF = (jax.nn.silu(gate_ECF) * up_ECF).astype(compute_dtype)
+    return jnp.einsum("ecf,efd->ecd", a_ECF, w_out_EFD.astype(compute_dtype),
+                      preferred_element_type=jnp.float32).astype(compute_dtype)
+
+
 class SwiGLUExperts(nnx.Module):
     """Holds w_in (E, D, 2F) and w_out (E, F, D); float32 parameters."""
 
@@ -42,5 +54,11 @@ class SwiGLUExperts(nnx.Module):
         self.w_out_EFD = nnx.Param(init_out(rngs.params(), (num_experts, d_expert, d_model)))
 
     def __call__(self, x_MD: jax.Array, group_sizes_E: jax.Array) -> jax.Array:
+        """Rows sorted by expert (dropless path)."""
         return swiglu_experts(x_MD, self.w_in_EDF2[...], self.w_out_EFD[...], group_sizes_E,
                               self.compute_dtype)
+
+    def batched(self, x_ECD: jax.Array) -> jax.Array:
+        """One fixed-size buffer per expert (capacity and expert-choice paths)."""
+        return swiglu_experts_batched(x_ECD, self.w_in_EDF2[...], self.w_out_EFD[...],
+                                      self.compute_dtype)

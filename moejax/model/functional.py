@@ -1,21 +1,29 @@
 """A functional face of the Flax model for jit, optax and orbax.
 
-In: a validated ModelConfig. Out: ``FunctionalModel`` with ``init(rng) -> params`` (a nested dict
-of float32 arrays, the exact pytree that is optimised and checkpointed) and
-``apply(params, tokens, positions, segment_ids) -> (logits, moe_stats)``.
-Keeping the train state a plain pytree lets later sharding rules and checkpoint restores work on
+In: a validated ModelConfig. Out: ``FunctionalModel`` with
+- ``init(rng) -> params``: a nested dict of float32 arrays, the exact pytree that is optimised;
+- ``init_buffers() -> buffers``: non-trainable state the optimizer never sees (today the
+  auxiliary-loss-free balancing biases; an empty dict when there are none);
+- ``apply(params, tokens, positions, segment_ids, *, buffers, train, rng) -> (logits, moe_stats)``.
+Keeping the train state plain pytrees lets sharding rules and checkpoint restores work on
 ordinary dicts rather than on Flax objects.
+
+Buffers flatten (``jax.tree.leaves``) in block order, then group order — the order of the
+``MoEStats`` list and of each stats' ``group_loads`` — which ``update_balancing_biases`` relies on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 from flax import nnx
 
+from moejax.model import balancing
 from moejax.model.config import ModelConfig, validate_model_config
+from moejax.model.moe import MoEStats
+from moejax.model.router import BalancingBias
 from moejax.model.transformer import Transformer
 
 Params = dict[str, Any]
@@ -25,6 +33,7 @@ Params = dict[str, Any]
 class FunctionalModel:
     config: ModelConfig
     init: Callable[[jax.Array], Params]
+    init_buffers: Callable[[], Params]
     apply: Callable[..., tuple]
     abstract_params: Params
 
@@ -33,16 +42,42 @@ def build_model(config: ModelConfig) -> FunctionalModel:
     """Validate the config, then return pure init/apply functions over a params dict."""
     validate_model_config(config)
     abstract_model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
-    graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
+    graphdef, abstract_params, abstract_buffers = nnx.split(abstract_model, nnx.Param,
+                                                            BalancingBias)
+    has_buffers = bool(jax.tree.leaves(nnx.to_pure_dict(abstract_buffers)))
 
     def init(rng: jax.Array) -> Params:
         model = Transformer(config, rngs=nnx.Rngs(params=rng))
         return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
-    def apply(params: Params, tokens_BT, positions_BT=None, segment_ids_BT=None):
-        state = jax.tree.map(lambda x: x, abstract_state)  # a fresh copy to fill in
-        nnx.replace_by_pure_dict(state, params)
-        model = nnx.merge(graphdef, state)
-        return model(tokens_BT, positions_BT, segment_ids_BT)
+    def init_buffers() -> Params:
+        return jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype),
+                            nnx.to_pure_dict(abstract_buffers))
 
-    return FunctionalModel(config, init, apply, nnx.to_pure_dict(abstract_state))
+    def apply(params: Params, tokens_BT, positions_BT=None, segment_ids_BT=None, *,
+              buffers: Params | None = None, train: bool = False, rng=None):
+        if buffers is None:
+            if has_buffers:
+                raise ValueError("this model has balancing biases: pass buffers=...")
+            buffers = {}
+        param_state = jax.tree.map(lambda x: x, abstract_params)  # fresh copies to fill in
+        buffer_state = jax.tree.map(lambda x: x, abstract_buffers)
+        nnx.replace_by_pure_dict(param_state, params)
+        if has_buffers:
+            nnx.replace_by_pure_dict(buffer_state, buffers)
+        model = nnx.merge(graphdef, param_state, buffer_state)
+        return model(tokens_BT, positions_BT, segment_ids_BT, train=train, rng=rng)
+
+    return FunctionalModel(config, init, init_buffers, apply, nnx.to_pure_dict(abstract_params))
+
+
+def update_balancing_biases(buffers: Params, moe_stats: Sequence[MoEStats], rate: float) -> Params:
+    """One auxiliary-loss-free balancing step for every router, from that step's expert loads."""
+    leaves, treedef = jax.tree.flatten(buffers)
+    if not leaves:
+        return buffers
+    loads = [load for stats in moe_stats for load in stats.group_loads]
+    if len(loads) != len(leaves):
+        raise ValueError(f"{len(leaves)} balancing biases but {len(loads)} expert-load vectors")
+    return jax.tree.unflatten(treedef, [balancing.bias_update(b, load, rate)
+                                        for b, load in zip(leaves, loads)])

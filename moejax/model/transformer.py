@@ -35,11 +35,11 @@ class Block(nnx.Module):
             self.ff = SwiGLU(c.d_model, c.dense_d_ff, out_scale=out_scale, compute_dtype=dt,
                              rngs=rngs)
 
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, *, train: bool = False, rng=None):
         x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT)
         h_BTD = self.ff_norm(x_BTD)
         if self.is_moe:
-            y_BTD, stats = self.ff(h_BTD, segment_ids_BT > 0)
+            y_BTD, stats = self.ff(h_BTD, segment_ids_BT > 0, train=train, rng=rng)
         else:
             y_BTD, stats = self.ff(h_BTD), None
         return x_BTD + y_BTD.astype(x_BTD.dtype), stats
@@ -64,10 +64,13 @@ class Transformer(nnx.Module):
                     rngs.params(), (c.d_model, c.vocab_size)))
 
     def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
-                 segment_ids_BT: jax.Array | None = None) -> tuple[jax.Array, list[MoEStats]]:
+                 segment_ids_BT: jax.Array | None = None, *, train: bool = False,
+                 rng: jax.Array | None = None) -> tuple[jax.Array, list[MoEStats]]:
         """Returns logits (B, T, V) float32 and the MoEStats of every MoE block, in block order.
 
-        positions default to 0..T-1 and segment ids to a single segment (no packing).
+        positions default to 0..T-1 and segment ids to a single segment (no packing). ``train``
+        selects training behaviour (router jitter, training capacity factor); ``rng`` feeds the
+        jitter and may be None.
         """
         batch, seq = tokens_BT.shape
         if positions_BT is None:
@@ -76,8 +79,9 @@ class Transformer(nnx.Module):
             segment_ids_BT = jnp.ones((batch, seq), jnp.int32)
         x_BTD = jnp.take(self.embed_VD[...], tokens_BT, axis=0).astype(self.compute_dtype)
         moe_stats = []
-        for block in self.blocks:
-            x_BTD, stats = block(x_BTD, positions_BT, segment_ids_BT)
+        for index, block in enumerate(self.blocks):
+            block_rng = None if rng is None else jax.random.fold_in(rng, index)
+            x_BTD, stats = block(x_BTD, positions_BT, segment_ids_BT, train=train, rng=block_rng)
             if stats is not None:
                 moe_stats.append(stats)
         x_BTD = self.final_norm(x_BTD)

@@ -34,6 +34,8 @@ class TrainConfig:
       eval_every: compute validation loss every this many steps (and at the end; 0 disables).
       eval_batches: validation batches per task for those losses.
       log_every: print a progress line every this many steps when stderr is not a terminal.
+      grad_accum_steps: split each batch into this many micro-batches and accumulate gradients
+        (must divide DataConfig.batch_size); the optimizer and balancing biases step once.
     """
 
     steps: int = 1000
@@ -53,6 +55,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_batches: int = 8
     log_every: int = 10
+    grad_accum_steps: int = 1
 
 
 def validate_train_config(c: TrainConfig) -> TrainConfig:
@@ -74,6 +77,7 @@ def validate_train_config(c: TrainConfig) -> TrainConfig:
         (c.eval_every >= 0, "eval_every", "an integer >= 0"),
         (c.eval_batches >= 1, "eval_batches", "an integer >= 1"),
         (c.log_every >= 1, "log_every", "an integer >= 1"),
+        (c.grad_accum_steps >= 1, "grad_accum_steps", "an integer >= 1"),
     ]
     for ok, name, allowed in checks:
         if not ok:

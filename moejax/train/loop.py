@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from moejax import data as data_lib
-from moejax.model.config import ConfigError, ModelConfig, validate_model_config
+from moejax.model.config import ConfigError, ModelConfig, moe_layer_indices, validate_model_config
 from moejax.model.functional import build_model
 from moejax.train.checkpoint import Checkpointer, CheckpointError, config_fingerprint, config_mismatch
 from moejax.train.config import TrainConfig, validate_train_config
@@ -66,17 +66,21 @@ def resolve_model_config(model: ModelConfig, data: "data_lib.DataConfig") -> Mod
 def validate_all(model: ModelConfig, data, train: TrainConfig) -> ModelConfig:
     """Every check that can fail before compiling; returns the resolved model config."""
     validate_train_config(train)
+    if data.batch_size % train.grad_accum_steps:
+        raise ConfigError(f"TrainConfig.grad_accum_steps = {train.grad_accum_steps} must divide "
+                          f"DataConfig.batch_size = {data.batch_size}")
     model = resolve_model_config(model, data)
     return validate_model_config(model)
 
 
-def evaluate(eval_step: Callable, params, batches_by_name: dict[str, list]) -> dict[str, float]:
+def evaluate(eval_step: Callable, params, buffers, batches_by_name: dict[str, list]
+             ) -> dict[str, float]:
     """Token-weighted mean NLL (nats/token) per validation task."""
     scores = {}
     for name, batches in batches_by_name.items():
         nll, tokens = 0.0, 0.0
         for batch in batches:
-            batch_nll, batch_tokens = jax.device_get(eval_step(params, batch))
+            batch_nll, batch_tokens = jax.device_get(eval_step(params, buffers, batch))
             nll += float(batch_nll)
             tokens += float(batch_tokens)
         scores[name] = nll / max(tokens, 1.0)
@@ -156,7 +160,8 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
         log(f"resumed from {checkpointer.directory}/{start_step}")
 
     writer = MetricsWriter(workdir, resume_step=start_step)
-    train_step = make_train_step(fmodel, tx, schedule)
+    train_step = make_train_step(fmodel, tx, schedule, grad_accum_steps=train.grad_accum_steps)
+    moe_blocks = moe_layer_indices(model)
     eval_step = make_eval_step(fmodel)
     eval_sets = {name: data_lib.eval_batches(data, name, train.eval_batches)
                  for name in data_lib.eval_names(data)} if train.eval_every else {}
@@ -167,7 +172,7 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
 
     summary = {"workdir": workdir, "start_step": start_step, "validation": {}}
     if eval_sets and start_step == 0:  # the untrained model's score anchors every loss curve
-        scores = evaluate(eval_step, state.params, eval_sets)
+        scores = evaluate(eval_step, state.params, state.buffers, eval_sets)
         writer.write_eval(0, scores)
         summary["initial_validation"] = scores
     batches = data_lib.train_batches(data, start_step)
@@ -191,6 +196,8 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
                         f"{checkpointer.steps()[-1] if checkpointer.steps() else 'none'} "
                         f"in {checkpointer.directory}")
                 step += 1
+                for block, layer in zip(moe_blocks, metrics["moe"]):
+                    layer["block"] = block
                 metrics["step_seconds"] = step_seconds
                 metrics["tokens_per_second"] = float(metrics["tokens"]) / max(step_seconds, 1e-9)
                 writer.write_train(step, metrics)
@@ -204,7 +211,7 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
                         f"tokens/s {metrics['tokens_per_second']:.0f}")
                 is_last = step == train.steps
                 if train.eval_every and (step % train.eval_every == 0 or is_last):
-                    scores = evaluate(eval_step, state.params, eval_sets)
+                    scores = evaluate(eval_step, state.params, state.buffers, eval_sets)
                     writer.write_eval(step, scores)
                     summary["validation"] = scores
                     log(f"step {step} validation " +

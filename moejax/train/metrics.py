@@ -44,6 +44,8 @@ def load_jsonl(path: str) -> list[dict]:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     array = np.asarray(value)
@@ -73,13 +75,15 @@ class MetricsWriter:
         self._train.flush()
         if self._tb is not None:
             for key, value in record.items():
-                if key == "tokens_per_expert":
-                    for layer, counts in enumerate(value):
-                        counts = np.asarray(counts, np.float64)
-                        self._tb.add_histogram(f"moe/layer{layer}/tokens_per_expert", counts, step)
-                        if counts.mean() > 0:
-                            self._tb.add_scalar(f"moe/layer{layer}/load_imbalance",
-                                                counts.max() / counts.mean(), step)
+                if key == "moe":
+                    for layer in value:
+                        prefix = f"moe/block{layer.get('block', '?')}"
+                        for name, stat in layer.items():
+                            if name == "tokens_per_expert":
+                                self._tb.add_histogram(f"{prefix}/tokens_per_expert",
+                                                       np.asarray(stat, np.float64), step)
+                            elif name != "block" and isinstance(stat, (int, float)):
+                                self._tb.add_scalar(f"{prefix}/{name}", stat, step)
                 elif key != "step" and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"train/{key}", value, step)
 

@@ -1,4 +1,12 @@
-"""The MoE layer against a plain per-token loop over experts, forward and gradients."""
+"""Every MoE dispatch path against a plain loop over experts, forward and gradients.
+
+The reference decides routing with numpy (argsort, and a Python loop that hands out capacity slots
+in priority order), then sums each expert's dense SwiGLU output weighted by the router score.
+Routing decisions are discrete, so gradients flow only through the scores and the experts, in
+both implementations.
+"""
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -6,63 +14,209 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moejax.model.config import MoEConfig
+from moejax.model.config import MoEConfig, capacity
 from moejax.model.moe import MoEFeedForward
+from moejax.model.router import BalancingBias
+
+D = 8
 
 
-def reference_moe(x_TD, w_DE, w_in_EDF2, w_out_EFD, top_k, renormalize):
-    """A plain loop over experts: each expert runs densely on every token, and a token keeps the
-    output of an expert only if that expert is among its top_k (no sorting, no grouped matmul)."""
-    probs_TE = jax.nn.softmax(x_TD @ w_DE, axis=-1)
-    rank_TE = jnp.argsort(jnp.argsort(-probs_TE, axis=-1), axis=-1)  # 0 = best expert
-    chosen_TE = rank_TE < top_k
-    gate_TE = jnp.where(chosen_TE, probs_TE, 0.0)
-    if renormalize:
-        gate_TE = gate_TE / gate_TE.sum(-1, keepdims=True)
-    y_TD = jnp.zeros_like(x_TD)
-    for e in range(w_DE.shape[1]):
-        gate, up = jnp.split(x_TD @ w_in_EDF2[e], 2, axis=-1)
-        y_TD = y_TD + gate_TE[:, e:e + 1] * ((jax.nn.silu(gate) * up) @ w_out_EFD[e])
-    return y_TD
+def swiglu(x_TD, w_in_DF2, w_out_FD):
+    gate, up = jnp.split(x_TD @ w_in_DF2, 2, axis=-1)
+    return (jax.nn.silu(gate) * up) @ w_out_FD
 
 
-def _layer_and_params(num_experts, top_k, renormalize, d_model=8, d_expert=6, seed=0):
-    moe = MoEConfig(num_experts=num_experts, top_k=top_k, d_expert=d_expert, renormalize=renormalize)
-    layer = MoEFeedForward(d_model, moe, n_layers=2, init_std=0.5, rngs=nnx.Rngs(seed))
-    graphdef, params = nnx.split(layer, nnx.Param)
-    return graphdef, params
+def scores_of(logits_TE, kind):
+    return jax.nn.softmax(logits_TE, -1) if kind == "softmax" else jax.nn.sigmoid(logits_TE)
 
 
-@pytest.mark.parametrize("num_experts,top_k,renormalize", [(4, 1, False), (4, 2, False),
-                                                           (5, 3, True), (8, 2, True)])
-def test_moe_layer_matches_expert_loop(num_experts, top_k, renormalize):
-    graphdef, params = _layer_and_params(num_experts, top_k, renormalize)
-    x_BTD = jax.random.normal(jax.random.key(1), (2, 5, 8))
+def plan_group(scores_TE, top_k, *, bias_E=None, capacity_slots=None, mask_T=None):
+    """Numpy routing decisions of one token-choice group: chosen (T, K) ids and kept (T, K)."""
+    s = np.asarray(scores_TE)
+    ranking = s + (0.0 if bias_E is None else np.asarray(bias_E))
+    chosen = np.argsort(-ranking, axis=-1, kind="stable")[:, :top_k]  # best first
+    T, E = s.shape
+    real = np.ones(T, bool) if mask_T is None else np.asarray(mask_T).astype(bool)
+    keep = np.zeros((T, top_k), bool)
+    if capacity_slots is None:
+        keep[:] = real[:, None]
+    else:
+        used = np.zeros(E, int)
+        for k in range(top_k):  # all first choices before any second choice
+            for t in range(T):
+                e = chosen[t, k]
+                if real[t] and used[e] < capacity_slots:
+                    keep[t, k] = True
+                    used[e] += 1
+    return chosen, keep
+
+
+def plan_expert_choice(scores_TE, per_expert):
+    """Numpy: the tokens each expert picks (E, C)."""
+    s = np.asarray(scores_TE)
+    return np.stack([np.argsort(-s[:, e], kind="stable")[:per_expert] for e in range(s.shape[1])])
+
+
+def make_plan(params, buffers, x_TD, moe, *, train, mask_T=None):
+    """Routing decisions for every group, from concrete parameters."""
+    plan = []
+    factor = moe.capacity_factor if train else moe.eval_capacity_factor
+    for index, group in enumerate(moe.groups):
+        scores = scores_of(x_TD @ params["groups"][index]["router"]["w_DE"], moe.router_scores)
+        if moe.routing == "expert_choice":
+            scores = scores / scores.sum(-1, keepdims=True)
+            T = x_TD.shape[0]
+            per_expert = min(T, capacity(T, group.num_experts, group.top_k,
+                                         moe.capacity_factor or 1.0))
+            plan.append(plan_expert_choice(scores, per_expert))
+            continue
+        bias = buffers["groups"][index]["router"]["bias_E"] if buffers else None
+        slots = None if factor is None else capacity(x_TD.shape[0], group.num_experts,
+                                                     group.top_k, factor)
+        plan.append(plan_group(scores, group.top_k, bias_E=bias, capacity_slots=slots,
+                               mask_T=mask_T))
+    return plan
+
+
+def reference_layer(params, x_TD, moe, plan):
+    """Differentiable given the plan: a plain loop over experts of every group."""
+    y = jnp.zeros_like(x_TD)
+    for index, group in enumerate(moe.groups):
+        g = params["groups"][index]
+        scores = scores_of(x_TD @ g["router"]["w_DE"], moe.router_scores)
+        T, E = scores.shape
+        if moe.routing == "expert_choice":
+            scores = scores / scores.sum(-1, keepdims=True)
+            gates_TE = jnp.zeros((T, E))
+            for e in range(E):
+                picked = plan[index][e]
+                gates_TE = gates_TE.at[picked, e].set(scores[picked, e])
+        else:
+            chosen, keep = plan[index]
+            weights = jnp.take_along_axis(scores, jnp.asarray(chosen), axis=-1)
+            if moe.renormalize:
+                weights = weights / weights.sum(-1, keepdims=True)
+            weights = jnp.where(jnp.asarray(keep), weights, 0.0)
+            gates_TE = jnp.einsum("tk,tke->te", weights, jax.nn.one_hot(jnp.asarray(chosen), E))
+        for e in range(E):  # the plain loop over experts
+            y = y + gates_TE[:, e:e + 1] * swiglu(x_TD, g["experts"]["w_in_EDF2"][e],
+                                                    g["experts"]["w_out_EFD"][e])
+    if moe.num_shared_experts:
+        y = y + swiglu(x_TD, params["shared"]["w_in_DF2"], params["shared"]["w_out_FD"])
+    return y
+
+
+def build(moe, seed=0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = MoEFeedForward(D, moe, n_layers=2, init_std=0.5, rngs=nnx.Rngs(seed))
+    graphdef, params, buffers = nnx.split(layer, nnx.Param, BalancingBias)
+    return graphdef, params, buffers
+
+
+CASES = {
+    "top1": MoEConfig(num_experts=4, top_k=1, d_expert=6),
+    "top2": MoEConfig(num_experts=4, top_k=2, d_expert=6),
+    "top3_renorm": MoEConfig(num_experts=5, top_k=3, d_expert=6, renormalize=True),
+    "sigmoid_renorm": MoEConfig(num_experts=6, top_k=2, d_expert=6, router_scores="sigmoid",
+                                renormalize=True),
+    "balancing_bias": MoEConfig(num_experts=4, top_k=2, d_expert=6, bias_update_rate=0.01),
+    "capacity": MoEConfig(num_experts=4, top_k=2, d_expert=6, capacity_factor=0.5),
+    "shared": MoEConfig(num_experts=4, top_k=1, d_expert=6, num_shared_experts=2,
+                        d_shared_expert=5),
+    "heterogeneous": MoEConfig(expert_groups=((4, 6, 2), (6, 3, 3)), num_shared_experts=1),
+    "expert_choice": MoEConfig(num_experts=4, top_k=2, d_expert=6, routing="expert_choice"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_moe_layer_matches_expert_loop(name):
+    moe = CASES[name]
+    graphdef, params, buffers = build(moe)
+    if name == "balancing_bias":  # a bias large enough to change choices, not the weights
+        buffers["groups"][0]["router"]["bias_E"].value = jnp.array([0.3, -0.3, 0.1, 0.0])
+    x_BTD = jax.random.normal(jax.random.key(1), (2, 5, D))
     mask = jnp.ones((2, 5), bool)
 
     def layer_out(params, x):
-        return nnx.merge(graphdef, params)(x, mask)[0]
+        return nnx.merge(graphdef, params, buffers)(x, mask, train=True)[0]
+
+    plan = make_plan(nnx.to_pure_dict(params), nnx.to_pure_dict(buffers), x_BTD.reshape(-1, D),
+                     moe, train=True)
 
     def ref_out(params, x):
-        p = nnx.to_pure_dict(params)
-        y = reference_moe(x.reshape(-1, 8), p["router"]["w_DE"], p["experts"]["w_in_EDF2"],
-                          p["experts"]["w_out_EFD"], top_k, renormalize)
-        return y.reshape(x.shape)
+        return reference_layer(nnx.to_pure_dict(params), x.reshape(-1, D), moe,
+                               plan).reshape(x.shape)
 
-    layer_out, ref_out = jax.jit(layer_out), jax.jit(ref_out)
-    np.testing.assert_allclose(layer_out(params, x_BTD), ref_out(params, x_BTD), rtol=1e-5,
-                               atol=1e-5)
-    # Gradients w.r.t. every parameter and the input, through a non-trivial scalar.
+    np.testing.assert_allclose(jax.jit(layer_out)(params, x_BTD), jax.jit(ref_out)(params, x_BTD),
+                               rtol=1e-5, atol=1e-5)
     probe = jax.random.normal(jax.random.key(2), x_BTD.shape)
-    g_layer = jax.grad(lambda p, x: jnp.sum(layer_out(p, x) * probe), argnums=(0, 1))(params, x_BTD)
-    g_ref = jax.grad(lambda p, x: jnp.sum(ref_out(p, x) * probe), argnums=(0, 1))(params, x_BTD)
+
+    def grads(fn):
+        return jax.jit(jax.grad(lambda p, x: jnp.sum(fn(p, x) * probe), argnums=(0, 1)))(
+            params, x_BTD)
+
+    g_layer, g_ref = grads(layer_out), grads(ref_out)
     for a, b in zip(jax.tree.leaves(g_layer), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_capacity_dropping_on_hand_built_routing():
+    from moejax.model.capacity import capacity_slots
+
+    # 5 tokens, 2 experts, top-2, capacity 3. Choices (first, second):
+    ids = jnp.array([[0, 1], [0, 1], [0, 1], [0, 1], [1, 0]])
+    slot, kept = capacity_slots(ids, num_experts=2, capacity=3)
+    # Expert 0 first choices: tokens 0,1,2 fill it; token 3's first choice is dropped; token 4's
+    # first choice (expert 1) gets slot 0 of expert 1; then second choices: token 0 -> expert 1
+    # slot 1, token 1 -> slot 2, tokens 2,3 dropped; token 4's second choice (expert 0) dropped.
+    expected_kept = np.array([[1, 1], [1, 1], [1, 0], [0, 0], [1, 0]], bool)
+    np.testing.assert_array_equal(kept, expected_kept)
+    np.testing.assert_array_equal(np.where(expected_kept, slot, -1),
+                                  [[0, 1], [1, 2], [2, -1], [-1, -1], [0, -1]])
+    # Padding tokens never take a slot.
+    _, kept_masked = capacity_slots(ids, 2, 3, mask_T=jnp.array([0, 1, 1, 1, 1]))
+    assert not kept_masked[0].any() and kept_masked[3, 0]
+
+
+def test_dropped_token_passes_through_residual_and_eval_can_be_dropless():
+    moe = MoEConfig(num_experts=2, top_k=1, d_expert=6, capacity_factor=0.5,
+                    eval_capacity_factor=None)
+    graphdef, params, buffers = build(moe)
+    layer = nnx.merge(graphdef, params, buffers)
+    x = jax.random.normal(jax.random.key(4), (1, 8, D))
+    mask = jnp.ones((1, 8), bool)
+    y_train, stats_train = layer(x, mask, train=True)
+    y_eval, stats_eval = layer(x, mask, train=False)
+    # capacity 0.5 * 1 * 8 / 2 = 2 slots per expert: 4 of 8 tokens dropped in training.
+    assert float(stats_train.dropped_fraction) == 0.5 and float(stats_eval.dropped_fraction) == 0.0
+    dropped = np.all(np.asarray(y_train[0]) == 0.0, axis=-1)  # MoE output 0 -> residual only
+    assert dropped.sum() == 4
+    changed = ~np.isclose(np.asarray(y_train[0]), np.asarray(y_eval[0])).all(-1)
+    np.testing.assert_array_equal(changed, dropped)  # eval differs exactly on dropped tokens
+
+
+def test_jitter_only_in_training_with_rng():
+    moe = MoEConfig(num_experts=4, top_k=2, d_expert=6, router_jitter=0.5)
+    graphdef, params, buffers = build(moe)
+    layer = nnx.merge(graphdef, params, buffers)
+    x = jax.random.normal(jax.random.key(5), (1, 6, D))
+    mask = jnp.ones((1, 6), bool)
+    plain, _ = layer(x, mask, train=False, rng=jax.random.key(0))
+    again, _ = layer(x, mask, train=True, rng=None)
+    jittered, _ = layer(x, mask, train=True, rng=jax.random.key(0))
+    np.testing.assert_allclose(plain, again, rtol=1e-6)
+    assert not np.allclose(plain, jittered)
+
+
 def test_tokens_per_expert_counts_real_tokens_only():
-    graphdef, params = _layer_and_params(4, 2, False)
-    x = jax.random.normal(jax.random.key(3), (1, 6, 8))
+    graphdef, params, buffers = build(CASES["top2"])
+    x = jax.random.normal(jax.random.key(3), (1, 6, D))
     mask = jnp.array([[1, 1, 1, 1, 0, 0]], bool)
-    _, stats = nnx.merge(graphdef, params)(x, mask)
+    _, stats = nnx.merge(graphdef, params, buffers)(x, mask)
     assert float(stats.tokens_per_expert_E.sum()) == 4 * 2
+
+
+def test_expert_choice_warns_about_future_leak():
+    with pytest.warns(UserWarning, match="leaks future tokens"):
+        MoEFeedForward(D, CASES["expert_choice"], n_layers=2, init_std=0.5, rngs=nnx.Rngs(0))

@@ -157,9 +157,15 @@ def test_run_directory_contents(tmp_path):
     record = load_jsonl(tmp_path / "metrics.jsonl")[-1]
     for key in ("loss", "aux_loss", "z_loss", "learning_rate", "grad_norm", "tokens_per_second"):
         assert np.isfinite(record[key]), key
-    per_layer = record["tokens_per_expert"]
-    assert len(per_layer) == 2 and all(len(layer) == 4 for layer in per_layer)
-    assert all(sum(layer) == 4 * 32 * 2 for layer in per_layer)  # every real token, top-2
+    layers = record["moe"]
+    assert [layer["block"] for layer in layers] == [0, 1]
+    for layer in layers:
+        assert len(layer["tokens_per_expert"]) == 4
+        assert sum(layer["tokens_per_expert"]) == 4 * 32 * 2  # every real token, top-2, dropless
+        assert layer["dropped_fraction"] == 0.0 and layer["load_imbalance"] >= 1.0
+        assert 0.0 < layer["router_entropy"] <= np.log(4) + 1e-6
+        for key in ("aux_loss", "z_loss", "bias_norm"):
+            assert np.isfinite(layer[key]), key
     evals = load_jsonl(tmp_path / "eval.jsonl")
     assert {r["step"] for r in evals} == {0, 2, 4}
     assert {r["task"] for r in evals} >= {"moejax_embedded", "moejax_wiki"}

@@ -23,8 +23,12 @@ def test_objective_adds_weighted_router_losses_averaged_over_layers():
     logits = jnp.zeros((1, 2, 4))
     targets = jnp.zeros((1, 2), jnp.int32)
     weights = jnp.ones((1, 2))
-    stats = [MoEStats(jnp.float32(1.0), jnp.float32(2.0), jnp.ones(4)),
-             MoEStats(jnp.float32(3.0), jnp.float32(4.0), jnp.ones(4))]
+    def stats_with(aux, z):
+        zero = jnp.float32(0.0)
+        return MoEStats(jnp.float32(aux), jnp.float32(z), jnp.ones(4), zero, zero, zero, zero,
+                        (jnp.ones(4),))
+
+    stats = [stats_with(1.0, 2.0), stats_with(3.0, 4.0)]
     moe = MoEConfig(aux_loss_weight=0.1, z_loss_weight=0.01)
     parts = objective(logits, targets, weights, stats, moe)
     np.testing.assert_allclose(parts.cross_entropy, np.log(4.0), rtol=1e-6)
