@@ -204,7 +204,7 @@ def _kernels(law: Law):
     gradient = jax.grad(objective)
     hessian = jax.hessian(objective)
 
-    def damped_newton_step(theta, damping, data, log_loss, weights):
+    def damped_newton_step(theta, damping, stalled, data, log_loss, weights):
         value = objective(theta, data, log_loss, weights)
         grad = gradient(theta, data, log_loss, weights)
         hess = hessian(theta, data, log_loss, weights)
@@ -218,13 +218,17 @@ def _kernels(law: Law):
         new_theta = jnp.where(accept, trial, theta)
         new_value = jnp.where(accept, trial_value, value)
         new_damping = jnp.where(accept, jnp.maximum(damping / 5.0, 1e-12), jnp.minimum(damping * 4.0, 1e16))
-        return new_theta, new_damping, new_value, value - new_value
+        # A member has converged once `patience` consecutive steps (accepted or not) gain nothing
+        # measurable: with damping x4 per rejection that also means the trust region has collapsed.
+        negligible = (value - new_value) <= 1e-14 * jnp.abs(value)
+        new_stalled = jnp.where(negligible, stalled + 1, 0)
+        return new_theta, new_damping, new_stalled, new_value
 
     batch = dict(in_axes=(0, None, None, 0))
     return {
         "objective_batch": jax.jit(jax.vmap(objective, in_axes=(0, None, None, None))),
         "rmse_batch": jax.jit(jax.vmap(rmse, in_axes=(0, None, None, None))),
-        "newton_batch": jax.jit(jax.vmap(damped_newton_step, in_axes=(0, 0, None, None, 0))),
+        "newton_batch": jax.jit(jax.vmap(damped_newton_step, in_axes=(0, 0, 0, None, None, 0))),
         "value_and_grad": jax.jit(jax.value_and_grad(objective)),
         "rmse": jax.jit(rmse),
         "objective_weights_batch": jax.jit(jax.vmap(objective, **batch)),
@@ -245,27 +249,23 @@ def _evaluate_all_starts(kernels, starts, data, log_loss, weights) -> np.ndarray
     return values
 
 
-def _newton_batch(kernels, thetas, data, log_loss, weights_batch, max_iterations=400, patience=4,
-                  on_iteration=None):
-    """Batched damped Newton until every member stalls (relative decrease < 1e-14 for `patience`
-    consecutive steps) or max_iterations. Returns thetas, values, converged flags, iterations."""
+def _newton_batch(kernels, thetas, data, log_loss, weights_batch, max_iterations=120, patience=8):
+    """Batched damped Newton until every member has converged (``patience`` consecutive steps with
+    relative decrease < 1e-14) or ``max_iterations``. Members that have not converged by then are
+    still in their basin and get finished by L-BFGS-B. Returns thetas, values, converged flags and
+    the number of iterations run."""
     thetas = jnp.asarray(thetas)
     damping = jnp.full((thetas.shape[0],), 1e-3)
+    stalled = jnp.zeros((thetas.shape[0],), dtype=jnp.int32)
     weights_batch = jnp.asarray(weights_batch)
-    stalled = np.zeros(thetas.shape[0], dtype=int)
     values = None
     iteration = 0
     for iteration in range(1, max_iterations + 1):
-        thetas, damping, values, decrease = kernels["newton_batch"](thetas, damping, data, log_loss, weights_batch)
-        if on_iteration is not None:
-            on_iteration()
-        if iteration % 5 == 0 or iteration == max_iterations:
-            values_np, decrease_np = np.asarray(values), np.asarray(decrease)
-            small = decrease_np <= 1e-14 * np.maximum(np.abs(values_np), 1e-300)
-            stalled = np.where(small, stalled + 5, 0)
-            if np.all(stalled >= patience):
-                break
-    return np.asarray(thetas), np.asarray(values), stalled >= patience, iteration
+        thetas, damping, stalled, values = kernels["newton_batch"](thetas, damping, stalled, data, log_loss,
+                                                                   weights_batch)
+        if iteration % 10 == 0 and bool(jnp.all(stalled >= patience)):
+            break
+    return np.asarray(thetas), np.asarray(values), np.asarray(stalled) >= patience, iteration
 
 
 def _polish(kernels, theta, data, log_loss, weights):
@@ -299,7 +299,7 @@ def _start_array(law: Law, starts) -> np.ndarray:
 # Public API
 
 def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[str, str] | None = None,
-        holdout=None, bootstrap: int = 0, *, starts=None, n_optimised: int = 256, n_polished: int = 3,
+        holdout=None, bootstrap: int = 0, *, starts=None, n_optimised: int = 128, max_newton_iterations: int = 120, n_polished: int = 3,
         confidence: float = 0.95, seed: int = 0, run_column: str | None = None,
         progress: bool = False) -> FitResult:
     """Fit ``law`` to ``points``.
@@ -336,12 +336,15 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
         start_values = _evaluate_all_starts(kernels, start_grid, data, log_loss, ones)
         if not np.isfinite(start_values).any():
             raise FitInputError(f"the objective is not finite at any of {len(start_grid)} starts")
+        stage_seconds = {"evaluate": time.perf_counter() - began}
         bar.update(1)
         # Stage 2: the best starts to convergence, batched.
         order = np.argsort(start_values, kind="stable")
         chosen = order[: min(n_optimised, int(np.isfinite(start_values).sum()))]
         thetas, values, stage2_converged, stage2_iterations = _newton_batch(
-            kernels, start_grid[chosen], data, log_loss, jnp.broadcast_to(ones, (len(chosen), ones.shape[0])))
+            kernels, start_grid[chosen], data, log_loss, jnp.broadcast_to(ones, (len(chosen), ones.shape[0])),
+            max_iterations=max_newton_iterations)
+        stage_seconds["optimise"] = time.perf_counter() - began - sum(stage_seconds.values())
         bar.update(1)
 
         def criterion(candidate_thetas, candidate_values):
@@ -369,6 +372,7 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
         best = int(np.argmin(polished_scores))
         best_result = polished[best]
         theta = polished_thetas[best]
+        stage_seconds["polish"] = time.perf_counter() - began - sum(stage_seconds.values())
         bar.update(1)
 
         best_value = float(best_result.fun)
@@ -391,6 +395,7 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
             "lbfgs_iterations": int(best_result.nit),
             "lbfgs_evaluations": int(best_result.nfev),
             "gradient_max_abs": float(np.max(np.abs(gradient))),
+            "stage_seconds": stage_seconds,
             "selection": "train RMSE + held-out RMSE" if test_log_loss is not None else "objective",
         }
         train_rmse = float(kernels["rmse"](jnp.asarray(theta), data, log_loss, ones))
@@ -415,8 +420,7 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
             group_counts = np.stack([np.bincount(d, minlength=len(unique_groups)) for d in draws])
             weights = group_counts[:, group_index].astype(np.float64)
             boot_thetas, _, boot_converged, _ = _newton_batch(
-                kernels, np.repeat(theta[None, :], bootstrap, axis=0), data, log_loss, weights,
-                on_iteration=None)
+                kernels, np.repeat(theta[None, :], bootstrap, axis=0), data, log_loss, weights)
             bar.update(bootstrap)
             samples = [law.to_parameters(t) for t in boot_thetas]
             result.bootstrap_parameters = samples

@@ -22,6 +22,7 @@ import dataclasses
 import math
 from typing import Callable, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
@@ -77,9 +78,10 @@ class Law:
 
     def predict(self, parameters: Mapping[str, float], variables: Mapping[str, np.ndarray]) -> np.ndarray:
         """Predicted loss (nats/token, or whatever the fitted loss is) for paper-named parameters."""
-        theta = jnp.asarray(self.from_parameters(parameters), dtype=jnp.float64)
-        arrays = {k: jnp.asarray(np.asarray(variables[k], dtype=np.float64)) for k in self.variable_names}
-        return np.exp(np.asarray(self.log_loss(theta, arrays), dtype=np.float64))
+        with jax.enable_x64(True):
+            theta = jnp.asarray(self.from_parameters(parameters), dtype=jnp.float64)
+            arrays = {k: jnp.asarray(np.asarray(variables[k], dtype=np.float64)) for k in self.variable_names}
+            return np.exp(np.asarray(self.log_loss(theta, arrays), dtype=np.float64))
 
 
 _REGISTRY: dict[str, Law] = {}
