@@ -44,6 +44,9 @@ from moejax.laws.forms import Law, get_law
 
 LOSS_KEY = "loss"
 _MAX_ELEMENTS_PER_CHUNK = 2_000_000  # starts x points evaluated per jitted call in stage 1
+# Bound on Ê's fit coordinates during the L-BFGS-B polish: E_max - E_start <= 1e7 is "no saturation"
+# for any expert count in use, and stops the polish crawling along that flat direction.
+_LATE_PARAMETER_BOUNDS = (-12.0, math.log(1e7))
 
 
 class FitInputError(ValueError):
@@ -249,26 +252,37 @@ def _evaluate_all_starts(kernels, starts, data, log_loss, weights) -> np.ndarray
     return values
 
 
-def _newton_batch(kernels, thetas, data, log_loss, weights_batch, max_iterations=120, patience=8):
+def _newton_batch(kernels, thetas, data, log_loss, weights_batch, max_iterations=120, patience=8,
+                  stop_when_best_settles=False):
     """Batched damped Newton until every member has converged (``patience`` consecutive steps with
-    relative decrease < 1e-14) or ``max_iterations``. Members that have not converged by then are
-    still in their basin and get finished by L-BFGS-B. Returns thetas, values, converged flags and
-    the number of iterations run."""
+    relative decrease < 1e-14) or ``max_iterations``; with ``stop_when_best_settles``, also once the
+    batch's best value has not moved (relative 1e-12) for 10 steps and at least 3 members have
+    converged: members still crawling along flat valleys by then are far from the best. Members
+    not converged are finished by L-BFGS-B if they are picked. Returns thetas, values, converged
+    flags and the number of iterations run."""
     thetas = jnp.asarray(thetas)
     damping = jnp.full((thetas.shape[0],), 1e-3)
     stalled = jnp.zeros((thetas.shape[0],), dtype=jnp.int32)
     weights_batch = jnp.asarray(weights_batch)
     values = None
     iteration = 0
+    previous_best = np.inf
     for iteration in range(1, max_iterations + 1):
         thetas, damping, stalled, values = kernels["newton_batch"](thetas, damping, stalled, data, log_loss,
                                                                    weights_batch)
-        if iteration % 10 == 0 and bool(jnp.all(stalled >= patience)):
-            break
+        if iteration % 10 == 0:
+            converged = np.asarray(stalled) >= patience
+            if converged.all():
+                break
+            best = float(np.min(np.asarray(values)))
+            if stop_when_best_settles and converged.sum() >= min(3, len(converged)) and \
+                    best >= previous_best * (1 - 1e-12):
+                break
+            previous_best = best
     return np.asarray(thetas), np.asarray(values), np.asarray(stalled) >= patience, iteration
 
 
-def _polish(kernels, theta, data, log_loss, weights):
+def _polish(kernels, theta, data, log_loss, weights, bounds=None):
     """L-BFGS-B with the exact float64 gradient and tight tolerances."""
 
     def value_and_grad(x):
@@ -276,7 +290,7 @@ def _polish(kernels, theta, data, log_loss, weights):
         return float(value), np.asarray(grad, dtype=np.float64)
 
     result = scipy.optimize.minimize(value_and_grad, np.asarray(theta, dtype=np.float64), jac=True,
-                                     method="L-BFGS-B",
+                                     method="L-BFGS-B", bounds=bounds,
                                      options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20_000, "maxcor": 30})
     return result
 
@@ -340,10 +354,13 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
         bar.update(1)
         # Stage 2: the best starts to convergence, batched.
         order = np.argsort(start_values, kind="stable")
-        chosen = order[: min(n_optimised, int(np.isfinite(start_values).sum()))]
+        chosen = start_grid[order[: min(n_optimised, int(np.isfinite(start_values).sum()))]]
+        late_columns = [law.fit_parameter_names.index(name) for name in law.saturation_coordinates]
+        polish_bounds = [(_LATE_PARAMETER_BOUNDS if i in late_columns else (None, None))
+                         for i in range(law.n_parameters)] if late_columns else None
         thetas, values, stage2_converged, stage2_iterations = _newton_batch(
-            kernels, start_grid[chosen], data, log_loss, jnp.broadcast_to(ones, (len(chosen), ones.shape[0])),
-            max_iterations=max_newton_iterations)
+            kernels, chosen, data, log_loss, jnp.broadcast_to(ones, (len(chosen), ones.shape[0])),
+            max_iterations=max_newton_iterations, stop_when_best_settles=True)
         stage_seconds["optimise"] = time.perf_counter() - began - sum(stage_seconds.values())
         bar.update(1)
 
@@ -365,7 +382,7 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
             if any(np.allclose(thetas[index], thetas[j], rtol=1e-6, atol=1e-8) for j in picked):
                 continue
             picked.append(index)
-            polished.append(_polish(kernels, thetas[index], data, log_loss, ones))
+            polished.append(_polish(kernels, thetas[index], data, log_loss, ones, polish_bounds))
         polished_thetas = np.stack([r.x for r in polished])
         polished_values = np.asarray([r.fun for r in polished])
         polished_scores = criterion(polished_thetas, polished_values)

@@ -60,6 +60,8 @@ class Law:
     huber_delta: float | None  # None: squared error (Clark's MSE on log10 L)
     published: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
     default_holdout: int | None = None  # paper's protocol: hold out the k lowest-loss runs
+    # Fit coordinates of Ê's E_start, E_max (bounded during the final polish).
+    saturation_coordinates: tuple[str, ...] = ()
     notes: str = ""
 
     @property
@@ -153,6 +155,14 @@ def _make_maps(spec: Sequence[tuple[str, str, str]]):
     return to_parameters, from_parameters
 
 
+# Ê's constants are in no paper's grid. From a single (E_start, E_max) start the optimiser can drift
+# to the degenerate edge E_start -> 1, E_max -> inf and stay there (seen on Yun's form), so every law
+# with Ê also crosses its grid with E_start in {1.5, 2, 4} and E_max - E_start in {50, 300, 2000}.
+_E_START_GRID = tuple(math.log(x - 1.0) for x in (1.5, 2.0, 4.0))
+_E_MAX_GRID = tuple(math.log(x) for x in (50.0, 300.0, 2000.0))
+
+
+
 def _e_hat(log_e_start_minus_1, log_e_max_minus_e_start, num_experts):
     e_start = 1.0 + jnp.exp(log_e_start_minus_1)
     e_max = e_start + jnp.exp(log_e_max_minus_e_start)
@@ -162,6 +172,7 @@ def _e_hat(log_e_start_minus_1, log_e_max_minus_e_start, num_experts):
 def _law(name, description, reference, variables, spec, log_loss, init_grid, huber_delta,
          published=None, default_holdout=None, notes=""):
     to_p, from_p = _make_maps(spec)
+    saturation = tuple(fit for _paper, fit, kind in spec if kind in ("e_start", "e_max"))
     return register_law(Law(
         name=name, description=description, reference=reference,
         variables=tuple(Variable(*v) for v in variables),
@@ -169,7 +180,7 @@ def _law(name, description, reference, variables, spec, log_loss, init_grid, hub
         log_loss=log_loss, to_parameters=to_p, from_parameters=from_p,
         init_grid={k: tuple(float(x) for x in v) for k, v in init_grid.items()},
         huber_delta=huber_delta, published=published or {}, default_holdout=default_holdout,
-        notes=notes))
+        saturation_coordinates=saturation, notes=notes))
 
 
 def _arange(start, stop, step):
@@ -224,12 +235,12 @@ JOINT_MOE = _law(
      ("c", "log_c", "log")],
     _joint_moe_log_loss,
     # App. B grid; alpha, beta listed there as magnitudes, negative in this convention.
-    # E_start, E_max are not in the paper's grid: one start at (2, 300), near Table 3.
+    # E_start, E_max: not in the paper's grid; the shared Ê grid.
     {"log_a": tuple(math.log(x) for x in (30, 100, 300)), "alpha": (-0.05, -0.25, -0.5),
      "delta": (-0.5, 0.0, 0.5), "gamma": (-0.5, 0.0, 0.5),
      "log_b": tuple(math.log(x) for x in (30, 100, 300)), "beta": (-0.05, -0.25, -0.5),
      "omega": (-0.5, 0.0, 0.5), "zeta": (-0.5, 0.0, 0.5),
-     "log_E_start_minus_1": (0.0,), "log_E_max_minus_E_start": (math.log(298.0),),
+     "log_E_start_minus_1": _E_START_GRID, "log_E_max_minus_E_start": _E_MAX_GRID,
      "log_c": tuple(math.log(x) for x in (0.5, 1, 2))},
     huber_delta=1e-2, default_holdout=30,
     published={"table3": {"a": 35.91, "alpha": -0.1889, "delta": -0.2285, "gamma": 0.0098, "b": 35.98,
@@ -261,11 +272,11 @@ YUN = _law(
      ("E_start", "log_E_start_minus_1", "e_start"), ("E_max", "log_E_max_minus_E_start", "e_max")],
     _yun_log_loss,
     # Paper grid for alpha, beta, gamma, log A, log B, log C, log F. LAWS.md lists d "as a log" in
-    # {0..25}, which cannot be meant (d multiplies ln N ln Ê); d starts at 0. E_start, E_max: one start.
+    # {0..25}, which cannot be meant (d multiplies ln N ln Ê); d starts at 0. E_start, E_max: Ê grid.
     {"log_A": _arange(0, 25, 5), "alpha": _arange(0, 2, 0.5), "log_B": _arange(0, 25, 5),
      "beta": _arange(0, 2, 0.5), "log_C": _arange(0, 25, 5), "gamma": _arange(0, 2, 0.5),
-     "log_F": _arange(-1, 1, 0.5), "d": (0.0,), "log_E_start_minus_1": (0.0,),
-     "log_E_max_minus_E_start": (math.log(298.0),)},
+     "log_F": _arange(-1, 1, 0.5), "d": (0.0,), "log_E_start_minus_1": _E_START_GRID,
+     "log_E_max_minus_E_start": _E_MAX_GRID},
     huber_delta=1e-3,
     notes="No coefficients were published.",
 )
@@ -325,8 +336,7 @@ CLARK = _law(
     _clark_log_loss,
     # The paper used many random starts; a small grid covers the same region.
     {"a": (-0.1, -0.05), "b": (-0.2, -0.05, 0.05), "c": (0.0, 0.02), "d": (1.0, 1.5),
-     "log_E_start_minus_1": (math.log(0.5), 0.0, math.log(3.0)),
-     "log_E_max_minus_E_start": (math.log(50.0), math.log(300.0), math.log(2000.0))},
+     "log_E_start_minus_1": _E_START_GRID, "log_E_max_minus_E_start": _E_MAX_GRID},
     huber_delta=None,
     published={"s_base": {"a": -0.082, "c": 0.009}, "rl_r": {"a": -0.083, "c": 0.012},
                "hash": {"a": -0.087, "c": 0.012}},
