@@ -80,6 +80,9 @@ def _write_atomic(path: Path, payload: bytes) -> None:
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(payload)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -155,10 +158,13 @@ def make_plots(result: FitResult, points: pd.DataFrame) -> dict[str, bytes]:
     plots = {}
 
     figure, axis = plt.subplots(figsize=(5, 5))
-    scatter = axis.scatter(observed, predicted["loss_pred"], c=colours, s=14, cmap="viridis")
+    scatter = axis.scatter(observed, predicted["loss_pred"], c=colours, s=14,
+                           cmap="viridis" if colours is not None else None)
     if "loss_lower" in predicted:
-        axis.errorbar(observed, predicted["loss_pred"], yerr=[predicted["loss_pred"] - predicted["loss_lower"],
-                      predicted["loss_upper"] - predicted["loss_pred"]], fmt="none", ecolor="0.6", lw=0.8)
+        # A percentile band need not contain the point fit; clip so error bars stay non-negative.
+        below = np.clip(predicted["loss_pred"] - predicted["loss_lower"], 0, None)
+        above = np.clip(predicted["loss_upper"] - predicted["loss_pred"], 0, None)
+        axis.errorbar(observed, predicted["loss_pred"], yerr=[below, above], fmt="none", ecolor="0.6", lw=0.8)
     low, high = observed.min(), observed.max()
     axis.plot([low, high], [low, high], "k--", lw=1)
     axis.set(xlabel="observed loss", ylabel="fitted loss", title=f"{law.name}: fitted vs observed")
@@ -182,17 +188,13 @@ def make_plots(result: FitResult, points: pd.DataFrame) -> dict[str, bytes]:
     if "D" in variables:
         compute = 6.0 * variables["N"] * variables["D"]
         axis.scatter(compute, observed, c=colours, s=12, alpha=0.6)
-        from moejax.plan.optimal import numerical_compute_optimal
+        from moejax.plan.optimal import compute_optimal_frontier
 
-        budgets = np.geomspace(compute.min(), compute.max() * 10, 25)
+        budgets = np.geomspace(compute.min(), compute.max() * 10, 40)
         for index, value in enumerate(fixed_values):
             fixed = {} if value is None else {colour_key: value}
             others = {k: float(np.median(v)) for k, v in variables.items() if k not in ("N", "D", colour_key)}
-            frontier = []
-            for budget in budgets:
-                n_opt, d_opt = numerical_compute_optimal(law.name, result.parameters, budget, **fixed, **others)
-                frontier.append(law.predict(result.parameters, {"N": [n_opt], "D": [d_opt],
-                                                                **{k: [v] for k, v in {**fixed, **others}.items()}})[0])
+            _, _, frontier = compute_optimal_frontier(law.name, result.parameters, budgets, **fixed, **others)
             label = "frontier" if value is None else f"{colour_key}={value:g}"
             axis.plot(budgets, frontier, color=cmap(index / max(len(fixed_values) - 1, 1)), label=label)
         axis.set(xlabel="training compute 6 N D (FLOPs)", title=f"{law.name}: loss vs compute, compute-optimal frontier")
