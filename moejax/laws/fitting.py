@@ -239,14 +239,19 @@ def _kernels(law: Law):
 
 
 def _evaluate_all_starts(kernels, starts, data, log_loss, weights) -> np.ndarray:
+    """Objective at every start, shape (n_starts,). Evaluated in float32: it only ranks the starts
+    (differences between grid starts are far above float32 rounding) and runs ~2x faster on CPU."""
     n_starts, n_points = starts.shape[0], log_loss.shape[0]
     chunk = max(1, min(n_starts, _MAX_ELEMENTS_PER_CHUNK // max(n_points, 1)))
+    data32 = {k: jnp.asarray(v, dtype=jnp.float32) for k, v in data.items()}
+    log_loss32, weights32 = jnp.asarray(log_loss, dtype=jnp.float32), jnp.asarray(weights, dtype=jnp.float32)
     values = np.empty(n_starts)
     for begin in range(0, n_starts, chunk):
         block = starts[begin:begin + chunk]
         if block.shape[0] < chunk:  # pad so every call has one shape (one compilation)
             block = np.concatenate([block, np.repeat(block[-1:], chunk - block.shape[0], axis=0)])
-        out = np.asarray(kernels["objective_batch"](jnp.asarray(block), data, log_loss, weights))
+        out = np.asarray(kernels["objective_batch"](jnp.asarray(block, dtype=jnp.float32), data32, log_loss32,
+                                                    weights32))
         values[begin:begin + chunk] = out[: min(chunk, n_starts - begin)]
     values[~np.isfinite(values)] = np.inf
     return values
