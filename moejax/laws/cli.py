@@ -197,7 +197,8 @@ def make_plots(result: FitResult, points: pd.DataFrame) -> dict[str, bytes]:
             _, _, frontier = compute_optimal_frontier(law.name, result.parameters, budgets, **fixed, **others)
             label = "frontier" if value is None else f"{colour_key}={value:g}"
             axis.plot(budgets, frontier, color=cmap(index / max(len(fixed_values) - 1, 1)), label=label)
-        axis.set(xlabel="training compute 6 N D (FLOPs)", title=f"{law.name}: loss vs compute, compute-optimal frontier")
+        axis.set(xlabel="training compute 6 N D (FLOPs)",
+                 title=f"{law.name}: loss vs compute, compute-optimal frontier")
     else:  # no token variable (Clark): loss against parameters per expert count
         axis.scatter(variables["N"], observed, c=colours, s=12, alpha=0.6)
         grid = np.geomspace(variables["N"].min(), variables["N"].max(), 50)
@@ -217,8 +218,8 @@ def make_plots(result: FitResult, points: pd.DataFrame) -> dict[str, bytes]:
     if second is not None:
         figure, axis = plt.subplots(figsize=(6, 4.5))
         n_grid = np.geomspace(variables["N"].min(), variables["N"].max(), 80)
-        other_grid = np.geomspace(variables[second].min(), max(variables[second].max(), variables[second].min() * 1.01), 80) \
-            if second != "S" else np.linspace(0, variables["S"].max(), 80)
+        low, high = variables[second].min(), variables[second].max()
+        other_grid = np.geomspace(low, max(high, low * 1.01), 80) if second != "S" else np.linspace(0, high, 80)
         n_mesh, other_mesh = np.meshgrid(n_grid, other_grid)
         inputs = {"N": n_mesh.ravel(), second: other_mesh.ravel()}
         for name in law.variable_names:

@@ -46,7 +46,7 @@ LOSS_KEY = "loss"
 _MAX_ELEMENTS_PER_CHUNK = 2_000_000  # starts x points evaluated per jitted call in stage 1
 # Bound on Ê's fit coordinates during the L-BFGS-B polish: E_max - E_start <= 1e7 is "no saturation"
 # for any expert count in use, and stops the polish crawling along that flat direction.
-_LATE_PARAMETER_BOUNDS = (-12.0, math.log(1e7))
+_SATURATION_COORDINATE_BOUNDS = (-12.0, math.log(1e7))
 
 
 class FitInputError(ValueError):
@@ -318,9 +318,9 @@ def _start_array(law: Law, starts) -> np.ndarray:
 # Public API
 
 def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[str, str] | None = None,
-        holdout=None, bootstrap: int = 0, *, starts=None, n_optimised: int = 128, max_newton_iterations: int = 120, n_polished: int = 3,
-        confidence: float = 0.95, seed: int = 0, run_column: str | None = None,
-        progress: bool = False) -> FitResult:
+        holdout=None, bootstrap: int = 0, *, starts=None, n_optimised: int = 128,
+        max_newton_iterations: int = 120, n_polished: int = 3, confidence: float = 0.95, seed: int = 0,
+        run_column: str | None = None, progress: bool = False) -> FitResult:
     """Fit ``law`` to ``points``.
 
     points: DataFrame, one row per run. columns: {law variable or "loss": column name}; defaults to
@@ -328,7 +328,9 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
     law's protocol, e.g. Joint MoE's 30 lowest-loss runs). bootstrap: number of refits on runs
     resampled with replacement (rows, or groups of ``run_column``). starts: None for the paper's
     grid, or an array (n, P) in fit coordinates, or one dict of parameters. n_optimised: how many of
-    the best-evaluated starts are optimised to convergence. Raises ``FitInputError`` on degenerate input.
+    the best-evaluated starts are optimised to convergence; the best ``n_polished`` distinct ones
+    are polished with L-BFGS-B. confidence: level of the bootstrap intervals.
+    Raises ``FitInputError`` on degenerate input.
     """
     from tqdm.auto import tqdm
 
@@ -360,9 +362,9 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
         # Stage 2: the best starts to convergence, batched.
         order = np.argsort(start_values, kind="stable")
         chosen = start_grid[order[: min(n_optimised, int(np.isfinite(start_values).sum()))]]
-        late_columns = [law.fit_parameter_names.index(name) for name in law.saturation_coordinates]
-        polish_bounds = [(_LATE_PARAMETER_BOUNDS if i in late_columns else (None, None))
-                         for i in range(law.n_parameters)] if late_columns else None
+        saturation_columns = [law.fit_parameter_names.index(name) for name in law.saturation_coordinates]
+        polish_bounds = [(_SATURATION_COORDINATE_BOUNDS if i in saturation_columns else (None, None))
+                         for i in range(law.n_parameters)] if saturation_columns else None
         thetas, values, stage2_converged, stage2_iterations = _newton_batch(
             kernels, chosen, data, log_loss, jnp.broadcast_to(ones, (len(chosen), ones.shape[0])),
             max_iterations=max_newton_iterations, stop_when_best_settles=True)

@@ -16,8 +16,10 @@ from .synthetic import TRUE_PARAMETERS, synthetic_points
 NOISE = 0.002  # standard deviation of ln L in the synthetic points
 
 # Reduced start grids keep the suite fast; the full Chinchilla grid runs here, Joint MoE's full
-# grid in benchmarks/laws_fit.py.
-GRID_STRIDE = {"joint_moe": 97 * 9, "yun": 500}
+# grid in benchmarks/laws_fit.py. Yun's form is multimodal: from every 500th start of its grid the
+# fit ends at the Ê edge (E_start -> 1, E_max -> inf) with an objective ~1.5 % above the truth's;
+# every 101st start (12k) or the full grid (1.2M starts, ~60 s) reaches the better optimum.
+GRID_STRIDE = {"joint_moe": 97 * 9, "yun": 101}
 
 # Per law: the parameters the synthetic design identifies well, and their relative tolerance.
 # E_max (and for Yun E_start) are weakly identified when E <= 64, and amplitudes trade off with
@@ -25,7 +27,7 @@ GRID_STRIDE = {"joint_moe": 97 * 9, "yun": 500}
 RECOVERED = {
     "chinchilla": {"alpha": 0.02, "beta": 0.03, "E": 0.01, "A": 0.1, "B": 0.15},
     "joint_moe": {"alpha": 0.03, "beta": 0.06, "gamma": 0.06, "zeta": 0.06, "c": 0.01},
-    "yun": {"alpha": 0.02, "gamma": 0.03, "A": 0.05, "F": 0.03},
+    "yun": {"alpha": 0.02, "gamma": 0.03, "A": 0.05, "F": 0.03, "d": 0.03},
     "krajewski": {"alpha": 0.02, "beta": 0.03, "g": 0.05, "gamma": 0.06, "c": 0.02},
     "clark": {"a": 0.01, "b": 0.02, "c": 0.02, "d": 0.01, "E_start": 0.05},
     "clark_dense": {"alpha_N": 0.01, "N_c": 0.05},
@@ -60,9 +62,6 @@ def test_recovers_known_parameters(recovered):
 
 def test_reaches_an_optimum_at_least_as_good_as_the_truth(recovered):
     name, points, result = recovered
-    if name == "yun":
-        pytest.xfail("known gap: on Yun's form the fit ends at the Ê edge (E_start -> 1, E_max -> inf), "
-                     "objective ~1.5 % above the generating parameters'; started there it finds the better optimum")
     assert result.objective <= _objective(name, TRUE_PARAMETERS[name], points) * (1 + 1e-9)
     assert result.train_rmse == pytest.approx(NOISE, rel=0.15)
 
