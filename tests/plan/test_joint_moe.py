@@ -4,8 +4,11 @@ import math
 
 import pytest
 import scipy.optimize
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from moejax.plan import (compute_optimal, inference_aware_optimal, joint_moe_counts, joint_moe_loss, kv_cache_bytes,
+from moejax.laws import get_law
+from moejax.plan import (JOINT_MOE_TABLE3, compute_optimal, inference_aware_optimal, joint_moe_counts, joint_moe_loss, kv_cache_bytes,
                          memory_optimal, peak_learning_rate, per_expert_law)
 
 TABLE4 = {1: (30.3640, -0.1817, 53.9838, -0.1965), 2: (27.7982, -0.1780, 66.8401, -0.2065),
@@ -100,3 +103,12 @@ def test_learning_rate_rule():
     assert peak_learning_rate(1e8, 1) == pytest.approx(1.458e-3, rel=1e-3)
     assert peak_learning_rate(1e8, 8) == pytest.approx(8.67e-4, rel=1e-3)
     assert math.isclose(peak_learning_rate(1e8, 16) / peak_learning_rate(1e8, 1), 16**-0.25)
+
+
+@given(n_active=st.floats(1e7, 1e11), tokens=st.floats(1e8, 1e13), experts=st.sampled_from([1, 2, 3, 8, 64, 512]))
+@settings(max_examples=40, deadline=None)
+def test_plan_formula_agrees_with_the_law_object(n_active, tokens, experts):
+    # Two paths compute the Joint MoE loss: the planner's per-E NumPy form and the law's JAX form.
+    law = get_law("joint_moe")
+    expected = law.predict(JOINT_MOE_TABLE3, {"N": [n_active], "D": [tokens], "E": [float(experts)]})[0]
+    assert joint_moe_loss(n_active, tokens, experts) == pytest.approx(expected, rel=1e-12)
