@@ -1,0 +1,256 @@
+"""``moejax fit``: fit a scaling law to scored points and write results, a report and plots.
+
+In: ``--points=FILE`` (CSV, one row per run; e.g. from ``moejax eval``) or ``--dataset=clark2022``
+(the embedded Clark et al. 2022 runs, subset as in the paper for ``--router``), ``--law=NAME``,
+optional ``--columns=N=n_active,D=tokens,loss=val_loss``, ``--holdout``, ``--bootstrap=N``.
+Out, in ``--out=DIR`` (each file written atomically): ``fit.json`` (the ``FitResult``),
+``report.md`` (parameters with confidence intervals, RMSE, convergence), and PNG plots:
+``fitted_vs_observed.png``, ``residuals.png``, ``loss_vs_compute.png`` (points and the fitted
+compute-optimal frontier per expert count), ``iso_loss.png`` (contours of the fitted law).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moejax.laws.datasets import CLARK_ROUTERS, DATASETS, clark_fit_subset, load_dataset
+from moejax.laws.fitting import FitInputError, FitResult, fit, predict
+from moejax.laws.forms import get_law, list_laws
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--points", type=Path, help="CSV of scored points, one row per run")
+    source.add_argument("--dataset", choices=sorted(DATASETS), help="an embedded data set")
+    parser.add_argument("--law", default=None, help=f"law to fit: {', '.join(list_laws())} "
+                        "(default: clark for --dataset, chinchilla for --points)")
+    parser.add_argument("--router", default="S-Base", help=f"clark2022 router: {', '.join(CLARK_ROUTERS)} "
+                        "or 'dense' (Dense runs only)")
+    parser.add_argument("--loss-column", default="loss_validation", help="clark2022 loss column")
+    parser.add_argument("--columns", default="", help="law_var=column,... (e.g. N=n_active,loss=val_loss)")
+    parser.add_argument("--holdout", default=None, help="'paper', 'lowest:K', K or a fraction of lowest-loss runs")
+    parser.add_argument("--bootstrap", type=int, default=0, help="number of bootstrap refits (0: none)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="bootstrap interval level")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parse_columns(text: str) -> dict[str, str]:
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, column = item.partition("=")
+        if not sep or not key or not column:
+            raise FitInputError(f"--columns item {item!r} is not law_var=column")
+        mapping[key.strip()] = column.strip()
+    return mapping
+
+
+def _parse_holdout(text):
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return value if 0 < value < 1 else int(value)
+
+
+def _load_points(args) -> tuple[pd.DataFrame, str]:
+    if args.points is not None:
+        return pd.read_csv(args.points), args.law or "chinchilla"
+    curves = load_dataset(args.dataset)
+    router = None if args.router.lower() == "dense" else args.router
+    law = args.law or ("clark_dense" if router is None else "clark")
+    return clark_fit_subset(curves, router, loss_column=args.loss_column), law
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    """Write via a temporary file in the same directory and rename, so readers never see half a file."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(payload)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def render_report(result: FitResult, source: str) -> str:
+    law = get_law(result.law)
+    lines = [f"# Fit of `{law.name}` to {source}", "", f"Form: {law.description}  ", f"Reference: {law.reference}", "",
+             "## Parameters", ""]
+    has_ci = bool(result.intervals)
+    published = next(iter(law.published.values()), {})
+    headers = ["parameter", "value"] + ([f"{100 * result.confidence:g} % CI"] if has_ci else []) + \
+        (["published"] if published else [])
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for name in law.parameter_names:
+        row = f"| {name} | {_fmt(result.parameters[name])} |"
+        if has_ci:
+            low, high = result.intervals[name]
+            row += f" [{_fmt(low)}, {_fmt(high)}] |"
+        if published:
+            row += f" {_fmt(published.get(name))} |"
+        lines.append(row)
+    conv = result.convergence
+    lines += ["", "## Quality", "", "| quantity | value |", "|---|---|",
+              f"| training runs | {result.n_train} |", f"| held-out runs | {result.n_holdout} |",
+              f"| objective (sum of {'Huber δ=' + _fmt(result.huber_delta) if result.huber_delta else 'squared error'}"
+              f" / 2 on ln L) | {_fmt(result.objective)} |",
+              f"| train RMSE of ln L | {_fmt(result.train_rmse)} |",
+              f"| held-out RMSE of ln L | {_fmt(result.holdout_rmse)} |",
+              "", "## Convergence", "", "| quantity | value |", "|---|---|",
+              f"| converged | {result.converged} |"]
+    for key in ("method", "n_starts", "n_starts_optimised", "n_starts_converged", "n_starts_at_best",
+                "newton_iterations", "lbfgs_message", "lbfgs_iterations", "gradient_max_abs", "selection"):
+        lines.append(f"| {key} | {_fmt(conv.get(key))} |")
+    if result.bootstrap_parameters:
+        lines.append(f"| bootstrap refits | {len(result.bootstrap_parameters)} "
+                     f"({100 * result.bootstrap_converged_fraction:.0f} % converged) |")
+    lines += ["", f"Fitted in {result.seconds:.1f} s.", ""]
+    return "\n".join(lines)
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def make_plots(result: FitResult, points: pd.DataFrame) -> dict[str, bytes]:
+    """PNG bytes by file name. Uses matplotlib's Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    law = get_law(result.law)
+    columns = result.columns
+    observed = points[columns["loss"]].to_numpy(dtype=float)
+    predicted = predict(result, points)
+    variables = {name: points[columns[name]].to_numpy(dtype=float) for name in law.variable_names}
+    colour_key = "E" if "E" in variables else ("G" if "G" in variables else ("S" if "S" in variables else None))
+    colours = np.log(variables[colour_key] + 1e-9 if colour_key != "S" else 1 - variables["S"]) \
+        if colour_key else None
+    plots = {}
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    scatter = axis.scatter(observed, predicted["loss_pred"], c=colours, s=14,
+                           cmap="viridis" if colours is not None else None)
+    if "loss_lower" in predicted:
+        # A percentile band need not contain the point fit; clip so error bars stay non-negative.
+        below = np.clip(predicted["loss_pred"] - predicted["loss_lower"], 0, None)
+        above = np.clip(predicted["loss_upper"] - predicted["loss_pred"], 0, None)
+        axis.errorbar(observed, predicted["loss_pred"], yerr=[below, above], fmt="none", ecolor="0.6", lw=0.8)
+    low, high = observed.min(), observed.max()
+    axis.plot([low, high], [low, high], "k--", lw=1)
+    axis.set(xlabel="observed loss", ylabel="fitted loss", title=f"{law.name}: fitted vs observed")
+    if colour_key:
+        figure.colorbar(scatter, label=f"ln {colour_key if colour_key != 'S' else '(1 - S)'}")
+    plots["fitted_vs_observed.png"] = _png(figure)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.scatter(variables["N"], np.log(observed) - np.log(predicted["loss_pred"]), c=colours, s=14)
+    axis.axhline(0, color="k", lw=1)
+    axis.set(xscale="log", xlabel="N", ylabel="ln L_obs − ln L_fit", title=f"{law.name}: residuals")
+    plots["residuals.png"] = _png(figure)
+    plt.close(figure)
+
+    fixed_values = sorted(set(variables[colour_key])) if colour_key else [None]
+    if len(fixed_values) > 8:
+        fixed_values = list(np.unique(np.quantile(variables[colour_key], np.linspace(0, 1, 6), method="nearest")))
+    cmap = plt.get_cmap("viridis")
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    if "D" in variables:
+        compute = 6.0 * variables["N"] * variables["D"]
+        axis.scatter(compute, observed, c=colours, s=12, alpha=0.6)
+        from moejax.plan.optimal import compute_optimal_frontier
+
+        budgets = np.geomspace(compute.min(), compute.max() * 10, 40)
+        for index, value in enumerate(fixed_values):
+            fixed = {} if value is None else {colour_key: value}
+            others = {k: float(np.median(v)) for k, v in variables.items() if k not in ("N", "D", colour_key)}
+            _, _, frontier = compute_optimal_frontier(law.name, result.parameters, budgets, **fixed, **others)
+            label = "frontier" if value is None else f"{colour_key}={value:g}"
+            axis.plot(budgets, frontier, color=cmap(index / max(len(fixed_values) - 1, 1)), label=label)
+        axis.set(xlabel="training compute 6 N D (FLOPs)",
+                 title=f"{law.name}: loss vs compute, compute-optimal frontier")
+    else:  # no token variable (Clark): loss against parameters per expert count
+        axis.scatter(variables["N"], observed, c=colours, s=12, alpha=0.6)
+        grid = np.geomspace(variables["N"].min(), variables["N"].max(), 50)
+        for index, value in enumerate(fixed_values):
+            inputs = {"N": grid, **({} if value is None else {colour_key: np.full_like(grid, value)})}
+            label = "fit" if value is None else f"{colour_key}={value:g}"
+            axis.plot(grid, law.predict(result.parameters, inputs), color=cmap(index / max(len(fixed_values) - 1, 1)),
+                      label=label)
+        axis.set(xlabel="N (parameters per token; compute ∝ N at fixed tokens)",
+                 title=f"{law.name}: loss vs N per expert count")
+    axis.set(xscale="log", yscale="log", ylabel="loss")
+    axis.legend(fontsize=7)
+    plots["loss_vs_compute.png"] = _png(figure)
+    plt.close(figure)
+
+    second = "D" if "D" in variables else colour_key
+    if second is not None:
+        figure, axis = plt.subplots(figsize=(6, 4.5))
+        n_grid = np.geomspace(variables["N"].min(), variables["N"].max(), 80)
+        low, high = variables[second].min(), variables[second].max()
+        other_grid = np.geomspace(low, max(high, low * 1.01), 80) if second != "S" else np.linspace(0, high, 80)
+        n_mesh, other_mesh = np.meshgrid(n_grid, other_grid)
+        inputs = {"N": n_mesh.ravel(), second: other_mesh.ravel()}
+        for name in law.variable_names:
+            if name not in inputs:
+                inputs[name] = np.full(n_mesh.size, float(np.median(variables[name])))
+        surface = law.predict(result.parameters, inputs).reshape(n_mesh.shape)
+        contours = axis.contour(n_mesh, other_mesh, surface, levels=12, cmap="viridis")
+        axis.clabel(contours, fontsize=7, fmt="%.3g")
+        axis.scatter(variables["N"], variables[second], s=6, c="k", alpha=0.4)
+        axis.set(xscale="log", yscale="log" if second != "S" else "linear", xlabel="N", ylabel=second,
+                 title=f"{law.name}: iso-loss contours")
+        plots["iso_loss.png"] = _png(figure)
+        plt.close(figure)
+    return plots
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        points, law_name = _load_points(args)
+        result = fit(points, law_name, columns=_parse_columns(args.columns), holdout=_parse_holdout(args.holdout),
+                     bootstrap=args.bootstrap, confidence=args.confidence, seed=args.seed,
+                     progress=not args.no_progress)
+    except (FitInputError, KeyError, ValueError, FileNotFoundError) as err:
+        print(f"moejax fit: error: {err}")
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    source = str(args.points) if args.points is not None else f"{args.dataset} ({args.router}, {args.loss_column})"
+    _write_atomic(args.out / "fit.json", result.to_json().encode())
+    _write_atomic(args.out / "report.md", render_report(result, source).encode())
+    for name, payload in make_plots(result, points).items():
+        _write_atomic(args.out / name, payload)
+    print(json.dumps({"law": result.law, "parameters": result.parameters, "train_rmse": result.train_rmse,
+                      "holdout_rmse": result.holdout_rmse, "converged": result.converged, "out": str(args.out)}))
+    return 0 if result.converged else 1
