@@ -8,17 +8,9 @@ parameter count N = d^2 (8E + 4) n_blocks.
 
 from __future__ import annotations
 
-FORWARD_BACKWARD_FLOPS_PER_PARAM = 6.0  # c_f
-ROUTER_FLOPS_PER_GRANULE = 14.0  # c_r
+from moejax.model.accounting import krajewski_training_flops  # noqa: F401  (one formula, one place)
+
 WIDTH_PER_BLOCK = 64.0  # d_model = 64 n_blocks in their model family
-
-
-def krajewski_training_flops(d_model: float, n_blocks: float, num_experts: float, granularity: float,
-                             tokens: float) -> float:
-    """Training FLOPs (Eq. 10)."""
-    per_token_per_block = (12.0 * d_model**2 * FORWARD_BACKWARD_FLOPS_PER_PARAM
-                           + d_model * num_experts * granularity * ROUTER_FLOPS_PER_GRANULE)
-    return float(per_token_per_block * tokens * n_blocks)
 
 
 def krajewski_total_params(d_model: float, n_blocks: float, num_experts: float) -> float:
