@@ -1,0 +1,38 @@
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from moejax.train.checkpoint import CheckpointError
+from moejax.train.cli import load_configs
+from moejax.train.loop import run_training, validate_all
+from moejax.train.run import checkpoint_steps, load_run_configs, restore_run
+
+BINDINGS = ["ModelConfig.d_model = 32", "ModelConfig.n_layers = 2", "ModelConfig.n_heads = 2",
+            "ModelConfig.d_ff = 64", "DataConfig.vocabulary = 'byte'", "DataConfig.seq_len = 32",
+            "DataConfig.batch_size = 4", "TrainConfig.steps = 4", "TrainConfig.warmup_steps = 1",
+            "TrainConfig.checkpoint_every = 2", "TrainConfig.eval_every = 0"]
+
+
+def test_reopen_a_heterogeneous_run(tmp_path):
+    model, data, train = load_configs(["smoke.gin", "models/moe_tiny_heterogeneous.gin"],
+                                      BINDINGS + ["MoEConfig.bias_update_rate = 0.01"])
+    run_training(str(tmp_path), model, data, train)
+    m, d, t = load_run_configs(str(tmp_path))
+    assert m == validate_all(model, data, train) and d == data and t == train
+    assert m.moe.groups[1].num_experts == 32
+    assert checkpoint_steps(str(tmp_path)) == [2, 4]
+    fmodel, state, meta = restore_run(str(tmp_path), 4)
+    assert int(state.step) == 4 and meta["step"] == 4
+    assert any(np.abs(b).sum() > 0 for b in jax.tree.leaves(state.buffers))  # biases moved
+
+
+def test_missing_run_and_step_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_run_configs(str(tmp_path))
+    model, data, train = load_configs(["smoke.gin"], BINDINGS + ["TrainConfig.steps = 2"])
+    run_training(str(tmp_path), model, data, train)
+    with pytest.raises(CheckpointError, match="never finalized"):
+        restore_run(str(tmp_path), 7)
