@@ -32,7 +32,7 @@ from moejax.model.config import ConfigError, ModelConfig, moe_layer_indices, val
 from moejax.model.functional import build_model
 from moejax.train.checkpoint import Checkpointer, CheckpointError, config_fingerprint, config_mismatch
 from moejax.train.config import TrainConfig, validate_train_config
-from moejax.train.metrics import MetricsWriter
+from moejax.train.metrics import MetricsWriter, load_jsonl
 from moejax.train.optim import make_optimizer, make_schedule
 from moejax.train.plots import plot_loss_curves
 from moejax.train.step import TrainState, init_train_state, make_eval_step, make_train_step
@@ -85,6 +85,18 @@ def evaluate(eval_step: Callable, params, buffers, batches_by_name: dict[str, li
             tokens += float(batch_tokens)
         scores[name] = nll / max(tokens, 1.0)
     return scores
+
+
+def last_validation(workdir: str) -> dict[str, float]:
+    """The newest validation score of every task in eval.jsonl ({} when there is none)."""
+    path = os.path.join(workdir, "eval.jsonl")
+    if not os.path.exists(path):
+        return {}
+    latest: dict[str, tuple[int, float]] = {}
+    for record in load_jsonl(path):
+        if record["task"] not in latest or record["step"] >= latest[record["task"]][0]:
+            latest[record["task"]] = (record["step"], record["loss"])
+    return {task: loss for task, (_, loss) in latest.items()}
 
 
 class _Preemption:
@@ -229,5 +241,9 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
         checkpointer.close()
         writer.close()
     summary["final_step"] = step
+    if start_step >= train.steps:
+        log(f"{workdir} is already trained to step {start_step} (TrainConfig.steps = "
+            f"{train.steps}); nothing to do")
+        summary["validation"] = last_validation(workdir)
     summary["loss_curve"] = plot_loss_curves(workdir)
     return summary

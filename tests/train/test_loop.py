@@ -65,6 +65,9 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     summary = run_training(str(tmp_path / "resumed"), m, d, t)
     assert summary["start_step"] == 3
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    messages = []
+    again = run_training(str(tmp_path / "resumed"), m, d, t, log=messages.append)
+    assert again["final_step"] == 6 and any("already trained to step 6" in x for x in messages)
 
 
 def test_sigkill_then_restart_continues_with_identical_losses(tmp_path):
