@@ -54,7 +54,7 @@ def group_sizes(num_rows: int, num_experts: int, top_k: int, routing: str, seed:
         return sizes.astype(np.int32)
     log_p = -np.log(np.arange(1, num_experts + 1))  # Zipf, exponent 1
     gumbel = rng.gumbel(size=(tokens, num_experts))
-    choices = np.argsort(-(log_p + gumbel), axis=1)[:, :top_k]  # K distinct draws without replacement
+    choices = np.argsort(-(log_p + gumbel), axis=1)[:, :top_k]  # K distinct, by Gumbel top-k
     return np.bincount(choices.ravel(), minlength=num_experts).astype(np.int32)
 
 
@@ -101,7 +101,8 @@ def bench_case(case, impls, reps, ragged_reps, dtype):
         args[f"{impl}_fwd"], args[f"{impl}_fwdbwd"] = (x, w), (x, w, dy)
     seconds = timed(fns, args, reps)
     if ragged_reps and "xla" not in impls:  # ragged_dot is slow: fewer repetitions, timed apart
-        ragged = {"xla_fwd": jax.jit(grouped("xla")), "xla_fwdbwd": forward_backward(grouped("xla"))}
+        ragged = {"xla_fwd": jax.jit(grouped("xla")),
+                  "xla_fwdbwd": forward_backward(grouped("xla"))}
         seconds.update(timed(ragged, {"xla_fwd": (x, w), "xla_fwdbwd": (x, w, dy)}, ragged_reps))
     tflops = {name: round(mult * useful_flops / s / 1e12, 4) for name, s in seconds.items()
               for mult in [3 if name.endswith("fwdbwd") else 1]}

@@ -3,9 +3,11 @@
 The reference for a call that owns groups offset .. offset+G-1 is ``jax.lax.ragged_dot`` over
 all E groups with the non-local experts' weights set to zero, computed in float32 from the same
 (possibly bfloat16-rounded) inputs. Gradients are its VJP with respect to lhs and the local
-weights. Tolerances: max |got - want| <= rtol * (1 + max |want|), rtol 2e-5 for float32 (sums of
-<= 64 products in a different order) and 3e-2 for bfloat16 (outputs and gradients rounded to
-8 bits of mantissa, and the output gradient rounded to bfloat16 before the backward matmuls).
+weights. Tolerances: max |got - want| <= rtol * (1 + max |want|), rtol 2e-5 for float32 on CPU
+(sums of <= 64 products in a different order) and 3e-2 for bfloat16 (outputs and gradients
+rounded to 8 bits of mantissa, and the output gradient rounded to bfloat16 before the backward
+matmuls). Natively on GPU and TPU, float32 matmuls run at the backend's default precision (TF32
+on GPU tensor cores, bfloat16 passes on TPU), so float32 gets 5e-3 there (3e-2 on TPU).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from hypothesis import strategies as st
 
 from moejax.kernels import Tiling, gmm
 
-RTOL = {"float32": 2e-5, "bfloat16": 3e-2}
+RTOL = {"float32": {"gpu": 5e-3, "tpu": 3e-2}.get(jax.default_backend(), 2e-5),
+        "bfloat16": 3e-2}
 
 
 @dataclasses.dataclass(frozen=True)
