@@ -1,0 +1,157 @@
+"""Grouped-matmul throughput next to a dense matmul of the same useful FLOPs.
+
+Prints one JSON line per (case, impl): useful TFLOP/s of gmm forward and forward+backward
+(d_lhs and d_rhs), of a dense (M, D) x (D, N) matmul doing the same useful FLOPs, and of
+``jax.lax.ragged_dot``, all measured in this process with repetitions interleaved (so a load
+spike on a shared machine hits every contender alike); the median repetition is reported.
+
+A case is M routed rows (tokens x K), d_model D, expert hidden F and E experts; the matmul timed
+is the fused gate/up projection (M, D) x (E, D, 2F). Routing: "balanced" (M/E rows per expert)
+or "zipf" (each token draws K distinct experts with probability ~ 1/rank).
+
+  python benchmarks/gmm.py            # --quick grid, a few minutes on 2 CPU cores
+  python benchmarks/gmm.py --full     # the design-grid shapes (long on CPU)
+  python benchmarks/gmm.py --impl cpu --impl xla --reps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from moejax.kernels import gmm, resolve_impl  # noqa: E402
+
+# (M routed rows, D d_model, F expert hidden, E experts, K top-k, routing)
+QUICK = [
+    (8192, 512, 512, 8, 2, "balanced"),
+    (8192, 512, 512, 16, 2, "balanced"),
+    (8192, 512, 512, 16, 2, "zipf"),
+    (8192, 512, 256, 64, 8, "balanced"),
+    (8192, 1024, 512, 16, 2, "zipf"),
+]
+FULL = [(m, d, d // 2 if e >= 64 else d, e, k, r)
+        for m in (8192, 65536) for d in (512, 1024, 4096) for e, k in ((8, 1), (16, 2), (128, 8))
+        for r in ("balanced", "zipf")]
+
+
+def group_sizes(num_rows: int, num_experts: int, top_k: int, routing: str, seed: int = 0):
+    """Rows per expert for num_rows / top_k tokens, each choosing top_k distinct experts."""
+    rng = np.random.default_rng(seed)
+    tokens = num_rows // top_k
+    if routing == "balanced":
+        sizes = np.full(num_experts, num_rows // num_experts)
+        sizes[: num_rows - sizes.sum()] += 1
+        return sizes.astype(np.int32)
+    log_p = -np.log(np.arange(1, num_experts + 1))  # Zipf, exponent 1
+    gumbel = rng.gumbel(size=(tokens, num_experts))
+    choices = np.argsort(-(log_p + gumbel), axis=1)[:, :top_k]  # K distinct, by Gumbel top-k
+    return np.bincount(choices.ravel(), minlength=num_experts).astype(np.int32)
+
+
+def timed(fns: dict, args: dict, reps: int) -> dict:
+    """Median seconds of each function, repetitions interleaved across functions."""
+    for name, fn in fns.items():
+        jax.block_until_ready(fn(*args[name]))  # compile and warm up
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args[name]))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def forward_backward(matmul):
+    """(x, w, dy) -> (out, d_x, d_w): one forward and both gradients."""
+    def run(x, w, dy):
+        out, vjp = jax.vjp(matmul, x, w)
+        return (out, *vjp(dy))
+    return jax.jit(run)
+
+
+def bench_case(case, impls, reps, ragged_reps, dtype):
+    num_rows, d_model, d_expert, num_experts, top_k, routing = case
+    n = 2 * d_expert
+    sizes = jnp.asarray(group_sizes(num_rows, num_experts, top_k, routing))
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(keys[0], (num_rows, d_model), dtype)
+    w = (jax.random.normal(keys[1], (num_experts, d_model, n)) / d_model ** 0.5).astype(dtype)
+    dy = jax.random.normal(keys[2], (num_rows, n), dtype)
+    useful_flops = 2 * num_rows * d_model * n
+
+    def grouped(impl):
+        return lambda x, w: gmm(x, w, sizes, impl=impl)
+
+    dense = lambda x, w: x @ w  # noqa: E731
+    fns = {"dense_fwd": jax.jit(dense), "dense_fwdbwd": forward_backward(dense)}
+    args = {"dense_fwd": (x, w[0]), "dense_fwdbwd": (x, w[0], dy)}
+    for impl in impls:
+        fns[f"{impl}_fwd"] = jax.jit(grouped(impl))
+        fns[f"{impl}_fwdbwd"] = forward_backward(grouped(impl))
+        args[f"{impl}_fwd"], args[f"{impl}_fwdbwd"] = (x, w), (x, w, dy)
+    seconds = timed(fns, args, reps)
+    if ragged_reps and "xla" not in impls:  # ragged_dot is slow: fewer repetitions, timed apart
+        ragged = {"xla_fwd": jax.jit(grouped("xla")),
+                  "xla_fwdbwd": forward_backward(grouped("xla"))}
+        seconds.update(timed(ragged, {"xla_fwd": (x, w), "xla_fwdbwd": (x, w, dy)}, ragged_reps))
+    tflops = {name: round(mult * useful_flops / s / 1e12, 4) for name, s in seconds.items()
+              for mult in [3 if name.endswith("fwdbwd") else 1]}
+    name = f"m{num_rows}_d{d_model}_f{d_expert}_e{num_experts}_k{top_k}_{routing}"
+    for impl in impls:
+        line = {
+            "case": name, "m": num_rows, "k": d_model, "n": n, "E": num_experts, "K": top_k,
+            "routing": routing, "max_group": int(sizes.max()), "impl": impl,
+            "dtype": jnp.dtype(dtype).name,
+            "fwd_tflops": tflops[f"{impl}_fwd"], "fwdbwd_tflops": tflops[f"{impl}_fwdbwd"],
+            "dense_fwd_tflops": tflops["dense_fwd"],
+            "dense_fwdbwd_tflops": tflops["dense_fwdbwd"],
+            "ragged_dot_fwd_tflops": tflops.get("xla_fwd"),
+            "ragged_dot_fwdbwd_tflops": tflops.get("xla_fwdbwd"),
+            "ratio_vs_dense_fwd": round(tflops[f"{impl}_fwd"] / tflops["dense_fwd"], 3),
+            "ratio_vs_dense": round(tflops[f"{impl}_fwdbwd"] / tflops["dense_fwdbwd"], 3),
+            "ratio_vs_ragged_dot": (round(tflops[f"{impl}_fwdbwd"] / tflops["xla_fwdbwd"], 2)
+                                    if "xla_fwdbwd" in tflops else None),
+            "reps": reps, "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+            "jax": jax.__version__, "date": datetime.date.today().isoformat(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
+        print(json.dumps(line), flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument("--quick", action="store_true", help="small grid (default)")
+    grid.add_argument("--full", action="store_true", help="design-grid shapes")
+    parser.add_argument("--impl", action="append",
+                        help="implementations to time (default: auto's choice); 'xla' is "
+                             "ragged_dot itself")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions (median kept)")
+    parser.add_argument("--ragged-reps", type=int, default=1,
+                        help="repetitions of ragged_dot (0 = skip it; it is slow on CPU/GPU)")
+    parser.add_argument("--ragged-max-experts", type=int, default=16,
+                        help="skip ragged_dot for cases with more experts (its cost grows with E)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--case", type=int, action="append", help="only these case indices")
+    args = parser.parse_args(argv)
+    cases = FULL if args.full else QUICK
+    impls = args.impl or [resolve_impl("auto")]
+    for index, case in enumerate(cases):
+        if args.case and index not in args.case:
+            continue
+        ragged_reps = args.ragged_reps if case[3] <= args.ragged_max_experts else 0
+        bench_case(case, impls, args.reps, ragged_reps, jnp.dtype(args.dtype))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The "pallas_gpu" grouped matmul: a Triton kernel written with Pallas.
+
+In/out as ``moejax.kernels.gmm`` / ``tgmm``. Triton has no scalar prefetch, so the visit table
+(``metadata.tile_visits``: one visit per (group, row tile) pair) is an ordinary input that each
+program reads a few scalars from, and loads use dynamic offsets into whole-array refs.
+
+gmm: grid (n tiles, visits). Program (j, v) computes the (block_m, block_n) output tile of
+visit v's row tile with its group's weights, looping over k, and stores only that group's rows
+(masked store): visits of one tile write disjoint rows, so they may run in any order.
+tgmm: grid (G, k tiles, n tiles). Program (g, i, j) loops over the row tiles of group g (none
+for an empty group, whose gradient block is then stored as zeros) and sums lhs_tile.T @ grad_tile
+over that group's rows.
+
+On a backend other than GPU the kernels run in Pallas's interpreter (correct, slow), which is
+how the test suite checks them on CPU. m, k and n are zero-padded to whole tiles in the wrapper,
+so every load is in bounds; rows no local group owns are zeroed by a select after the kernel.
+Not yet tuned or measured on a GPU (tiles: ``tiling.pallas_gpu_tiling``).
+
+Letters: M rows, K contraction, N output columns, G local groups, V visits; tm, tk, tn tiles.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from moejax.kernels import metadata
+from moejax.kernels.tiling import Tiling, fit_tile, round_up
+
+
+# Triton compiler parameters also select the Triton lowering (the default for a pallas_call
+# without them is Mosaic GPU). Not tuned on a GPU yet.
+_TRITON = plgpu.CompilerParams(num_warps=4, num_stages=2)
+
+
+def _interpret() -> bool:
+    return jax.default_backend() != "gpu"
+
+
+def _tiles(tiling: Tiling, m: int, k: int, n: int) -> tuple[int, int, int]:
+    # Triton dots need every tile dimension >= 16; tiles shrink for small problems.
+    return (fit_tile(tiling.block_m, m, 16), fit_tile(tiling.block_k, k, 16),
+            fit_tile(tiling.block_n, n, 16))
+
+
+def _pad2(x, rows: int, cols: int):
+    return jnp.pad(x, ((0, rows - x.shape[0]), (0, cols - x.shape[1])))
+
+
+def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
+        group_offset: jax.Array, *, tiling: Tiling, out_dtype, transpose_rhs: bool = False
+        ) -> jax.Array:
+    """out[rows of local group g] = lhs[rows] @ rhs[g] (rhs[g].T if transpose_rhs); else 0."""
+    m, k = lhs_MK.shape
+    num_groups = rhs_GKN.shape[0]
+    n = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
+    tm, tk, tn = _tiles(tiling, m, k, n)
+    m_pad, k_pad, n_pad = round_up(m, tm), round_up(k, tk), round_up(n, tn)
+    lhs = _pad2(lhs_MK, m_pad, k_pad)
+    rhs_shape = (n_pad, k_pad) if transpose_rhs else (k_pad, n_pad)
+    rhs = jax.vmap(lambda w: _pad2(w, *rhs_shape))(rhs_GKN)
+    bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
+    visits = metadata.tile_visits(bounds, m_pad, tm)
+
+    def kernel(group_V, tile_V, starts_G, ends_G, live, lhs_ref, rhs_ref, out_ref):
+        j, v = pl.program_id(0), pl.program_id(1)  # n tile, visit
+
+        @pl.when(v < live[0])  # dead visits (past the live count) do nothing
+        def _():
+            group, tile = group_V[v], tile_V[v]
+            rows = pl.ds(tile * tm, tm)  # the visit's row tile
+            cols = pl.ds(j * tn, tn)  # this program's output columns
+
+            def k_step(kk, acc):
+                x = lhs_ref[rows, pl.ds(kk * tk, tk)]
+                if transpose_rhs:  # rhs stored (G, N, K): contract the last axes
+                    w = rhs_ref[group, cols, pl.ds(kk * tk, tk)]
+                    return acc + jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())),
+                                                     preferred_element_type=jnp.float32)
+                w = rhs_ref[group, pl.ds(kk * tk, tk), cols]
+                return acc + jnp.dot(x, w, preferred_element_type=jnp.float32)
+
+            acc = jax.lax.fori_loop(0, k_pad // tk, k_step, jnp.zeros((tm, tn), jnp.float32))
+            # Global row of each output element; store only the rows of this visit's group.
+            row = tile * tm + jax.lax.broadcasted_iota(jnp.int32, (tm, tn), 0)
+            own = (row >= starts_G[group]) & (row < ends_G[group])
+            plgpu.store(out_ref.at[rows, cols], acc.astype(out_ref.dtype), mask=own)
+
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((m_pad, n_pad), out_dtype),
+        grid=(n_pad // tn, visits.group_V.shape[0]),
+        interpret=_interpret(),
+        compiler_params=_TRITON,
+        name="moejax_gmm_gpu",
+    )(visits.group_V, visits.tile_V, bounds.starts_G, bounds.ends_G,
+      visits.num_live.reshape(1), lhs, rhs)[:m, :n]
+    # Rows no visit wrote (other experts' rows, rows past the group-size sum) are zero.
+    row_M = jnp.arange(m)
+    owned_M = (row_M >= bounds.starts_G[0]) & (row_M < bounds.ends_G[-1])
+    return jnp.where(owned_M[:, None], out, 0).astype(out_dtype)
+
+
+def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
+         group_offset: jax.Array, *, num_groups: int, tiling: Tiling, out_dtype) -> jax.Array:
+    """(G, K, N): out[g] = lhs[rows of local group g].T @ grad[those rows]; empty groups zero."""
+    m, k = lhs_MK.shape
+    n = grad_MN.shape[1]
+    tm, tk, tn = _tiles(tiling, m, k, n)
+    m_pad, k_pad, n_pad = round_up(m, tm), round_up(k, tk), round_up(n, tn)
+    lhs, grad = _pad2(lhs_MK, m_pad, k_pad), _pad2(grad_MN, m_pad, n_pad)
+    bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
+
+    def kernel(starts_G, ends_G, lhs_ref, grad_ref, out_ref):
+        g, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)  # group, k tile, n tile
+        start, end = starts_G[g], ends_G[g]
+        first_tile = start // tm  # row tile holding the group's first row
+        end_tile = jnp.where(end > start, (end - 1) // tm + 1, first_tile)  # empty: no tiles
+
+        def row_tile(t, acc):
+            rows = pl.ds(t * tm, tm)
+            row = t * tm + jax.lax.broadcasted_iota(jnp.int32, (tm, 1), 0)
+            own = (row >= start) & (row < end)  # zero other groups' rows (even NaN ones)
+            x = jnp.where(own, lhs_ref[rows, pl.ds(i * tk, tk)], 0)
+            dy = jnp.where(own, grad_ref[rows, pl.ds(j * tn, tn)], 0)
+            return acc + jax.lax.dot_general(x, dy, (((0,), (0,)), ((), ())),
+                                             preferred_element_type=jnp.float32)
+
+        acc = jax.lax.fori_loop(first_tile, end_tile, row_tile, jnp.zeros((tk, tn), jnp.float32))
+        out_ref[g, pl.ds(i * tk, tk), pl.ds(j * tn, tn)] = acc.astype(out_ref.dtype)
+
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((num_groups, k_pad, n_pad), out_dtype),
+        grid=(num_groups, k_pad // tk, n_pad // tn),
+        interpret=_interpret(),
+        compiler_params=_TRITON,
+        name="moejax_tgmm_gpu",
+    )(bounds.starts_G, bounds.ends_G, lhs, grad)
+    return out[:, :k, :n]

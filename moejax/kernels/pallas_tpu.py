@@ -1,0 +1,195 @@
+"""The "pallas_tpu" grouped matmul: a Mosaic kernel in the style of jax's megablox.
+
+In/out as ``moejax.kernels.gmm`` / ``tgmm``. Rows are cut into fixed tiles of block_m rows; a
+tile holding rows of several groups is visited once per group (``metadata.tile_visits``), and a
+visit keeps only its group's rows, so the grid is (n tiles, tiles_m + G - 1 visits, k tiles).
+The visit table is scalar-prefetched into SMEM so the BlockSpec index maps can pick, per grid
+step, which lhs row tile and which expert's weights to DMA into VMEM.
+
+On a backend other than TPU the kernel runs in Pallas's TPU interpreter (correct, slow), which
+is how the test suite checks it on CPU. Simplifications, each a possible speed-up later:
+m, k and n are zero-padded to whole tiles in the wrapper (megablox masks the ragged k tile
+in-kernel instead); rows that no local group owns are zeroed by a select after the kernel.
+
+Letters: M rows, K contraction, N output columns, G local groups, V visits; tm, tk, tn tiles.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from moejax.kernels import metadata
+from moejax.kernels.tiling import Tiling, fit_tile, round_up
+
+
+def _interpret():
+    """Run natively on TPU; elsewhere in the TPU interpreter (uninitialized memory is NaN, so a
+    kernel that forgets to write a block fails the tests loudly)."""
+    return False if jax.default_backend() == "tpu" else pltpu.InterpretParams()
+
+
+def _tiles(tiling: Tiling, m: int, k: int, n: int) -> tuple[int, int, int]:
+    # Small problems: shrink tiles to the (padded) dimension; TPU wants rows in multiples of
+    # 16 (bfloat16 packing) and k, n in multiples of 128 lanes.
+    return (fit_tile(tiling.block_m, m, 16), fit_tile(tiling.block_k, k, 128),
+            fit_tile(tiling.block_n, n, 128))
+
+
+def _pad2(x, rows: int, cols: int):
+    return jnp.pad(x, ((0, rows - x.shape[0]), (0, cols - x.shape[1])))
+
+
+def _rows_owned(bounds, num_rows: int):
+    """(M,) bool: rows of some local group (local groups are consecutive rows)."""
+    row_M = jnp.arange(num_rows)
+    return (row_M >= bounds.starts_G[0]) & (row_M < bounds.ends_G[-1])
+
+
+def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
+        group_offset: jax.Array, *, tiling: Tiling, out_dtype, transpose_rhs: bool = False
+        ) -> jax.Array:
+    """out[rows of local group g] = lhs[rows] @ rhs[g] (rhs[g].T if transpose_rhs); else 0."""
+    m, k = lhs_MK.shape
+    num_groups = rhs_GKN.shape[0]
+    n = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
+    tm, tk, tn = _tiles(tiling, m, k, n)
+    m_pad, k_pad, n_pad = round_up(m, tm), round_up(k, tk), round_up(n, tn)
+    lhs = _pad2(lhs_MK, m_pad, k_pad)
+    rhs_shape = (n_pad, k_pad) if transpose_rhs else (k_pad, n_pad)
+    rhs = jax.vmap(lambda w: _pad2(w, *rhs_shape))(rhs_GKN)
+    bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
+    visits = metadata.tile_visits(bounds, m_pad, tm)
+    tiles_k = k_pad // tk
+
+    # Index maps get the grid indices (n tile, visit, k tile), then the prefetched scalars.
+    def lhs_index(j, v, kk, group_V, tile_V, starts_G, ends_G, live):
+        return tile_V[v], kk  # row tile of visit v, k tile kk
+
+    def rhs_index(j, v, kk, group_V, tile_V, starts_G, ends_G, live):
+        # Weights of the visit's group; (n, k) blocks when rhs is stored transposed.
+        return (group_V[v], j, kk) if transpose_rhs else (group_V[v], kk, j)
+
+    def out_index(j, v, kk, group_V, tile_V, starts_G, ends_G, live):
+        return tile_V[v], j  # consecutive visits of one tile keep this block in VMEM
+
+    def kernel(group_V, tile_V, starts_G, ends_G, live, lhs_ref, rhs_ref, out_ref, acc_ref):
+        v, kk = pl.program_id(1), pl.program_id(2)
+
+        @pl.when(kk == 0)
+        def _():
+            acc_ref[...] = jnp.zeros_like(acc_ref)
+
+        @pl.when(v < live[0])  # dead visits (past the live count) compute nothing
+        def _():
+            contract = 1 if transpose_rhs else 0
+            acc_ref[...] += jax.lax.dot_general(
+                lhs_ref[...], rhs_ref[...], (((1,), (contract,)), ((), ())),
+                preferred_element_type=jnp.float32)
+
+        @pl.when(kk == tiles_k - 1)
+        def _():
+            group = group_V[v]
+            # Global row of each element of the tile; keep the rows of this visit's group and
+            # leave the others to the visits of their own groups.
+            row = tile_V[v] * tm + jax.lax.broadcasted_iota(jnp.int32, (tm, tn), 0)
+            own = (row >= starts_G[group]) & (row < ends_G[group]) & (v < live[0])
+            out_ref[...] = jnp.where(own, acc_ref[...], out_ref[...].astype(jnp.float32)
+                                     ).astype(out_ref.dtype)
+
+    rhs_block = (None, tn, tk) if transpose_rhs else (None, tk, tn)
+    call = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((m_pad, n_pad), out_dtype),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=5,
+            grid=(n_pad // tn, visits.group_V.shape[0], tiles_k),
+            in_specs=[pl.BlockSpec((tm, tk), lhs_index), pl.BlockSpec(rhs_block, rhs_index)],
+            out_specs=pl.BlockSpec((tm, tn), out_index),
+            scratch_shapes=[pltpu.VMEM((tm, tn), jnp.float32)],
+        ),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "arbitrary", "arbitrary")),
+        interpret=_interpret(),
+        name="moejax_gmm",
+    )
+    out = call(visits.group_V, visits.tile_V, bounds.starts_G, bounds.ends_G,
+               visits.num_live.reshape(1), lhs, rhs)[:m, :n]
+    # Rows no visit wrote (other experts' rows, rows past the group-size sum) are zero.
+    return jnp.where(_rows_owned(bounds, m)[:, None], out, 0).astype(out_dtype)
+
+
+def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
+         group_offset: jax.Array, *, num_groups: int, tiling: Tiling, out_dtype) -> jax.Array:
+    """(G, K, N): out[g] = lhs[rows of local group g].T @ grad[those rows]; empty groups zero.
+
+    Grid (k tiles, n tiles, visits): the visits of one group are consecutive, so one (tk, tn)
+    float32 accumulator sums them and is stored at the group's last visit.
+    """
+    m, k = lhs_MK.shape
+    n = grad_MN.shape[1]
+    tm, tk, tn = _tiles(tiling, m, k, n)
+    m_pad, k_pad, n_pad = round_up(m, tm), round_up(k, tk), round_up(n, tn)
+    lhs, grad = _pad2(lhs_MK, m_pad, k_pad), _pad2(grad_MN, m_pad, n_pad)
+    bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
+    visits = metadata.tile_visits(bounds, m_pad, tm)
+    num_visits = visits.group_V.shape[0]
+
+    def lhs_index(kk, j, v, group_V, tile_V, starts_G, ends_G, live):
+        return tile_V[v], kk
+
+    def grad_index(kk, j, v, group_V, tile_V, starts_G, ends_G, live):
+        return tile_V[v], j
+
+    def out_index(kk, j, v, group_V, tile_V, starts_G, ends_G, live):
+        return group_V[v], kk, j  # stays in VMEM across the visits of one group
+
+    def kernel(group_V, tile_V, starts_G, ends_G, live, lhs_ref, grad_ref, out_ref, acc_ref):
+        v = pl.program_id(2)
+        group = group_V[v]
+        first_visit = (v == 0) | (group_V[jnp.maximum(v - 1, 0)] != group)
+        last_visit = (v == num_visits - 1) | (group_V[jnp.minimum(v + 1, num_visits - 1)] != group)
+
+        @pl.when(first_visit)
+        def _():
+            acc_ref[...] = jnp.zeros_like(acc_ref)
+
+        @pl.when(v < live[0])
+        def _():
+            # Zero rows of other groups on both sides (they may hold anything, even NaN).
+            row_lhs = tile_V[v] * tm + jax.lax.broadcasted_iota(jnp.int32, (tm, tk), 0)
+            row_grad = tile_V[v] * tm + jax.lax.broadcasted_iota(jnp.int32, (tm, tn), 0)
+            start, end = starts_G[group], ends_G[group]
+            x = jnp.where((row_lhs >= start) & (row_lhs < end), lhs_ref[...], 0)
+            g = jnp.where((row_grad >= start) & (row_grad < end), grad_ref[...], 0)
+            acc_ref[...] += jax.lax.dot_general(x, g, (((0,), (0,)), ((), ())),
+                                                preferred_element_type=jnp.float32)
+
+        @pl.when(last_visit)
+        def _():
+            out_ref[...] = acc_ref[...].astype(out_ref.dtype)
+
+    call = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((num_groups, k_pad, n_pad), out_dtype),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=5,
+            grid=(k_pad // tk, n_pad // tn, num_visits),
+            in_specs=[pl.BlockSpec((tm, tk), lhs_index), pl.BlockSpec((tm, tn), grad_index)],
+            out_specs=pl.BlockSpec((None, tk, tn), out_index),
+            scratch_shapes=[pltpu.VMEM((tk, tn), jnp.float32)],
+        ),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary")),
+        interpret=_interpret(),
+        name="moejax_tgmm",
+    )
+    out = call(visits.group_V, visits.tile_V, bounds.starts_G, bounds.ends_G,
+               visits.num_live.reshape(1), lhs, grad)[:, :k, :n]
+    # Groups with no rows were never visited: their blocks are zero by definition.
+    nonempty_G = bounds.ends_G > bounds.starts_G
+    return jnp.where(nonempty_G[:, None, None], out, 0).astype(out_dtype)

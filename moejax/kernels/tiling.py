@@ -1,0 +1,95 @@
+"""Tile sizes of the grouped-matmul kernels, one gin-configurable default per implementation.
+
+In: an implementation name and, optionally, gin bindings such as ``cpu_tiling.block_m = 256``.
+Out: a ``Tiling`` (rows, contraction and output-column tile sizes). Tile size is the main speed
+lever of a grouped matmul (fine-grained MoE with many small experts wants smaller row tiles), so
+each backend has its own knob and ``gmm(..., tiling=Tiling(...))`` overrides it per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """Tile sizes in elements.
+
+    Attributes:
+      block_m: rows per tile (Pallas), or the largest row chunk of the "cpu" path.
+      block_k: contraction (k) elements per tile; Pallas only.
+      block_n: output columns per tile; Pallas only.
+      min_block_m: smallest row chunk of the "cpu" path: a group wastes < this many rows.
+    """
+
+    block_m: int = 128
+    block_k: int = 128
+    block_n: int = 128
+    min_block_m: int = 16
+
+    def __post_init__(self):
+        for name in ("block_m", "block_k", "block_n", "min_block_m"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"Tiling.{name} = {value}: must be a power of two >= 1")
+        if self.min_block_m > self.block_m:
+            raise ValueError(f"Tiling.min_block_m = {self.min_block_m} must be <= block_m = "
+                             f"{self.block_m}")
+
+
+@gin.configurable
+def cpu_tiling(block_m: int = 512, min_block_m: int = 16) -> Tiling:
+    """"cpu" path: row chunks of block_m, block_m/2, ..., min_block_m rows (k and n untiled).
+
+    Args:
+      block_m: largest row chunk; 256-512 keeps each chunk's matmul near dense speed on CPU.
+      min_block_m: smallest chunk; each group computes < min_block_m rows of padding.
+    """
+    return Tiling(block_m=block_m, block_k=1, block_n=1, min_block_m=min_block_m)
+
+
+@gin.configurable
+def pallas_tpu_tiling(block_m: int = 128, block_k: int = 128, block_n: int = 128) -> Tiling:
+    """Mosaic TPU tiles (megablox default 128^3; MaxText uses 512/1024/1024 on recent chips).
+
+    Args:
+      block_m: rows per tile (a multiple of 8, or of 16 for bfloat16).
+      block_k: contraction per tile (a multiple of 128).
+      block_n: output columns per tile (a multiple of 128).
+    """
+    return Tiling(block_m=block_m, block_k=block_k, block_n=block_n, min_block_m=1)
+
+
+@gin.configurable
+def pallas_gpu_tiling(block_m: int = 64, block_k: int = 64, block_n: int = 128) -> Tiling:
+    """Triton tiles (each >= 16 for tensor-core dots); not yet tuned on a GPU.
+
+    Args:
+      block_m: rows per tile.
+      block_k: contraction per inner-loop step.
+      block_n: output columns per program.
+    """
+    return Tiling(block_m=block_m, block_k=block_k, block_n=block_n, min_block_m=1)
+
+
+def default_tiling(impl: str) -> Tiling:
+    """The gin-configured default tiles of one implementation ("xla" ignores tiling)."""
+    if impl == "cpu":
+        return cpu_tiling()
+    if impl == "pallas_tpu":
+        return pallas_tpu_tiling()
+    if impl == "pallas_gpu":
+        return pallas_gpu_tiling()
+    return Tiling()
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= value."""
+    return -(-value // multiple) * multiple
+
+
+def fit_tile(tile: int, dim: int, minimum: int = 1) -> int:
+    """Shrink a power-of-two tile for a small dimension: never above next_pow2(dim)."""
+    return max(minimum, min(tile, 1 << max(dim - 1, 0).bit_length()))

@@ -1,0 +1,122 @@
+"""The Pallas kernels ("pallas_tpu", "pallas_gpu") against ragged_dot, forward and backward.
+
+Off their own backend they run in Pallas's interpreters (TPU: ``pltpu.InterpretParams``, which
+fills uninitialized memory with NaN, so a block the kernel forgets to write fails loudly; GPU:
+the generic interpreter), slowly, so shapes are small and examples few. On a GPU or TPU machine
+the same tests run the compiled kernels. A probe kernel checks first that this JAX can interpret
+the Pallas features we use; if it cannot, the tests skip with the probe's error and the other
+checks still run. The lowering tests compile nothing: ``jax.export`` lowers the kernels for
+TPU (Mosaic) and CUDA (Triton) from this CPU-only machine.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from moejax.kernels import Tiling
+from tests.kernels.reference import Problem, check_problem, problems
+
+TILINGS = {"pallas_tpu": Tiling(block_m=16, block_k=128, block_n=128, min_block_m=1),
+           "pallas_gpu": Tiling(block_m=16, block_k=16, block_n=16, min_block_m=1)}
+
+
+@functools.cache
+def _probe_error(impl: str) -> str | None:
+    """None if a tiny kernel with the features ``impl`` needs runs here, else why not."""
+    try:
+        from jax.experimental import pallas as pl
+        if impl == "pallas_tpu":
+            from jax.experimental.pallas import tpu as pltpu
+            from moejax.kernels.pallas_tpu import _interpret
+
+            def kernel(index_ref, x_ref, out_ref):
+                out_ref[...] = x_ref[...] + index_ref[0]
+
+            call = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),
+                                  grid_spec=pltpu.PrefetchScalarGridSpec(
+                                      num_scalar_prefetch=1, grid=(1,),
+                                      in_specs=[pl.BlockSpec((8, 128), lambda i, idx: (idx[0], 0))],
+                                      out_specs=pl.BlockSpec((8, 128), lambda i, idx: (0, 0))),
+                                  interpret=_interpret())
+            result = call(jnp.zeros((1,), jnp.int32), jnp.ones((8, 128)))
+        else:
+            from jax.experimental.pallas import triton as plgpu
+            from moejax.kernels.pallas_gpu import _TRITON, _interpret
+
+            def kernel(x_ref, out_ref):
+                rows = pl.ds(pl.program_id(0) * 16, 16)
+                plgpu.store(out_ref.at[rows, :], x_ref[rows, :] + 1.0,
+                            mask=jnp.ones((16, 16), bool))
+
+            call = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct((16, 16), jnp.float32),
+                                  grid=(1,), interpret=_interpret(), compiler_params=_TRITON)
+            result = call(jnp.ones((16, 16)))
+        np.testing.assert_allclose(result, 2.0 if impl == "pallas_gpu" else 1.0)
+    except Exception as error:  # noqa: BLE001 - any failure means: cannot run Pallas here
+        return f"{impl}: this JAX ({jax.__version__}) cannot run the probe kernel: {error!r}"[:500]
+    return None
+
+
+def _require(impl):
+    reason = _probe_error(impl)
+    if reason:
+        pytest.skip(reason)
+
+
+IMPLS = ["pallas_tpu", "pallas_gpu"]
+CASES = [  # m, k, n not multiples of the tiles; empty groups; rows past the sum; offsets
+    Problem(m=50, k=20, n=24, group_sizes=(12, 0, 20, 9), num_local=4, offset=None,
+            dtype="float32", out_dtype=None, seed=0),
+    Problem(m=40, k=9, n=17, group_sizes=(0, 15, 3, 0, 17), num_local=3, offset=1,
+            dtype="bfloat16", out_dtype="float32", seed=1),
+    Problem(m=33, k=5, n=6, group_sizes=(0, 33, 0), num_local=3, offset=None,
+            dtype="float32", out_dtype=None, seed=2),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_ragged_dot(impl, case):
+    _require(impl)
+    check_problem(CASES[case], impl, TILINGS[impl])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_random_problems(impl):
+    _require(impl)
+
+    @settings(max_examples=4, deadline=None, derandomize=True)
+    @given(problems(max_m=40, max_dim=20, max_groups=4))
+    def check(problem):
+        check_problem(problem, impl, TILINGS[impl])
+
+    check()
+
+
+def _export(fn, platform, *args):
+    from jax import export
+    checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    return export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)(*args)
+
+
+@pytest.mark.parametrize("impl, platform", [("pallas_tpu", "tpu"), ("pallas_gpu", "cuda")])
+def test_kernels_lower_for_their_hardware(impl, platform, monkeypatch):
+    import importlib
+    module = importlib.import_module(f"moejax.kernels.{impl}")
+    monkeypatch.setattr(module, "_interpret", lambda: False)  # the real kernel, not the interpreter
+    lhs = jnp.zeros((256, 256), jnp.bfloat16)
+    rhs = jnp.zeros((4, 256, 256), jnp.bfloat16)
+    sizes = jnp.array([64, 0, 100, 50], jnp.int32)
+    tiling = Tiling(block_m=128, block_k=128, block_n=128)
+    offset = jnp.int32(0)
+    for transpose_rhs in (False, True):
+        _export(lambda x, w, s: module.gmm(x, w, s, offset, tiling=tiling, out_dtype=jnp.float32,
+                                           transpose_rhs=transpose_rhs), platform, lhs, rhs, sizes)
+    exported = _export(lambda x, dy, s: module.tgmm(x, dy, s, offset, num_groups=4,
+                                                    tiling=tiling, out_dtype=jnp.float32),
+                       platform, lhs, lhs, sizes)
+    assert exported.out_avals[0].shape == (4, 256, 256)

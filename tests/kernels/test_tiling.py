@@ -1,0 +1,33 @@
+"""Tile defaults per implementation and their gin knobs (moejax/kernels/tiling.py)."""
+
+import gin
+import pytest
+
+from moejax.kernels import tiling
+
+
+def test_defaults_per_implementation():
+    assert tiling.default_tiling("cpu") == tiling.Tiling(block_m=512, block_k=1, block_n=1,
+                                                         min_block_m=16)
+    assert tiling.default_tiling("pallas_tpu").block_k == 128
+
+
+def test_gin_binding_changes_the_default():
+    with gin.unlock_config():
+        gin.parse_config("cpu_tiling.block_m = 256\npallas_gpu_tiling.block_n = 64")
+    try:
+        assert tiling.default_tiling("cpu").block_m == 256
+        assert tiling.default_tiling("pallas_gpu").block_n == 64
+    finally:
+        gin.clear_config()
+
+
+def test_fit_tile_shrinks_for_small_dimensions():
+    assert tiling.fit_tile(128, 20) == 32
+    assert tiling.fit_tile(128, 20, minimum=128) == 128
+    assert tiling.fit_tile(64, 1000) == 64
+
+
+def test_invalid_tiles_fail_fast():
+    with pytest.raises(ValueError, match="min_block_m = 32 must be <= block_m = 16"):
+        tiling.Tiling(block_m=16, min_block_m=32)
