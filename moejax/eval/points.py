@@ -333,12 +333,11 @@ READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
 
 
 def read_point_records(path: str, format: str | None = None) -> list[dict]:
-    """The records of a points file as dicts (missing cells dropped), in file order."""
+    """The records of a points file as dicts (missing cells are None), in file order."""
     try:
-        records = READERS[points_format(path, format)](path)
+        return READERS[points_format(path, format)](path)
     except FileNotFoundError:
         raise PointsError(f"points file {path} does not exist") from None
-    return [{k: v for k, v in r.items() if v is not None} for r in records]
 
 
 def _ordered_columns(records: Iterable[dict]) -> list[str]:
@@ -362,7 +361,8 @@ def _typed(values: list) -> pd.Series:
 
 def points_frame(records: list[dict]) -> pd.DataFrame:
     """Records -> a DataFrame typed from the values: integer columns ``Int64``, real ones
-    ``float64`` (missing = NaN), booleans ``boolean``, the rest Python objects (missing = None)."""
+    ``float64`` (missing = NaN), booleans ``boolean``, the rest Python objects (missing = None).
+    A column absent from some records (e.g. a task only some runs have) is missing there."""
     columns = [c for c in _ordered_columns(records) if any(c in r for r in records)]
     return pd.DataFrame({c: _typed([r.get(c) for r in records]) for c in columns},
                         index=pd.RangeIndex(len(records)))
