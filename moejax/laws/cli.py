@@ -67,11 +67,23 @@ def _parse_holdout(text):
 
 def _load_points(args) -> tuple[pd.DataFrame, str]:
     if args.points is not None:
-        return pd.read_csv(args.points), args.law or "chinchilla"
+        return read_points_table(str(args.points)), args.law or "chinchilla"
     curves = load_dataset(args.dataset)
     router = None if args.router.lower() == "dense" else args.router
     law = args.law or ("clark_dense" if router is None else "clark")
     return clark_fit_subset(curves, router, loss_column=args.loss_column), law
+
+
+def read_points_table(path: str) -> pd.DataFrame:
+    """Points from ``moejax eval`` (JSON lines, CSV or Parquet, schema-checked) or any user CSV."""
+    from moejax.eval.points import PointsError, load_points  # light: no TensorFlow
+
+    if path.endswith((".jsonl", ".parquet")):
+        return load_points(path)
+    try:
+        return load_points(path)
+    except PointsError:
+        return pd.read_csv(path)  # a CSV that did not come from moejax eval
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:

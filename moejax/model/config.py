@@ -67,6 +67,9 @@ class MoEConfig:
         = ceil(capacity_factor * K * T / E) (None means 1.0).
       eval_capacity_factor: the same at evaluation (None = dropless), so a model trained with
         capacity can be evaluated dropless.
+      gmm_impl: grouped-matmul implementation of the dropless experts (``moejax.kernels.gmm``):
+        "auto" (the fastest for the backend), "cpu", "pallas_gpu", "pallas_tpu" or "xla"
+        (``jax.lax.ragged_dot``, the reference).
     """
 
     num_experts: int = 8
@@ -85,6 +88,7 @@ class MoEConfig:
     bias_update_rate: float = 0.0
     capacity_factor: float | None = None
     eval_capacity_factor: float | None = None
+    gmm_impl: str = "auto"
 
     @property
     def groups(self) -> tuple[ExpertGroup, ...]:
@@ -269,6 +273,10 @@ def validate_moe_config(moe: MoEConfig) -> MoEConfig:
         value = getattr(moe, name)
         _require(value is None or (isinstance(value, (int, float)) and value > 0),
                  f"MoEConfig.{name}", value, "None (dropless) or a number > 0")
+    from moejax.kernels import IMPLEMENTATIONS  # no JAX work at import time
+
+    _require(moe.gmm_impl in IMPLEMENTATIONS, "MoEConfig.gmm_impl", moe.gmm_impl,
+             f"one of {IMPLEMENTATIONS}")
     if moe.routing == "expert_choice":
         _require(moe.bias_update_rate == 0, "MoEConfig.bias_update_rate", moe.bias_update_rate,
                  "0 with routing = 'expert_choice' (experts already receive equal load)")

@@ -118,7 +118,7 @@ class RoutedGroup(nnx.Module):
                              rngs=rngs)
         self.experts = SwiGLUExperts(group.num_experts, d_model, group.d_expert,
                                      out_scale=1.0 / math.sqrt(2 * n_layers),
-                                     compute_dtype=compute_dtype, rngs=rngs)
+                                     compute_dtype=compute_dtype, gmm_impl=moe.gmm_impl, rngs=rngs)
 
     def __call__(self, x_TD, mask_T, *, batch: int, train: bool, rng) -> tuple[jax.Array, GroupStats]:
         if self.moe.routing == "expert_choice":

@@ -117,6 +117,7 @@ def build(moe, seed=0):
 CASES = {
     "top1": MoEConfig(num_experts=4, top_k=1, d_expert=6),
     "top2": MoEConfig(num_experts=4, top_k=2, d_expert=6),
+    "top2_ragged_dot": MoEConfig(num_experts=4, top_k=2, d_expert=6, gmm_impl="xla"),
     "top3_renorm": MoEConfig(num_experts=5, top_k=3, d_expert=6, renormalize=True),
     "sigmoid_renorm": MoEConfig(num_experts=6, top_k=2, d_expert=6, router_scores="sigmoid",
                                 renormalize=True),
