@@ -23,8 +23,11 @@ def test_model_config_validates(path):
     assert accounting.parameter_counts(model).total > 0
 
 
+# The heterogeneous variant (48 small experts) compiles slowly; tests/train/test_run.py already
+# trains one in the fast suite, so here it runs with -m slow.
 @pytest.mark.parametrize("name", ["moe_tiny_fine_grained", "moe_tiny_shared",
-                                  "moe_tiny_heterogeneous", "moe_tiny_capacity_lossfree"])
+                                  pytest.param("moe_tiny_heterogeneous", marks=pytest.mark.slow),
+                                  "moe_tiny_capacity_lossfree"])
 def test_variant_trains(tmp_path, name):
     model, data, train = load_configs(["smoke.gin", f"models/{name}.gin"], SHORT)
     summary = run_training(str(tmp_path), model, data, train)
