@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The README's first command: set up, then train the smoke MoE on the embedded corpus.
-# Extra arguments go to `moejax train` (e.g. --gin_bindings='TrainConfig.steps = 50').
+# The README's first command: set up, then the whole moejax path on the embedded corpus:
+# the smoke design grid (expert count x top-k, 6 tiny MoEs) trained, every checkpoint scored,
+# a scaling law fitted, and a report with plots written to runs/smoke_grid/report.md.
+# Extra arguments go to `moejax sweep` (e.g. --only='MoEConfig.top_k=2').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
-.venv/bin/moejax train --gin_file=configs/smoke.gin --workdir=runs/smoke "$@"
+.venv/bin/moejax sweep --grid=configs/grids/smoke_cpu.gin --root=runs/smoke_grid "$@"

@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help). A new subcommand is one line here plus its module.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("moejax.train.cli", "train a model from gin files into a workdir"),
+    "sweep": ("moejax.sweep.cli", "expand a design grid into runs, train, evaluate, fit and report"),
     "eval": ("moejax.eval.cli", "score checkpoints of runs and export one point per run and step"),
     "fit": ("moejax.laws.cli", "fit a scaling law to scored points (or the embedded Clark 2022 data)"),
     "plan": ("moejax.plan.cli", "recommend MoE configurations for compute, memory and inference budgets"),

@@ -1,0 +1,129 @@
+"""Running a grid: run directories, a manifest, launchers, then evaluation, fit and report.
+
+In: a ``Grid`` and a root directory. Out, under the root: ``<run_id>/run.gin`` (the complete run
+config) and the run's own outputs, ``manifest.json`` (every run with its bindings and status:
+pending, done, failed, or dropped with the reason), ``points.jsonl`` (``moejax eval``),
+``fit/`` (``moejax fit``) and ``report.md`` with ``loss_curves.png``.
+
+Launchers: ``local`` trains the runs one after another, each in its own ``moejax train`` process
+(a crash or a bad config fails that run only), skipping finished runs and resuming partial ones;
+``print`` prints the commands without running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Callable
+
+from moejax.sweep.grid import Grid, GridPoint, expand
+
+MANIFEST = "manifest.json"
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def train_command(run_dir: str) -> list[str]:
+    return [sys.executable, "-m", "moejax.cli", "train", f"--gin_file={run_dir}/run.gin",
+            f"--workdir={run_dir}"]
+
+
+def prepare(grid: Grid, root: str, *, only: dict | None = None) -> dict:
+    """Create run directories and the manifest (keeping the status of runs already there)."""
+    os.makedirs(root, exist_ok=True)
+    kept, dropped = expand(grid)
+    if only:
+        kept = [p for p in kept if all(str(p.values.get(k)) == str(v) for k, v in only.items())]
+    path = os.path.join(root, MANIFEST)
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = {r["run_id"]: r for r in json.load(f)["runs"]}
+    runs = []
+    for point in kept:
+        run_dir = os.path.join(root, point.run_id)
+        os.makedirs(run_dir, exist_ok=True)
+        _write_atomic(os.path.join(run_dir, "run.gin"), point.gin_text(grid))
+        status = old.get(point.run_id, {}).get("status", "pending")
+        runs.append({"run_id": point.run_id, "dir": run_dir, "values": point.values,
+                     "status": status})
+    manifest = {"grid": grid.name, "runs": runs,
+                "dropped": [{"values": v, "reason": r} for v, r in dropped]}
+    _write_atomic(path, json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+def _save(root: str, manifest: dict) -> None:
+    _write_atomic(os.path.join(root, MANIFEST), json.dumps(manifest, indent=2, default=str))
+
+
+def is_finished(run_dir: str) -> bool:
+    """True when the run's newest finalized checkpoint is its last step."""
+    from moejax.train.run import checkpoint_steps, load_run_configs
+
+    if not os.path.exists(os.path.join(run_dir, "config.json")):
+        return False
+    steps = checkpoint_steps(run_dir)
+    return bool(steps) and steps[-1] >= load_run_configs(run_dir)[2].steps
+
+
+def run_local(root: str, manifest: dict, *, log: Callable[[str], None] = print) -> dict:
+    """Train every run not finished yet, in order; one failure does not stop the others."""
+    runs = manifest["runs"]
+    for index, run in enumerate(runs, 1):
+        if is_finished(run["dir"]):
+            run["status"] = "done"
+            log(f"[{index}/{len(runs)}] {run['run_id']}: finished earlier, skipped")
+            continue
+        log(f"[{index}/{len(runs)}] {run['run_id']}: training")
+        start = time.time()
+        with open(os.path.join(run["dir"], "train.log"), "a") as out:
+            code = subprocess.call(train_command(run["dir"]), stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+        run["status"] = "done" if code == 0 and is_finished(run["dir"]) else "failed"
+        run["seconds"] = round(time.time() - start, 1)
+        if run["status"] == "failed":
+            log(f"    failed (exit {code}); see {run['dir']}/train.log")
+        _save(root, manifest)
+    return manifest
+
+
+def print_commands(manifest: dict, *, log: Callable[[str], None] = print) -> None:
+    for run in manifest["runs"]:
+        log(" ".join(train_command(run["dir"])))
+
+
+def evaluate_and_fit(grid: Grid, root: str, manifest: dict, *, log: Callable[[str], None] = print
+                     ) -> dict:
+    """Score the finished runs into points.jsonl, fit the grid's law, write the report."""
+    from moejax.eval import score_runs
+
+    done = [r["dir"] for r in manifest["runs"] if r["status"] == "done"]
+    outcome = {"points": None, "fit": None, "fit_error": None}
+    if done:
+        points_path = os.path.join(root, "points.jsonl")
+        summary = score_runs(done, grid.eval_steps, points_path=points_path, progress=False, log=log)
+        outcome["points"] = points_path
+        outcome["eval_failures"] = len(summary.failures)
+        if grid.fit_law:
+            from moejax.cli import main as moejax_main
+
+            args = ["fit", f"--points={points_path}", f"--law={grid.fit_law}",
+                    f"--out={os.path.join(root, 'fit')}", "--no-progress"]
+            if grid.fit_columns:
+                args.append(f"--columns={grid.fit_columns}")
+            code = moejax_main(args)
+            outcome["fit"] = os.path.join(root, "fit") if code == 0 else None
+            outcome["fit_error"] = None if code == 0 else f"moejax fit exited {code}"
+    from moejax.sweep.report import write_report
+
+    outcome["report"] = write_report(root, manifest, outcome)
+    return outcome
