@@ -11,9 +11,9 @@ def _run(argv):
 
 
 def test_plan_memory_bound_worked_example(tmp_path, capsys):
-    out = tmp_path / "plan.json"
+    out = tmp_path / "plan"
     assert _run(["--flops=6e19", "--memory-bytes=2e9", "--experts=1,4,16", f"--out={out}"]) == 0
-    plans = json.loads(out.read_text())["plans"]
+    plans = json.loads((out / "plan.json").read_text())["plans"]
     e16 = next(p for p in plans if p["E"] == 16)
     assert abs(e16["n_active"] / 155e6 - 1) < 0.02
     assert "Recommended" in capsys.readouterr().out
