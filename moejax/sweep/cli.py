@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = run_local(args.root, manifest)
     outcome = evaluate_and_fit(grid, args.root, manifest)
     failed = [r["run_id"] for r in manifest["runs"] if r["status"] != "done"]
-    print(f"report: {outcome['report']}")
+    print(f"report: {os.path.abspath(outcome['report'])}")
     if failed:
         print(f"moejax sweep: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
