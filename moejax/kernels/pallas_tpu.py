@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from moejax.kernels import metadata
+from moejax.kernels import metadata, operands
 from moejax.kernels.tiling import Tiling, fit_tile, round_up
 
 
@@ -40,30 +40,15 @@ def _tiles(tiling: Tiling, m: int, k: int, n: int) -> tuple[int, int, int]:
             fit_tile(tiling.block_n, n, 128))
 
 
-def _pad2(x, rows: int, cols: int):
-    return jnp.pad(x, ((0, rows - x.shape[0]), (0, cols - x.shape[1])))
-
-
-def _rows_owned(bounds, num_rows: int):
-    """(M,) bool: rows of some local group (local groups are consecutive rows)."""
-    row_M = jnp.arange(num_rows)
-    return (row_M >= bounds.starts_G[0]) & (row_M < bounds.ends_G[-1])
-
-
 def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
         group_offset: jax.Array, *, tiling: Tiling, out_dtype, transpose_rhs: bool = False
         ) -> jax.Array:
     """out[rows of local group g] = lhs[rows] @ rhs[g] (rhs[g].T if transpose_rhs); else 0."""
-    m, k = lhs_MK.shape
-    num_groups = rhs_GKN.shape[0]
+    m = lhs_MK.shape[0]
     n = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
-    tm, tk, tn = _tiles(tiling, m, k, n)
-    m_pad, k_pad, n_pad = round_up(m, tm), round_up(k, tk), round_up(n, tn)
-    lhs = _pad2(lhs_MK, m_pad, k_pad)
-    rhs_shape = (n_pad, k_pad) if transpose_rhs else (k_pad, n_pad)
-    rhs = jax.vmap(lambda w: _pad2(w, *rhs_shape))(rhs_GKN)
-    bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
-    visits = metadata.tile_visits(bounds, m_pad, tm)
+    lhs, rhs, (tm, tk, tn), (m_pad, k_pad, n_pad), bounds, visits = operands.gmm_operands(
+        lhs_MK, rhs_GKN, group_sizes_E, group_offset, functools.partial(_tiles, tiling),
+        transpose_rhs)
     tiles_k = k_pad // tk
 
     # Index maps get the grid indices (n tile, visit, k tile), then the prefetched scalars.
@@ -119,8 +104,7 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     )
     out = call(visits.group_V, visits.tile_V, bounds.starts_G, bounds.ends_G,
                visits.num_live.reshape(1), lhs, rhs)[:m, :n]
-    # Rows no visit wrote (other experts' rows, rows past the group-size sum) are zero.
-    return jnp.where(_rows_owned(bounds, m)[:, None], out, 0).astype(out_dtype)
+    return operands.zero_unowned_rows(out, bounds).astype(out_dtype)
 
 
 def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
@@ -134,7 +118,7 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     n = grad_MN.shape[1]
     tm, tk, tn = _tiles(tiling, m, k, n)
     m_pad, k_pad, n_pad = round_up(m, tm), round_up(k, tk), round_up(n, tn)
-    lhs, grad = _pad2(lhs_MK, m_pad, k_pad), _pad2(grad_MN, m_pad, n_pad)
+    lhs, grad = operands.pad2(lhs_MK, m_pad, k_pad), operands.pad2(grad_MN, m_pad, n_pad)
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
     visits = metadata.tile_visits(bounds, m_pad, tm)
     num_visits = visits.group_V.shape[0]
