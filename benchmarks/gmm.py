@@ -12,6 +12,8 @@ or "zipf" (each token draws K distinct experts with probability ~ 1/rank).
   python benchmarks/gmm.py            # --quick grid, a few minutes on 2 CPU cores
   python benchmarks/gmm.py --full     # the design-grid shapes (long on CPU)
   python benchmarks/gmm.py --impl cpu --impl xla --reps 5
+  python benchmarks/gmm.py --full --dtype bfloat16 --tiling pallas_gpu:128,64,128,8,3
+      # extra contenders with explicit tiles: impl:block_m,block_k,block_n[,num_warps,num_stages]
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from moejax.kernels import gmm, resolve_impl  # noqa: E402
+from moejax.kernels import Tiling, gmm, resolve_impl  # noqa: E402
+from moejax.kernels.tiling import default_tiling as moejax_default_tiling  # noqa: E402
 
 # (M routed rows, D d_model, F expert hidden, E experts, K top-k, routing)
 QUICK = [
@@ -58,10 +61,20 @@ def group_sizes(num_rows: int, num_experts: int, top_k: int, routing: str, seed:
     return np.bincount(choices.ravel(), minlength=num_experts).astype(np.int32)
 
 
-def timed(fns: dict, args: dict, reps: int) -> dict:
-    """Median seconds of each function, repetitions interleaved across functions."""
-    for name, fn in fns.items():
-        jax.block_until_ready(fn(*args[name]))  # compile and warm up
+def timed(fns: dict, args: dict, reps: int, errors: dict | None = None) -> dict:
+    """Median seconds of each function, repetitions interleaved across functions.
+
+    A function that fails to compile or run (e.g. too little GPU memory) is left out and its
+    error recorded in ``errors`` rather than stopping the whole case.
+    """
+    for name, fn in list(fns.items()):
+        try:
+            jax.block_until_ready(fn(*args[name]))  # compile and warm up
+        except Exception as error:  # noqa: BLE001 - report and carry on with the others
+            if errors is None:
+                raise
+            errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            del fns[name]
     times = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
@@ -79,7 +92,18 @@ def forward_backward(matmul):
     return jax.jit(run)
 
 
-def bench_case(case, impls, reps, ragged_reps, dtype):
+def parse_tiling(spec: str) -> tuple[str, str, Tiling]:
+    """'pallas_gpu:128,64,128,8,3' -> (label, impl, Tiling(block_m, block_k, block_n, ...))."""
+    impl, _, numbers = spec.partition(":")
+    values = [int(v) for v in numbers.split(",")]
+    if len(values) not in (3, 5):
+        raise SystemExit(f"--tiling {spec!r}: want impl:block_m,block_k,block_n[,warps,stages]")
+    fields = dict(zip(("block_m", "block_k", "block_n", "num_warps", "num_stages"), values))
+    return f"{impl}[{numbers}]", impl, Tiling(min_block_m=1, **fields)
+
+
+def bench_case(case, contenders, reps, ragged_reps, dtype):
+    """contenders: [(label, impl, tiling or None)]; one JSON line per contender."""
     num_rows, d_model, d_expert, num_experts, top_k, routing = case
     n = 2 * d_expert
     sizes = jnp.asarray(group_sizes(num_rows, num_experts, top_k, routing))
@@ -89,42 +113,104 @@ def bench_case(case, impls, reps, ragged_reps, dtype):
     dy = jax.random.normal(keys[2], (num_rows, n), dtype)
     useful_flops = 2 * num_rows * d_model * n
 
-    def grouped(impl):
-        return lambda x, w: gmm(x, w, sizes, impl=impl)
+    def grouped(impl, tiling=None):
+        return lambda x, w: gmm(x, w, sizes, impl=impl, tiling=tiling)
 
     dense = lambda x, w: x @ w  # noqa: E731
     fns = {"dense_fwd": jax.jit(dense), "dense_fwdbwd": forward_backward(dense)}
     args = {"dense_fwd": (x, w[0]), "dense_fwdbwd": (x, w[0], dy)}
-    for impl in impls:
-        fns[f"{impl}_fwd"] = jax.jit(grouped(impl))
-        fns[f"{impl}_fwdbwd"] = forward_backward(grouped(impl))
-        args[f"{impl}_fwd"], args[f"{impl}_fwdbwd"] = (x, w), (x, w, dy)
-    seconds = timed(fns, args, reps)
-    if ragged_reps and "xla" not in impls:  # ragged_dot is slow: fewer repetitions, timed apart
+    for label, impl, tiling in contenders:
+        fns[f"{label}_fwd"] = jax.jit(grouped(impl, tiling))
+        fns[f"{label}_fwdbwd"] = forward_backward(grouped(impl, tiling))
+        args[f"{label}_fwd"], args[f"{label}_fwdbwd"] = (x, w), (x, w, dy)
+    errors: dict = {}
+    seconds = timed(fns, args, reps, errors)
+    # ragged_dot is slow: fewer repetitions, timed apart
+    if ragged_reps and "xla" not in [impl for _, impl, _ in contenders]:
         ragged = {"xla_fwd": jax.jit(grouped("xla")),
                   "xla_fwdbwd": forward_backward(grouped("xla"))}
-        seconds.update(timed(ragged, {"xla_fwd": (x, w), "xla_fwdbwd": (x, w, dy)}, ragged_reps))
+        seconds.update(timed(ragged, {"xla_fwd": (x, w), "xla_fwdbwd": (x, w, dy)}, ragged_reps,
+                             errors))
     tflops = {name: round(mult * useful_flops / s / 1e12, 4) for name, s in seconds.items()
               for mult in [3 if name.endswith("fwdbwd") else 1]}
+    if "dense_fwd" not in tflops or "dense_fwdbwd" not in tflops:
+        raise RuntimeError(f"the dense yardstick failed: {errors}")
+
+    def ratio(a, b, digits=3):
+        return round(tflops[a] / tflops[b], digits) if a in tflops and b in tflops else None
+
     name = f"m{num_rows}_d{d_model}_f{d_expert}_e{num_experts}_k{top_k}_{routing}"
-    for impl in impls:
+    for label, impl, tiling in contenders:
         line = {
             "case": name, "m": num_rows, "k": d_model, "n": n, "E": num_experts, "K": top_k,
             "routing": routing, "max_group": int(sizes.max()), "impl": impl,
+            "tiling": None if tiling is None else [tiling.block_m, tiling.block_k,
+                                                   tiling.block_n, tiling.num_warps,
+                                                   tiling.num_stages],
             "dtype": jnp.dtype(dtype).name,
-            "fwd_tflops": tflops[f"{impl}_fwd"], "fwdbwd_tflops": tflops[f"{impl}_fwdbwd"],
+            "fwd_tflops": tflops.get(f"{label}_fwd"),
+            "fwdbwd_tflops": tflops.get(f"{label}_fwdbwd"),
             "dense_fwd_tflops": tflops["dense_fwd"],
             "dense_fwdbwd_tflops": tflops["dense_fwdbwd"],
             "ragged_dot_fwd_tflops": tflops.get("xla_fwd"),
             "ragged_dot_fwdbwd_tflops": tflops.get("xla_fwdbwd"),
-            "ratio_vs_dense_fwd": round(tflops[f"{impl}_fwd"] / tflops["dense_fwd"], 3),
-            "ratio_vs_dense": round(tflops[f"{impl}_fwdbwd"] / tflops["dense_fwdbwd"], 3),
-            "ratio_vs_ragged_dot": (round(tflops[f"{impl}_fwdbwd"] / tflops["xla_fwdbwd"], 2)
-                                    if "xla_fwdbwd" in tflops else None),
+            "ratio_vs_dense_fwd": ratio(f"{label}_fwd", "dense_fwd"),
+            "ratio_vs_dense": ratio(f"{label}_fwdbwd", "dense_fwdbwd"),
+            "ratio_vs_ragged_dot": ratio(f"{label}_fwdbwd", "xla_fwdbwd", 2),
+            "errors": {k: v for k, v in errors.items()
+                       if k.startswith((f"{label}_", "xla_"))} or None,
             "reps": reps, "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
             "jax": jax.__version__, "date": datetime.date.today().isoformat(),
             "loadavg_1m": round(os.getloadavg()[0], 2),
         }
+        print(json.dumps(line), flush=True)
+
+
+def bench_parts(case, contenders, reps, dtype):
+    """Each of the three grouped matmuls of a training step timed alone, next to its dense twin:
+    forward x·w, input gradient dy·wᵀ (gmm with rhs transposed) and weight gradient xᵀ·dy (tgmm).
+    One JSON line per contender with the three ratios, to show which kernel holds the step back."""
+    from moejax.kernels import _module
+
+    num_rows, d_model, d_expert, num_experts, top_k, routing = case
+    n = 2 * d_expert
+    sizes = jnp.asarray(group_sizes(num_rows, num_experts, top_k, routing))
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(keys[0], (num_rows, d_model), dtype)
+    w = (jax.random.normal(keys[1], (num_experts, d_model, n)) / d_model ** 0.5).astype(dtype)
+    dy = jax.random.normal(keys[2], (num_rows, n), dtype)
+    offset = jnp.zeros((), jnp.int32)
+    fns = {"dense_fwd": jax.jit(lambda x, w: x @ w[0]),
+           "dense_dlhs": jax.jit(lambda dy, w: dy @ w[0].T),
+           "dense_drhs": jax.jit(lambda x, dy: x.T @ dy)}
+    args = {"dense_fwd": (x, w), "dense_dlhs": (dy, w), "dense_drhs": (x, dy)}
+    for label, impl, tiling in contenders:
+        kernels, tiling = _module(impl), tiling or moejax_default_tiling(impl)
+        fns[f"{label}_fwd"] = jax.jit(lambda x, w, k=kernels, t=tiling: k.gmm(
+            x, w, sizes, offset, tiling=t, out_dtype=x.dtype))
+        fns[f"{label}_dlhs"] = jax.jit(lambda dy, w, k=kernels, t=tiling: k.gmm(
+            dy, w, sizes, offset, tiling=t, out_dtype=dy.dtype, transpose_rhs=True))
+        fns[f"{label}_drhs"] = jax.jit(lambda x, dy, k=kernels, t=tiling: k.tgmm(
+            x, dy, sizes, offset, num_groups=num_experts, tiling=t, out_dtype=x.dtype))
+        args[f"{label}_fwd"], args[f"{label}_dlhs"], args[f"{label}_drhs"] = (x, w), (dy, w), (x, dy)
+    errors: dict = {}
+    seconds = timed(fns, args, reps, errors)
+    useful = 2 * num_rows * d_model * n
+    for label, impl, tiling in contenders:
+        line = {"benchmark": "gmm_parts", "case": f"m{num_rows}_d{d_model}_f{d_expert}_e"
+                f"{num_experts}_k{top_k}_{routing}", "impl": impl,
+                "tiling": None if tiling is None else [tiling.block_m, tiling.block_k,
+                                                       tiling.block_n, tiling.num_warps,
+                                                       tiling.num_stages],
+                "dtype": jnp.dtype(dtype).name, "errors": errors or None}
+        for part in ("fwd", "dlhs", "drhs"):
+            if f"{label}_{part}" in seconds:
+                line[f"{part}_tflops"] = round(useful / seconds[f"{label}_{part}"] / 1e12, 3)
+                line[f"dense_{part}_tflops"] = round(useful / seconds[f"dense_{part}"] / 1e12, 3)
+                line[f"{part}_ratio"] = round(seconds[f"dense_{part}"] /
+                                              seconds[f"{label}_{part}"], 3)
+        line.update(device=jax.devices()[0].device_kind, jax=jax.__version__,
+                    date=datetime.date.today().isoformat())
         print(json.dumps(line), flush=True)
 
 
@@ -143,14 +229,26 @@ def main(argv=None):
                         help="skip ragged_dot for cases with more experts (its cost grows with E)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--case", type=int, action="append", help="only these case indices")
+    parser.add_argument("--shape", action="append", default=[],
+                        help="extra case M,D,F,E,K,routing (e.g. 65536,1024,1024,1,1,balanced)")
+    parser.add_argument("--parts", action="store_true",
+                        help="time forward, input-gradient and weight-gradient kernels apart")
+    parser.add_argument("--tiling", action="append", default=[],
+                        help="extra contender impl:block_m,block_k,block_n[,warps,stages]")
     args = parser.parse_args(argv)
     cases = FULL if args.full else QUICK
-    impls = args.impl or [resolve_impl("auto")]
+    if args.shape:
+        cases = [(*map(int, spec.split(",")[:5]), spec.split(",")[5]) for spec in args.shape]
+    impls = args.impl or ([] if args.tiling else [resolve_impl("auto")])
+    contenders = [(impl, impl, None) for impl in impls] + [parse_tiling(t) for t in args.tiling]
     for index, case in enumerate(cases):
         if args.case and index not in args.case:
             continue
+        if args.parts:
+            bench_parts(case, contenders, args.reps, jnp.dtype(args.dtype))
+            continue
         ragged_reps = args.ragged_reps if case[3] <= args.ragged_max_experts else 0
-        bench_case(case, impls, args.reps, ragged_reps, jnp.dtype(args.dtype))
+        bench_case(case, contenders, args.reps, ragged_reps, jnp.dtype(args.dtype))
 
 
 if __name__ == "__main__":

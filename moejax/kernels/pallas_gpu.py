@@ -7,14 +7,14 @@ program reads a few scalars from, and loads use dynamic offsets into whole-array
 gmm: grid (n tiles, visits). Program (j, v) computes the (block_m, block_n) output tile of
 visit v's row tile with its group's weights, looping over k, and stores only that group's rows
 (masked store): visits of one tile write disjoint rows, so they may run in any order.
-tgmm: grid (G, k tiles, n tiles). Program (g, i, j) loops over the row tiles of group g (none
+tgmm: grid (n tiles, k tiles, G). Program (j, i, g) loops over the row tiles of group g (none
 for an empty group, whose gradient block is then stored as zeros) and sums lhs_tile.T @ grad_tile
-over that group's rows.
+over that group's rows; rows of other groups are masked out at the load.
 
 On a backend other than GPU the kernels run in Pallas's interpreter (correct, slow), which is
 how the test suite checks them on CPU. m, k and n are zero-padded to whole tiles in the wrapper,
 so every load is in bounds; rows no local group owns are zeroed by a select after the kernel.
-Not yet tuned or measured on a GPU (tiles: ``tiling.pallas_gpu_tiling``).
+Tiles (``tiling.pallas_gpu_tiling``) were tuned on an H100; speeds are in benchmarks/RESULTS.md.
 
 Letters: M rows, K contraction, N output columns, G local groups, V visits; tm, tk, tn tiles.
 """
@@ -33,8 +33,18 @@ from moejax.kernels.tiling import Tiling, fit_tile, round_up
 
 
 # Triton compiler parameters also select the Triton lowering (the default for a pallas_call
-# without them is Mosaic GPU). Not tuned on a GPU yet.
+# without them is Mosaic GPU).
 _TRITON = plgpu.CompilerParams(num_warps=4, num_stages=2)
+
+
+# Shared memory per block on Hopper (227 KiB; 163 KiB on A100), minus room for the epilogue.
+_SHARED_MEMORY_BYTES = 160 * 1024
+
+
+def _compiler_params(tiling: Tiling, stage_bytes: int):
+    """Triton parameters, pipelining no deeper than fits: each stage buffers one pair of tiles."""
+    stages = max(1, min(tiling.num_stages, _SHARED_MEMORY_BYTES // max(stage_bytes, 1)))
+    return plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=stages)
 
 
 def _interpret() -> bool:
@@ -86,7 +96,7 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
         out_shape=jax.ShapeDtypeStruct((m_pad, n_pad), out_dtype),
         grid=(n_pad // tn, visits.group_V.shape[0]),
         interpret=_interpret(),
-        compiler_params=_TRITON,
+        compiler_params=_compiler_params(tiling, (tm * tk + tk * tn) * lhs.dtype.itemsize),
         name="moejax_gmm_gpu",
     )(visits.group_V, visits.tile_V, bounds.starts_G, bounds.ends_G,
       visits.num_live.reshape(1), lhs, rhs)[:m, :n]
@@ -98,13 +108,16 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     """(G, K, N): out[g] = lhs[rows of local group g].T @ grad[those rows]; empty groups zero."""
     m, k = lhs_MK.shape
     n = grad_MN.shape[1]
+    tiling = tiling.tgmm or tiling
     tm, tk, tn = _tiles(tiling, m, k, n)
     m_pad, k_pad, n_pad = round_up(m, tm), round_up(k, tk), round_up(n, tn)
     lhs, grad = operands.pad2(lhs_MK, m_pad, k_pad), operands.pad2(grad_MN, m_pad, n_pad)
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
 
     def kernel(starts_G, ends_G, lhs_ref, grad_ref, out_ref):
-        g, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)  # group, k tile, n tile
+        # n tile, k tile, group: Triton launches axis 0 fastest, so the programs in flight
+        # share a group and a k tile and re-read its rows of lhs from L2, not memory.
+        j, i, g = pl.program_id(0), pl.program_id(1), pl.program_id(2)
         start, end = starts_G[g], ends_G[g]
         first_tile = start // tm  # row tile holding the group's first row
         end_tile = jnp.where(end > start, (end - 1) // tm + 1, first_tile)  # empty: no tiles
@@ -112,9 +125,11 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
         def row_tile(t, acc):
             rows = pl.ds(t * tm, tm)
             row = t * tm + jax.lax.broadcasted_iota(jnp.int32, (tm, 1), 0)
-            own = (row >= start) & (row < end)  # zero other groups' rows (even NaN ones)
-            x = jnp.where(own, lhs_ref[rows, pl.ds(i * tk, tk)], 0)
-            dy = jnp.where(own, grad_ref[rows, pl.ds(j * tn, tn)], 0)
+            own = (row >= start) & (row < end)  # other groups' rows load as 0 (even NaN ones)
+            x = plgpu.load(lhs_ref.at[rows, pl.ds(i * tk, tk)],
+                           mask=jnp.broadcast_to(own, (tm, tk)), other=0)
+            dy = plgpu.load(grad_ref.at[rows, pl.ds(j * tn, tn)],
+                            mask=jnp.broadcast_to(own, (tm, tn)), other=0)
             return acc + jax.lax.dot_general(x, dy, (((0,), (0,)), ((), ())),
                                              preferred_element_type=jnp.float32)
 
@@ -124,9 +139,9 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((num_groups, k_pad, n_pad), out_dtype),
-        grid=(num_groups, k_pad // tk, n_pad // tn),
+        grid=(n_pad // tn, k_pad // tk, num_groups),
         interpret=_interpret(),
-        compiler_params=_TRITON,
+        compiler_params=_compiler_params(tiling, (tm * tk + tm * tn) * lhs.dtype.itemsize),
         name="moejax_tgmm_gpu",
     )(bounds.starts_G, bounds.ends_G, lhs, grad)
     return out[:, :k, :n]

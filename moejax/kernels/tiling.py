@@ -22,18 +22,30 @@ class Tiling:
       block_k: contraction (k) elements per tile; Pallas only.
       block_n: output columns per tile; Pallas only.
       min_block_m: smallest row chunk of the "cpu" path: a group wastes < this many rows.
+      num_warps: warps per program; "pallas_gpu" (Triton) only.
+      num_stages: software-pipelining depth of the k loop; "pallas_gpu" (Triton) only.
+      tgmm: tiles of the weight-gradient kernel when they should differ from the forward's
+        ("pallas_gpu": there block_m is the contraction over a group's rows and block_k x
+        block_n the output tile); None = the same tiles.
     """
 
     block_m: int = 128
     block_k: int = 128
     block_n: int = 128
     min_block_m: int = 16
+    num_warps: int = 4
+    num_stages: int = 2
+    tgmm: "Tiling | None" = None
 
     def __post_init__(self):
-        for name in ("block_m", "block_k", "block_n", "min_block_m"):
+        for name in ("block_m", "block_k", "block_n", "min_block_m", "num_warps"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"Tiling.{name} = {value}: must be a power of two >= 1")
+        if self.tgmm is not None and not isinstance(self.tgmm, Tiling):
+            raise ValueError(f"Tiling.tgmm = {self.tgmm!r}: must be a Tiling or None")
+        if self.num_stages < 1:
+            raise ValueError(f"Tiling.num_stages = {self.num_stages}: must be >= 1")
         if self.min_block_m > self.block_m:
             raise ValueError(f"Tiling.min_block_m = {self.min_block_m} must be <= block_m = "
                              f"{self.block_m}")
@@ -63,15 +75,30 @@ def pallas_tpu_tiling(block_m: int = 128, block_k: int = 128, block_n: int = 128
 
 
 @gin.configurable
-def pallas_gpu_tiling(block_m: int = 64, block_k: int = 64, block_n: int = 128) -> Tiling:
-    """Triton tiles (each >= 16 for tensor-core dots); not yet tuned on a GPU.
+def pallas_gpu_tiling(block_m: int = 128, block_k: int = 64, block_n: int = 256,
+                      num_warps: int = 8, num_stages: int = 3, tgmm_block_m: int = 64,
+                      tgmm_block_k: int = 128, tgmm_block_n: int = 128, tgmm_num_warps: int = 4,
+                      tgmm_num_stages: int = 3) -> Tiling:
+    """Triton tiles (each >= 16 for tensor-core dots); defaults tuned on an H100 in bfloat16
+    (benchmarks/RESULTS.md): the forward and input-gradient kernels want wide output tiles,
+    the weight gradient, whose contraction runs over a group's rows, wants a short one.
 
     Args:
-      block_m: rows per tile.
-      block_k: contraction per inner-loop step.
-      block_n: output columns per program.
+      block_m: rows per tile (gmm).
+      block_k: contraction per inner-loop step (gmm).
+      block_n: output columns per program (gmm).
+      num_warps: warps per Triton program (gmm).
+      num_stages: pipelining depth of the k loop (gmm; lowered to fit shared memory).
+      tgmm_block_m: rows per step of the weight gradient's loop over a group.
+      tgmm_block_k: rows of the weight-gradient output tile (d_model side).
+      tgmm_block_n: columns of the weight-gradient output tile.
+      tgmm_num_warps, tgmm_num_stages: as above, for the weight gradient.
     """
-    return Tiling(block_m=block_m, block_k=block_k, block_n=block_n, min_block_m=1)
+    return Tiling(block_m=block_m, block_k=block_k, block_n=block_n, min_block_m=1,
+                  num_warps=num_warps, num_stages=num_stages,
+                  tgmm=Tiling(block_m=tgmm_block_m, block_k=tgmm_block_k,
+                              block_n=tgmm_block_n, min_block_m=1, num_warps=tgmm_num_warps,
+                              num_stages=tgmm_num_stages))
 
 
 def default_tiling(impl: str) -> Tiling:

@@ -97,6 +97,14 @@ def test_random_problems(impl):
     check()
 
 
+def test_gpu_weight_gradient_with_its_own_tiles():
+    """The tuned GPU default gives tgmm other tiles than gmm; both must still be right."""
+    _require("pallas_gpu")
+    tiling = Tiling(block_m=16, block_k=32, block_n=16, min_block_m=1,
+                    tgmm=Tiling(block_m=32, block_k=16, block_n=32, min_block_m=1))
+    check_problem(CASES[0], "pallas_gpu", tiling)
+
+
 def _export(fn, platform, *args):
     from jax import export
     checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]

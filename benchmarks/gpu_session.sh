@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU measurements of benchmarks/RESULTS.md in one go, for a lent GPU machine (JAX with CUDA
+# preinstalled, no gin there: its wheel travels in .whl/). Writes logs and JSON lines to $OUT.
+#   bash benchmarks/gpu_session.sh tests tiles      # native kernel tests, then a tile sweep
+#   bash benchmarks/gpu_session.sh grid step        # the full gmm grid, then the MoE step
+set -u
+OUT=${OUT:-/tmp/moejax_gpu}; mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1 JAX_PLATFORMS=cuda,cpu
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,driver_version --format=csv
+python3 -c "import jax, jaxlib; print('jax', jax.__version__, jax.devices())"
+TILES=${TILES:-"64,64,128,4,2 128,64,128,4,3 128,64,128,8,3 128,128,128,8,3 64,128,128,4,3 64,64,64,4,3"}
+CASES=${CASES:-"26 29 32"}   # FULL indices: m65536 d1024 E16 K2 balanced, E128 K8 zipf, d4096 E16
+for what in "$@"; do
+  case $what in
+    tests)
+      timeout 300 python3 -m pytest tests/kernels -q -x -p no:cacheprovider 2>&1 \
+        | tee "$OUT/tests.log" | tail -15 ;;
+    tiles)
+      args=(); for t in $TILES; do args+=(--tiling "pallas_gpu:$t"); done
+      for c in $CASES; do
+        timeout 240 python3 benchmarks/gmm.py --full --case "$c" --dtype bfloat16 --reps 10 \
+          --ragged-reps 3 --ragged-max-experts 128 "${args[@]}" 2>>"$OUT/tiles.err" \
+          | tee -a "$OUT/tiles.jsonl"
+      done
+      python3 - "$OUT/tiles.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(r["case"], r["tiling"], "fwd", r["ratio_vs_dense_fwd"], "fwdbwd", r["ratio_vs_dense"],
+          "vs_ragged", r["ratio_vs_ragged_dot"], "tflops", r["fwdbwd_tflops"],
+          "dense", r["dense_fwdbwd_tflops"])
+PY
+      ;;
+    parts)  # each kernel of the step alone, and E = 1 (a plain matmul through the same kernel)
+      args=(); for t in $TILES; do args+=(--tiling "pallas_gpu:$t"); done
+      timeout 300 python3 benchmarks/gmm.py --full --parts --dtype bfloat16 --reps 10 \
+        $(for c in $CASES; do echo --case $c; done) "${args[@]}" 2>>"$OUT/parts.err" \
+        | tee -a "$OUT/parts.jsonl" | python3 -c "import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print(r['case'], r['tiling'], 'fwd', r.get('fwd_ratio'), 'dlhs', r.get('dlhs_ratio'), 'drhs', r.get('drhs_ratio'), 'dense', r.get('dense_fwd_tflops'), r.get('dense_dlhs_tflops'), r.get('dense_drhs_tflops'), r['errors'])"
+      timeout 200 python3 benchmarks/gmm.py --parts --shape 65536,1024,1024,1,1,balanced \
+        --shape 65536,4096,2048,1,1,balanced --dtype bfloat16 --reps 10 "${args[@]}" \
+        2>>"$OUT/parts.err" | tee -a "$OUT/parts.jsonl" | python3 -c "import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print(r['case'], r['tiling'], 'fwd', r.get('fwd_ratio'), 'dlhs', r.get('dlhs_ratio'), 'drhs', r.get('drhs_ratio'), r['errors'])" ;;
+    grid)
+      timeout 400 python3 benchmarks/gmm.py --full --dtype bfloat16 --reps 10 --ragged-reps 3 \
+        --ragged-max-experts 128 ${GRID_ARGS:-} 2>>"$OUT/grid.err" | tee -a "$OUT/grid.jsonl" \
+        | python3 -c "import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print(r['case'], r['impl'], r['tiling'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['ratio_vs_ragged_dot'], r['fwdbwd_tflops'], r['dense_fwdbwd_tflops'])" ;;
+    step)  # STEP_SPECS: ';'-separated argument lists for benchmarks/moe_step.py
+      IFS=';' read -ra specs <<< "${STEP_SPECS:-"--d-model 2048 --layers 8 --experts 8 --top-k 2 --d-expert 2048 --batch 16 --seq 1024"}"
+      for spec in "${specs[@]}"; do
+        timeout 300 python3 benchmarks/moe_step.py --dtype bfloat16 --reps 5 --vocab 32768 $spec \
+          2>>"$OUT/step.err" | tee -a "$OUT/step.jsonl"
+      done ;;
+  esac
+done
