@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Callable
 
-from moejax.sweep.grid import Grid, GridPoint, expand
+from moejax.sweep.grid import Grid, check_bindings, expand
 
 MANIFEST = "manifest.json"
 
@@ -36,12 +36,23 @@ def train_command(run_dir: str) -> list[str]:
             f"--workdir={run_dir}"]
 
 
+def _matches(value, wanted: str) -> bool:
+    """--only compares as text, numbers by value ('tokens=5e9' matches 5000000000.0)."""
+    if str(value) == str(wanted):
+        return True
+    try:
+        return float(value) == float(wanted)
+    except (TypeError, ValueError):
+        return False
+
+
 def prepare(grid: Grid, root: str, *, only: dict | None = None) -> dict:
     """Create run directories and the manifest (keeping the status of runs already there)."""
     os.makedirs(root, exist_ok=True)
     kept, dropped = expand(grid)
     if only:
-        kept = [p for p in kept if all(str(p.values.get(k)) == str(v) for k, v in only.items())]
+        kept = [p for p in kept if all(_matches(p.values.get(k), v) for k, v in only.items())]
+    check_bindings(grid, kept)
     path = os.path.join(root, MANIFEST)
     old = {}
     if os.path.exists(path):
