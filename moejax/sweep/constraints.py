@@ -16,6 +16,7 @@ different knobs (``Grid.constraints = [@lr/learning_rate_rule]``). Accounting us
 | ``keep_active_params_fixed`` | ``granularity`` G, E, K, the G = 1 width | d_expert = W/G, top_k = K·G (E·G experts if asked) |
 | ``shared_expert_fraction`` | ``shared_fraction`` f, top_k, d_expert | one shared expert of width f·K·d_expert, top_k·(1-f) routed |
 | ``heterogeneous_halves`` | ``heterogeneous`` | expert_groups ((E/2, d, K/2), (E, d/2, K)) |
+| ``ffn_width_from_d_model`` | d_model | d_ff and d_expert = round(multiplier · d_model) |
 | ``dense_when_single_expert`` | num_experts | ModelConfig.moe = None when E = 1 |
 | ``solve_depth_width`` | ``param_budget`` (or another input), E, K | n_layers, d_model, n_heads, d_ff, d_expert |
 | ``learning_rate_rule`` | the model | TrainConfig.learning_rate = exp(c)·N^a·E^b |
@@ -160,6 +161,15 @@ def heterogeneous_halves(point: dict, *, input: str = "heterogeneous") -> dict |
 
 
 @gin.configurable
+def ffn_width_from_d_model(point: dict, *, multiplier: float = 4.0,
+                           knobs: tuple = ("ModelConfig.d_ff", "MoEConfig.d_expert")) -> dict | str:
+    """Set each of ``knobs`` to round(multiplier · d_model) (Joint MoE: d_ff = d_expert = 3·d,
+    so an expert is a whole dense feed-forward of 9·d² parameters)."""
+    d_model = _require(point, "ModelConfig.d_model", "ffn_width_from_d_model")
+    return {**point, **{knob: int(round(multiplier * d_model)) for knob in knobs}}
+
+
+@gin.configurable
 def dense_when_single_expert(point: dict) -> dict:
     """E = 1 is the dense model: ModelConfig.moe = None (no router, no expert dispatch)."""
     if point.get("MoEConfig.num_experts") == 1:
@@ -262,7 +272,7 @@ PARAMETER_KINDS = {"active_non_embedding": "active_non_embedding_params", "activ
 def learning_rate_rule(point: dict, *, log_coefficient: float = 8.39,
                        params_exponent: float = -0.81, experts_exponent: float = -0.25,
                        params: str = "active_non_embedding", vocab_size: int | None = None,
-                       significant_digits: int = 3) -> dict:
+                       max_learning_rate: float | None = None, significant_digits: int = 3) -> dict:
     """TrainConfig.learning_rate = exp(log_coefficient) · N^params_exponent · E^experts_exponent.
 
     The defaults are Joint MoE's Eq. 8 (N = active non-embedding parameters, E = routed experts,
@@ -272,6 +282,8 @@ def learning_rate_rule(point: dict, *, log_coefficient: float = 8.39,
     Args:
       params: which N: 'active_non_embedding', 'active', 'total' or 'total_non_embedding'.
       vocab_size: embedding rows when N includes embeddings and the point binds no vocab_size.
+      max_learning_rate: clip to this (None: no clip); power laws fitted on 1e8 parameters give
+        absurd rates for the tiny CPU models.
       significant_digits: the learning rate is rounded to this many digits (readable configs).
     """
     if params not in PARAMETER_KINDS:
@@ -283,6 +295,8 @@ def learning_rate_rule(point: dict, *, log_coefficient: float = 8.39,
     rate = power_law_learning_rate(QUANTITIES[PARAMETER_KINDS[params]](model),
                                    _routed_experts(model), log_coefficient, params_exponent,
                                    experts_exponent)
+    if max_learning_rate is not None:
+        rate = min(rate, max_learning_rate)
     return {**point, "TrainConfig.learning_rate": float(f"{rate:.{significant_digits}g}")}
 
 

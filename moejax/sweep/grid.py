@@ -91,7 +91,8 @@ def _short_value(value: Any) -> str:
 
 
 def run_id(grid_name: str, index: int, values: dict) -> str:
-    """'<grid>-<index>-<knob><value>_...', filesystem-safe and stable for a given grid."""
+    """'<grid>-<index>-<knob><value>_...' over the axis values (what constraints derive follows
+    from them), filesystem-safe and stable for a given grid."""
     parts = [f"{_short(k)}{_short_value(v)}" for k, v in values.items()]
     tail = re.sub(r"[^A-Za-z0-9.=_-]+", "", "_".join(parts))[:80]
     return f"{grid_name}-{index:03d}" + (f"-{tail}" if tail else "")
@@ -188,7 +189,7 @@ def expand(grid: Grid) -> tuple[list[GridPoint], list[tuple[dict, str]]]:
                     if k not in values and (k not in fixed or v != fixed[k])}}
         index = len(kept)
         bindings = tuple(_binding(k, v) for k, v in point.items() if not is_derived(k))
-        kept.append(GridPoint(run_id(grid.name, index, point), point,
+        kept.append(GridPoint(run_id(grid.name, index, values), point,
                               tuple(grid.bindings) + bindings))
     unread = sorted({name for axis in grid.axes for name in axis_names(axis)
                      if is_derived(name) and name not in read})
