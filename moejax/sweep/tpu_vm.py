@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -171,15 +172,18 @@ def run_tpu_vm(root: str, manifest: dict, vm: TpuVm, *, dry_run: bool = False,
     if not dry_run:
         _tar(code_tarball, REPO)
         _tar(runs_tarball, root, [os.path.join(r["run_id"], "run.gin") for r in manifest["runs"]])
-    if vm.create:
+    if vm.create:  # (the tarballs are made first: a broken checkout fails before any cost)
         for command in create_commands(vm):
             if call(command) != 0:
                 raise RuntimeError(f"creating TPU VM {vm.name} failed: {shlex.join(command)}")
         if vm.queued:
             _wait_until_active(vm, call if dry_run else None, log)
-    for command in sync_commands(vm, code_tarball, runs_tarball, root):
-        if call(command) != 0:
-            raise RuntimeError(f"syncing to TPU VM {vm.name} failed: {shlex.join(command)}")
+    try:
+        for command in sync_commands(vm, code_tarball, runs_tarball, root):
+            if call(command) != 0:
+                raise RuntimeError(f"syncing to TPU VM {vm.name} failed: {shlex.join(command)}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for index, run in enumerate(manifest["runs"], 1):
         if run["status"] == "done":
             log(f"[{index}/{len(manifest['runs'])}] {run['run_id']}: finished earlier, skipped")
