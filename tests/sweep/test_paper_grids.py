@@ -1,5 +1,6 @@
 """The shipped paper grids: expansion counts, constraint effects, and joint_moe.gin == the CSV."""
 
+import dataclasses
 import os
 
 import pandas as pd
@@ -93,3 +94,31 @@ def test_slicing_dicing_keeps_the_active_expert_width():
             kinds.add((len(model.moe.groups), model.moe.num_shared_experts,
                        model.moe.capacity_factor, model.moe.bias_update_rate > 0))
         assert len(kinds) == 16  # every combination of the four switches is present
+
+
+@pytest.mark.parametrize("name", ["joint_moe", "slicing_dicing", "principled_design",
+                                  "inference_optimal", "joint_moe_cpu", "slicing_dicing_cpu",
+                                  "principled_design_cpu", "inference_optimal_cpu"])
+def test_run_configs_parse_and_validate(name, tmp_path):
+    """Each distinct set of knobs, as the run's own gin file, gives a model that validates and
+    equals the one the constraints counted."""
+    from moejax.model.config import validate_model_config
+    from moejax.train.cli import load_configs
+
+    grid = load_grid(f"grids/{name}.gin")
+    kept, _ = expand(grid)
+    seen = {}
+    for point in kept:
+        seen.setdefault(tuple(sorted(point.values)), point)
+    for point in seen.values():
+        path = tmp_path / f"{point.run_id}.gin"
+        path.write_text(point.gin_text(grid))
+        model, data, train = load_configs([str(path)], [])
+        vocab = model.vocab_size or (8064 if data.vocabulary == "sentencepiece" else 384)
+        model = validate_model_config(dataclasses.replace(model, vocab_size=vocab))
+        counted = model_from_point({**fixed_values(grid.bindings), **point.values}, vocab)
+        assert parameter_counts(model) == parameter_counts(counted)
+        assert train.steps == point.values["TrainConfig.steps"]
+        if "cpu" not in name:
+            assert model.compute_dtype == "bfloat16" and data.mixture == "moejax_c4"
+            assert model.moe is None or model.moe.gmm_impl == "auto"
