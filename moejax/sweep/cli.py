@@ -1,7 +1,9 @@
 """``moejax sweep``: a grid gin file in; run directories, trained runs, points, fit, report out.
 
-    moejax sweep --grid=configs/grids/smoke_cpu.gin --root=runs/smoke_grid \
-        [--launcher=local|print] [--only='MoEConfig.num_experts=4'] [--dry_run]
+    moejax sweep --grid=configs/grids/smoke_cpu.gin --root=runs/smoke_grid \\
+        [--launcher=local|print|tpu_vm] [--only='MoEConfig.num_experts=4'] [--dry_run]
+    moejax sweep --grid=configs/grids/joint_moe.gin --root=runs/joint_moe --launcher=tpu_vm \\
+        --tpu=my-v4 --zone=us-central2-b [--project=P] [--create [--queued]] [--dry_run]
 """
 
 from __future__ import annotations
@@ -10,26 +12,66 @@ import argparse
 import os
 import sys
 
+DESCRIPTION = """Expand a design grid (configs/grids/*.gin) into run directories under --root, each
+with its complete run config (run.gin) and a manifest.json of runs with their status, then train
+them, score every finished run (points.jsonl), fit the grid's law (fit/) and write report.md.
+Re-running the same command skips finished runs and resumes partial ones. Launchers: local (here,
+one run after another; a failed run is reported and the others go on), print (print the train
+commands), tpu_vm (gcloud: sync the code, install, run moejax train on every worker of a TPU VM,
+logs per worker back in each run directory; --dry_run prints the exact gcloud commands)."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
     parser.add_argument("--grid", required=True, help="grid gin file (path or name under configs/)")
     parser.add_argument("--root", required=True, help="directory for the runs, manifest and report")
-    parser.add_argument("--launcher", choices=("local", "print"), default="local",
-                        help="local: train here one run after another; print: print the commands")
+    parser.add_argument("--launcher", choices=("local", "print", "tpu_vm"), default="local",
+                        help="local: train here one run after another; print: print the commands; "
+                             "tpu_vm: train on a Cloud TPU VM through gcloud (see --tpu)")
     parser.add_argument("--only", action="append", default=[],
-                        help="keep only points with this axis value, e.g. 'MoEConfig.top_k=2'")
+                        help="keep only points with this axis value, e.g. 'MoEConfig.top_k=2' or "
+                             "'tokens=5e9' (repeatable; all must match)")
     parser.add_argument("--dry_run", action="store_true",
-                        help="expand the grid and write run directories and the manifest only")
+                        help="write run directories and the manifest only; with tpu_vm, print the "
+                             "gcloud commands instead of running them")
+    tpu = parser.add_argument_group("tpu_vm launcher")
+    tpu.add_argument("--tpu", help="TPU VM (node) name")
+    tpu.add_argument("--zone", help="GCP zone, e.g. us-central2-b")
+    tpu.add_argument("--project", default=None, help="GCP project (default: gcloud's)")
+    tpu.add_argument("--accelerator_type", default="v4-8", help="e.g. v4-8, v5litepod-16 (--create)")
+    tpu.add_argument("--runtime_version", default="tpu-ubuntu2204-base",
+                     help="TPU software version (--create)")
+    tpu.add_argument("--create", action="store_true", help="create the TPU VM first")
+    tpu.add_argument("--queued", action="store_true",
+                     help="create it as a queued resource and wait until ACTIVE")
+    tpu.add_argument("--remote_root", default=None,
+                     help="sweep root on the workers (default: moejax/<root name> under $HOME; "
+                          "multi-host: a mount every worker shares)")
+
+
+def _tpu_vm(args: argparse.Namespace):
+    from moejax.errors import ConfigError
+    from moejax.sweep.tpu_vm import TpuVm
+
+    for flag in ("tpu", "zone"):
+        if not getattr(args, flag):
+            raise ConfigError(f"--{flag} is required with --launcher=tpu_vm")
+    return TpuVm(name=args.tpu, zone=args.zone, project=args.project,
+                 accelerator_type=args.accelerator_type, runtime_version=args.runtime_version,
+                 create=args.create or args.queued, queued=args.queued,
+                 remote_root=args.remote_root)
 
 
 def run(args: argparse.Namespace) -> int:
     from moejax.errors import ConfigError
     from moejax.ginconf import GinConfigError
     from moejax.sweep.grid import load_grid
-    from moejax.sweep.launch import evaluate_and_fit, prepare, print_commands, run_local
+    from moejax.sweep.launch import (evaluate_and_fit, fit_and_report, prepare, print_commands,
+                                     run_local, save_manifest)
 
     try:
         only = dict(item.split("=", 1) for item in args.only)
+        vm = _tpu_vm(args) if args.launcher == "tpu_vm" else None
         grid = load_grid(args.grid)
         manifest = prepare(grid, args.root, only=only)
     except (GinConfigError, ConfigError, ValueError) as e:
@@ -40,12 +82,27 @@ def run(args: argparse.Namespace) -> int:
           f"-> {args.root}/manifest.json")
     for d in dropped:
         print(f"  dropped {d['values']}: {d['reason']}")
-    if args.dry_run or args.launcher == "print":
+    if args.launcher == "tpu_vm":
+        from moejax.sweep.tpu_vm import run_tpu_vm
+
+        try:
+            manifest = run_tpu_vm(args.root, manifest, vm, dry_run=args.dry_run,
+                                  save=lambda m: save_manifest(args.root, m))
+        except RuntimeError as e:
+            print(f"moejax sweep: error: {e}", file=sys.stderr)
+            return 1
+        if args.dry_run:
+            return 0
+        points = os.path.join(args.root, "points.jsonl")
+        outcome = fit_and_report(grid, args.root, manifest,
+                                 points if os.path.exists(points) else None)
+    elif args.dry_run or args.launcher == "print":
         if args.launcher == "print":
             print_commands(manifest)
         return 0
-    manifest = run_local(args.root, manifest)
-    outcome = evaluate_and_fit(grid, args.root, manifest)
+    else:
+        manifest = run_local(args.root, manifest)
+        outcome = evaluate_and_fit(grid, args.root, manifest)
     failed = [r["run_id"] for r in manifest["runs"] if r["status"] != "done"]
     print(f"report: {os.path.abspath(outcome['report'])}")
     if failed:

@@ -7,7 +7,8 @@ pending, done, failed, or dropped with the reason), ``points.jsonl`` (``moejax e
 
 Launchers: ``local`` trains the runs one after another, each in its own ``moejax train`` process
 (a crash or a bad config fails that run only), skipping finished runs and resuming partial ones;
-``print`` prints the commands without running anything.
+``print`` prints the commands without running anything; ``tpu_vm`` (``moejax.sweep.tpu_vm``)
+runs the same ``moejax train`` on every worker of a Cloud TPU VM through ``gcloud``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from typing import Callable
 
-from moejax.sweep.grid import Grid, GridPoint, expand
+from moejax.sweep.grid import Grid, check_bindings, expand
 
 MANIFEST = "manifest.json"
 
@@ -36,12 +37,23 @@ def train_command(run_dir: str) -> list[str]:
             f"--workdir={run_dir}"]
 
 
+def _matches(value, wanted: str) -> bool:
+    """--only compares as text, numbers by value ('tokens=5e9' matches 5000000000.0)."""
+    if str(value) == str(wanted):
+        return True
+    try:
+        return float(value) == float(wanted)
+    except (TypeError, ValueError):
+        return False
+
+
 def prepare(grid: Grid, root: str, *, only: dict | None = None) -> dict:
     """Create run directories and the manifest (keeping the status of runs already there)."""
     os.makedirs(root, exist_ok=True)
     kept, dropped = expand(grid)
     if only:
-        kept = [p for p in kept if all(str(p.values.get(k)) == str(v) for k, v in only.items())]
+        kept = [p for p in kept if all(_matches(p.values.get(k), v) for k, v in only.items())]
+    check_bindings(grid, kept)
     path = os.path.join(root, MANIFEST)
     old = {}
     if os.path.exists(path):
@@ -61,7 +73,7 @@ def prepare(grid: Grid, root: str, *, only: dict | None = None) -> dict:
     return manifest
 
 
-def _save(root: str, manifest: dict) -> None:
+def save_manifest(root: str, manifest: dict) -> None:
     _write_atomic(os.path.join(root, MANIFEST), json.dumps(manifest, indent=2, default=str))
 
 
@@ -92,7 +104,7 @@ def run_local(root: str, manifest: dict, *, log: Callable[[str], None] = print) 
         run["seconds"] = round(time.time() - start, 1)
         if run["status"] == "failed":
             log(f"    failed (exit {code}); see {run['dir']}/train.log")
-        _save(root, manifest)
+        save_manifest(root, manifest)
     return manifest
 
 
@@ -107,22 +119,29 @@ def evaluate_and_fit(grid: Grid, root: str, manifest: dict, *, log: Callable[[st
     from moejax.eval import score_runs
 
     done = [r["dir"] for r in manifest["runs"] if r["status"] == "done"]
-    outcome = {"points": None, "fit": None, "fit_error": None}
+    points_path, failures = None, None
     if done:
         points_path = os.path.join(root, "points.jsonl")
         summary = score_runs(done, grid.eval_steps, points_path=points_path, progress=False, log=log)
-        outcome["points"] = points_path
-        outcome["eval_failures"] = len(summary.failures)
-        if grid.fit_law:
-            from moejax.cli import main as moejax_main
+        failures = len(summary.failures)
+    return fit_and_report(grid, root, manifest, points_path, eval_failures=failures)
 
-            args = ["fit", f"--points={points_path}", f"--law={grid.fit_law}",
-                    f"--out={os.path.join(root, 'fit')}", "--no-progress"]
-            if grid.fit_columns:
-                args.append(f"--columns={grid.fit_columns}")
-            code = moejax_main(args)
-            outcome["fit"] = os.path.join(root, "fit") if code == 0 else None
-            outcome["fit_error"] = None if code == 0 else f"moejax fit exited {code}"
+
+def fit_and_report(grid: Grid, root: str, manifest: dict, points_path: str | None, *,
+                   eval_failures: int | None = None) -> dict:
+    """Fit the grid's law to the points (when it names one) and write the report."""
+    outcome = {"points": points_path, "fit": None, "fit_error": None,
+               "eval_failures": eval_failures}
+    if points_path and grid.fit_law:
+        from moejax.cli import main as moejax_main
+
+        args = ["fit", f"--points={points_path}", f"--law={grid.fit_law}",
+                f"--out={os.path.join(root, 'fit')}", "--no-progress"]
+        if grid.fit_columns:
+            args.append(f"--columns={grid.fit_columns}")
+        code = moejax_main(args)
+        outcome["fit"] = os.path.join(root, "fit") if code == 0 else None
+        outcome["fit_error"] = None if code == 0 else f"moejax fit exited {code}"
     from moejax.sweep.report import write_report
 
     outcome["report"] = write_report(root, manifest, outcome)

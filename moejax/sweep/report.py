@@ -61,7 +61,7 @@ def write_report(root: str, manifest: dict, outcome: dict) -> str:
     if outcome.get("points"):
         lines += ["", f"Points: `{os.path.relpath(outcome['points'], root)}`."]
     if outcome.get("fit"):
-        lines += [f"Fit: [`fit/report.md`](fit/report.md)."]
+        lines += ["Fit: [`fit/report.md`](fit/report.md)."]
     elif outcome.get("fit_error"):
         lines += [f"Fit failed: {outcome['fit_error']}."]
     path = os.path.join(root, "report.md")

@@ -2,9 +2,18 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
 
 from moejax.cli import main
 from moejax.eval import load_points
+from moejax.train.metrics import load_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GRID = """
 Grid.name = 'tiny'
@@ -49,3 +58,57 @@ def test_sweep_trains_scores_reports_and_never_retrains(tmp_path, capsys):
     assert sorted(points["top_k"]) == [1, 2] and set(points["step"]) == {3}
     report = (root / "report.md").read_text()
     assert "done" in report and (root / "loss_curves.png").exists()
+
+
+def _finalized_steps(run_dir):
+    ckpt = os.path.join(run_dir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_run_resumes_without_retraining(tmp_path):
+    """SIGKILL the sweep (and its trainer) once the first run is done and the second has a
+    checkpoint; the rerun skips the first and resumes the second from its checkpoint."""
+    grid = tmp_path / "tiny.gin"
+    grid.write_text(GRID.replace("'TrainConfig.steps = 3'", "'TrainConfig.steps = 40'")
+                    .replace("'TrainConfig.checkpoint_every = 3'", "'TrainConfig.checkpoint_every = 2'")
+                    .replace("'TrainConfig.eval_every = 3'", "'TrainConfig.eval_every = 0'"))
+    root = tmp_path / "sweep"
+    command = [sys.executable, "-m", "moejax.cli", "sweep", f"--grid={grid}", f"--root={root}"]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    sweep = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    first, second = (root / "tiny-000-num_experts2_top_k1"), (root / "tiny-001-num_experts2_top_k2")
+    deadline = time.time() + 300
+    while not _finalized_steps(second) and time.time() < deadline and sweep.poll() is None:
+        time.sleep(0.05)
+    os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and the moejax train it started
+    sweep.wait()
+    partial = _finalized_steps(second)
+    assert _finalized_steps(first)[-1] == 40 and partial and partial[-1] < 40, partial
+    before = _mtimes(str(first))
+
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tiny-000-num_experts2_top_k1: finished earlier, skipped" in result.stdout
+    assert _mtimes(str(first)) == before  # not retrained
+    log = (second / "train.log").read_text()
+    assert f"resumed from {second}/checkpoints/{partial[-1]}" in log
+    steps = [r["step"] for r in load_jsonl(str(second / "metrics.jsonl"))]
+    assert steps == list(range(1, 41))  # every step once, none trained twice in the record
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["done", "done"]
+
+
+@pytest.mark.slow
+def test_cpu_paper_grid_end_to_end(tmp_path):
+    """joint_moe_cpu (the cheapest paper grid), reduced with --only to its three 2-step runs at
+    one depth and token budget: a dense run and two MoEs trained, scored and reported."""
+    root = tmp_path / "jm"
+    assert main(["sweep", "--grid=grids/joint_moe_cpu.gin", f"--root={root}", "--only=tokens=256",
+                 "--only=ModelConfig.n_layers=1"]) == 0
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert [r["values"]["MoEConfig.num_experts"] for r in manifest["runs"]] == [1, 2, 4]
+    assert all(r["status"] == "done" for r in manifest["runs"])
+    points = load_points(str(root / "points.jsonl"))
+    assert sorted(points["num_experts"]) == [1, 2, 4] and set(points["step"]) == {2}
