@@ -98,10 +98,10 @@ def _dropless(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):
 def _dropless_expert_parallel(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):
     y_TD, kept_TK = expert_parallel.expert_parallel_dropless(
         x_TD, routing.expert_ids_TK, routing.weights_TK, group.experts.w_in_EDF2[...],
-        group.experts.w_out_EFD[...], buffer_factor=group.moe.ep_buffer_factor,
+        group.experts.w_out_EFD[...], mask_T=mask_T, buffer_factor=group.moe.ep_buffer_factor,
         exchange=group.moe.ep_exchange, compute_dtype=group.experts.compute_dtype,
         gmm_impl=group.experts.gmm_impl)
-    return y_TD, kept_TK.astype(jnp.float32) * mask_T[:, None]
+    return y_TD, kept_TK.astype(jnp.float32)  # padding is never kept
 
 
 def _capacity(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):

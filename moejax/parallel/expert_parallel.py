@@ -3,8 +3,9 @@ the devices that own its experts, runs them there and brings the results back.
 
 In: tokens x_TD, the router's expert_ids_TK and weights_TK (routing stays data parallel, outside),
 and the expert weights sharded over the mesh axis ``expert`` (device s holds experts
-s*G .. s*G+G-1). Out: y_TD, exactly what the single-device dropless layer gives when nothing
-overflows, and kept_TK, which (token, choice) assignments were processed.
+s*G .. s*G+G-1). Out: y_TD, exactly what the single-device dropless layer gives on real tokens
+when nothing overflows (padding tokens are not sent and come out zero), and kept_TK, which
+(token, choice) assignments were processed.
 
 Letters: T tokens on this device, K top-k, M = T*K (token, choice) rows, D d_model, F expert
 hidden, E experts, S expert-parallel shards (size of the ``expert`` axis), G = E/S experts per
@@ -12,7 +13,8 @@ shard, R rows of the static receive buffer, P rows per peer slot (dense exchange
 
 Data movement inside the shard_map, on every device s:
 
-1. Sort. The M rows are sorted by expert (``dispatch.sort_by_expert``); group_sizes_E counts them.
+1. Sort. The M rows are sorted by expert (``dispatch.sort_by_expert``; padding rows last, sent
+   nowhere); group_sizes_E counts them.
    Experts are numbered shard-major, so the rows bound for shard j are one contiguous chunk.
 2. Exchange counts. ``all_gather`` of group_sizes_E over ``expert`` gives every device the same
    counts_SE (row = sender). From it ``plan_exchange`` derives, identically everywhere, the
@@ -191,9 +193,14 @@ class LocalPlan(NamedTuple):
 
 
 def local_plan(plan: ExchangePlan, shard, sorted_expert_M: jax.Array) -> LocalPlan:
-    """Device ``shard``'s slice of the plan; sorted_expert_M = expert of each sorted row."""
-    experts_per_shard = plan.kept_SSG.shape[-1]
-    destination_M = sorted_expert_M // experts_per_shard
+    """Device ``shard``'s slice of the plan.
+
+    sorted_expert_M: expert of each sorted row, or E (past every expert) for rows that go
+    nowhere (padding tokens, sorted last); those are never kept.
+    """
+    num_shards, _, experts_per_shard = plan.kept_SSG.shape
+    routed_M = sorted_expert_M < num_shards * experts_per_shard
+    destination_M = jnp.minimum(sorted_expert_M // experts_per_shard, num_shards - 1)
     input_offsets_S = plan.input_offsets_SS[shard]
     send_sizes_S = plan.kept_SS[shard]
     position_M = jnp.arange(sorted_expert_M.shape[0], dtype=jnp.int32) - input_offsets_S[destination_M]
@@ -203,7 +210,7 @@ def local_plan(plan: ExchangePlan, shard, sorted_expert_M: jax.Array) -> LocalPl
         recv_offsets_S=plan.output_offsets_SS[:, shard],
         return_offsets_S=plan.input_offsets_SS[:, shard], recv_kept_SG=plan.kept_SSG[:, shard],
         destination_M=destination_M, position_M=position_M,
-        kept_M=position_M < send_sizes_S[destination_M])
+        kept_M=routed_M & (position_M < send_sizes_S[destination_M]))
 
 
 def receive_layout(recv_kept_SG: jax.Array, recv_offsets_S: jax.Array,
@@ -310,7 +317,7 @@ def make_exchange(name: str, *, num_tokens: int, top_k: int, num_shards: int,
 
 # --- the per-device layer and its shard_map --------------------------------------------------
 
-def expert_parallel_ffn(x_TD, expert_ids_TK, weights_TK, w_in_GDF2, w_out_GFD, *,
+def expert_parallel_ffn(x_TD, expert_ids_TK, weights_TK, w_in_GDF2, w_out_GFD, mask_T=None, *,
                         num_experts: int, exchange: Exchange, compute_dtype=jnp.float32,
                         gmm_impl: str = "auto") -> tuple[jax.Array, jax.Array]:
     """Dropless routed experts of one device's tokens, inside a shard_map over ``expert``.
@@ -318,6 +325,8 @@ def expert_parallel_ffn(x_TD, expert_ids_TK, weights_TK, w_in_GDF2, w_out_GFD, *
     Args:
       x_TD, expert_ids_TK, weights_TK: this device's tokens and their routing.
       w_in_GDF2, w_out_GFD: this shard's G experts.
+      mask_T: 1 on real tokens, 0 on padding (None = all real). Padding is sent nowhere, takes
+        no buffer room and comes out zero.
       num_experts: E, all experts (E = S*G).
       exchange: how rows move between shards (RaggedExchange or DenseExchange).
 
@@ -327,12 +336,15 @@ def expert_parallel_ffn(x_TD, expert_ids_TK, weights_TK, w_in_GDF2, w_out_GFD, *
     num_tokens, top_k = expert_ids_TK.shape
     experts_per_shard = w_in_GDF2.shape[0]
     shard = jax.lax.axis_index(exchange.axis_name)
-    # 1. sort this device's (token, choice) rows by expert
-    sorted_dispatch = dispatch.sort_by_expert(expert_ids_TK, num_experts)
+    # 1. sort this device's (token, choice) rows by expert; padding as expert E, i.e. last
+    if mask_T is not None:
+        expert_ids_TK = jnp.where(mask_T[:, None] > 0, expert_ids_TK, num_experts)
+    sorted_dispatch = dispatch.sort_by_expert(expert_ids_TK, num_experts + 1)
     x_MD = dispatch.dispatch(x_TD, sorted_dispatch, top_k)
     sorted_expert_M = expert_ids_TK.reshape(-1)[sorted_dispatch.order_M]
     # 2. every device learns every device's counts and derives the same plan
-    counts_SE = jax.lax.all_gather(sorted_dispatch.group_sizes_E, exchange.axis_name)
+    counts_SE = jax.lax.all_gather(sorted_dispatch.group_sizes_E[:num_experts],
+                                   exchange.axis_name)
     plan = plan_exchange(counts_SE, receive_rows=exchange.receive_rows,
                          rows_per_peer=exchange.rows_per_peer)
     local = local_plan(plan, shard, sorted_expert_M)
@@ -372,7 +384,7 @@ def token_axes(mesh) -> tuple[str, ...]:
 
 
 def expert_parallel_dropless(x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_EFD, *,
-                             mesh=None, buffer_factor: float | None = None,
+                             mask_T=None, mesh=None, buffer_factor: float | None = None,
                              exchange: str = "auto", compute_dtype=jnp.float32,
                              gmm_impl: str = "auto") -> tuple[jax.Array, jax.Array]:
     """The dropless routed experts of all tokens, expert parallel over ``mesh`` (global view).
@@ -384,6 +396,8 @@ def expert_parallel_dropless(x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_E
     Args:
       x_TD: (T, D) all tokens; expert_ids_TK, weights_TK: their routing (T, K).
       w_in_EDF2, w_out_EFD: all E experts' weights.
+      mask_T: (T,) 1 on real tokens, 0 on padding (None = all real); padding takes no buffer
+        room, is never kept and comes out zero.
       mesh: a Mesh or AbstractMesh with an ``expert`` axis; None = the current mesh.
       buffer_factor: ``MoEConfig.ep_buffer_factor`` (None = worst case, nothing dropped).
       exchange: ``MoEConfig.ep_exchange``: "auto", "ragged" or "dense".
@@ -409,6 +423,9 @@ def expert_parallel_dropless(x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_E
                              compute_dtype=compute_dtype, gmm_impl=gmm_impl)
     # check_vma=False: the grouped-matmul kernels start their loop carries from unannotated
     # zeros, which the varying-axes type check rejects inside a shard_map.
-    return jax.shard_map(body, mesh=mesh, in_specs=(tokens, tokens, tokens, experts, experts),
-                         out_specs=(tokens, tokens), check_vma=False)(x_TD, expert_ids_TK, weights_TK,
-                                                     w_in_EDF2, w_out_EFD)
+    if mask_T is None:
+        mask_T = jnp.ones((num_tokens,), jnp.float32)
+    return jax.shard_map(body, mesh=mesh,
+                         in_specs=(tokens, tokens, tokens, experts, experts, tokens),
+                         out_specs=(tokens, tokens), check_vma=False)(
+        x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_EFD, mask_T)

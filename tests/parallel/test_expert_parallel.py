@@ -275,27 +275,34 @@ def single_device(x_TD, ids_TK, weights_TK, w_in, w_out):
     return dispatch.combine(y_MD, sorted_dispatch, weights_TK)
 
 
-def place(mesh, x_TD, ids_TK, weights_TK, w_in, w_out):
+def place(mesh, x_TD, ids_TK, weights_TK, w_in, w_out, *mask_T):
     tokens = NamedSharding(mesh, P(ep.token_axes(mesh)))
     experts = NamedSharding(mesh, P("expert"))
     return [jax.device_put(a, s) for a, s in ((x_TD, tokens), (ids_TK, tokens),
                                                (weights_TK, tokens), (w_in, experts),
-                                               (w_out, experts))]
+                                               (w_out, experts), *((m, tokens) for m in mask_T))]
 
 
-def check_kept_rows_match(run, mesh, inputs, *, expect_drops):
-    """Forward and gradients equal the single-device layer with dropped assignments zeroed."""
+def check_kept_rows_match(run, mesh, inputs, mask_T, *, expect_drops):
+    """Forward and gradients equal the single-device layer with dropped assignments zeroed.
+
+    run(x, ids, weights, w_in, w_out, mask) -> (y_TD, kept_TK). Padding (mask 0) is never kept
+    and comes out zero.
+    """
     x_TD, ids_TK, weights_TK, w_in, w_out = inputs
     with jax.set_mesh(mesh):
-        args = place(mesh, *inputs)
+        args = place(mesh, *inputs, mask_T)
         y_TD, kept_TK = jax.jit(run)(*args)
         y_again, kept_again = jax.jit(run)(*args)
-        grads = jax.jit(jax.grad(lambda x, w, a, b: jnp.sum(run(x, args[1], w, a, b)[0] ** 2),
-                                 argnums=(0, 1, 2, 3)))(args[0], args[2], args[3], args[4])
+        grads = jax.jit(jax.grad(
+            lambda x, w, a, b: jnp.sum(run(x, args[1], w, a, b, args[5])[0] ** 2),
+            argnums=(0, 1, 2, 3)))(args[0], args[2], args[3], args[4])
     kept_TK = np.asarray(kept_TK)
     np.testing.assert_array_equal(kept_TK, np.asarray(kept_again))
     np.testing.assert_array_equal(np.asarray(y_TD), np.asarray(y_again))
-    assert (not kept_TK.all()) == expect_drops
+    padding = np.asarray(mask_T) == 0
+    assert not kept_TK[padding].any()
+    assert (not kept_TK[~padding].all()) == expect_drops
 
     def reference(x, w, a, b):
         return single_device(x, ids_TK, jnp.where(kept_TK, w, 0.0), a, b)
@@ -311,13 +318,20 @@ def check_kept_rows_match(run, mesh, inputs, *, expect_drops):
 def test_dense_exchange_drops_by_plan_and_kept_rows_match():
     mesh = mesh_of((2, 4), ("data", "expert"))
     inputs = skewed_inputs(128, 8, 2)
-    run = functools.partial(ep.expert_parallel_dropless, buffer_factor=0.5, exchange="dense")
-    kept_TK = check_kept_rows_match(run, mesh, inputs, expect_drops=True)
-    # the number kept is what the plan promises, device group by device group
+    mask_T = (jnp.arange(128) % 16 < 12).astype(jnp.float32)  # 4 padding tokens per device
+
+    def run(x, ids, w, a, b, mask):
+        return ep.expert_parallel_dropless(x, ids, w, a, b, mask_T=mask, buffer_factor=0.5,
+                                           exchange="dense")
+
+    kept_TK = check_kept_rows_match(run, mesh, inputs, mask_T, expect_drops=True)
+    # the number kept is what the plan promises for the real tokens, data group by data group
     ids = np.asarray(inputs[1]).reshape(2, 4, 16, 2)  # (data, expert shard, local tokens, K)
+    real = np.asarray(mask_T).reshape(2, 4, 16) > 0
     rows_per_peer = ep.buffer_rows(16, 2, 4, 2, 0.5, per_peer=True)
     for d in range(2):
-        counts_SE = np.stack([np.bincount(ids[d, s].ravel(), minlength=8) for s in range(4)])
+        counts_SE = np.stack([np.bincount(ids[d, s][real[d, s]].ravel(), minlength=8)
+                              for s in range(4)])
         kept_SSG, _, _ = numpy_plan(counts_SE, 4 * rows_per_peer, rows_per_peer)
         assert kept_TK.reshape(2, 4, 16, 2)[d].sum() == kept_SSG.sum()
 
@@ -348,10 +362,12 @@ def test_ragged_exchange_emulated_matches_single_device(buffer_factor):
 
     def run(*args):
         body = functools.partial(ep.expert_parallel_ffn, num_experts=8, exchange=exchange)
-        return jax.shard_map(body, mesh=mesh, in_specs=(tokens, tokens, tokens, experts, experts),
+        return jax.shard_map(body, mesh=mesh,
+                             in_specs=(tokens, tokens, tokens, experts, experts, tokens),
                              out_specs=(tokens, tokens), check_vma=False)(*args)
 
-    check_kept_rows_match(run, mesh, inputs, expect_drops=buffer_factor is not None)
+    mask_T = (jnp.arange(128) % 7 != 3).astype(jnp.float32)
+    check_kept_rows_match(run, mesh, inputs, mask_T, expect_drops=buffer_factor is not None)
 
 
 def test_ragged_exchange_lowers_forward_and_backward():
