@@ -33,6 +33,7 @@ class ExpertGroup(NamedTuple):
 ROUTINGS = ("token_choice", "expert_choice")
 ROUTER_SCORES = ("softmax", "sigmoid")
 AUX_LOSS_SCOPES = ("global", "sequence")
+EP_EXCHANGES = ("auto", "ragged", "dense")
 
 
 @gin.configurable
@@ -70,6 +71,15 @@ class MoEConfig:
       gmm_impl: grouped-matmul implementation of the dropless experts (``moejax.kernels.gmm``):
         "auto" (the fastest for the backend), "cpu", "pallas_gpu", "pallas_tpu" or "xla"
         (``jax.lax.ragged_dot``, the reference).
+      ep_buffer_factor: expert parallelism (dropless, on a mesh with an ``expert`` axis > 1): the
+        static receive buffer of each device holds about ep_buffer_factor * K * T_local rows
+        (1.0 = the balanced load); assignments beyond it are dropped deterministically and
+        counted in dropped_fraction. None = the worst case, min(EP, E/K) times the balanced
+        load: never drops.
+      ep_exchange: how expert parallelism moves rows: "auto" ("ragged" on GPU/TPU, "dense" on
+        CPU), "ragged" (``jax.lax.ragged_all_to_all``, not implemented by XLA:CPU) or "dense"
+        (``jax.lax.all_to_all`` of one fixed slot per peer; each slot holds
+        ep_buffer_factor * K * T_local / EP rows).
     """
 
     num_experts: int = 8
@@ -89,6 +99,8 @@ class MoEConfig:
     capacity_factor: float | None = None
     eval_capacity_factor: float | None = None
     gmm_impl: str = "auto"
+    ep_buffer_factor: float | None = None
+    ep_exchange: str = "auto"
 
     @property
     def groups(self) -> tuple[ExpertGroup, ...]:
@@ -273,6 +285,12 @@ def validate_moe_config(moe: MoEConfig) -> MoEConfig:
         value = getattr(moe, name)
         _require(value is None or (isinstance(value, (int, float)) and value > 0),
                  f"MoEConfig.{name}", value, "None (dropless) or a number > 0")
+    _require(moe.ep_buffer_factor is None or (isinstance(moe.ep_buffer_factor, (int, float))
+                                              and moe.ep_buffer_factor > 0),
+             "MoEConfig.ep_buffer_factor", moe.ep_buffer_factor,
+             "None (worst-case buffer, never drops) or a number > 0")
+    _require(moe.ep_exchange in EP_EXCHANGES, "MoEConfig.ep_exchange", moe.ep_exchange,
+             f"one of {EP_EXCHANGES}")
     from moejax.kernels import IMPLEMENTATIONS  # no JAX work at import time
 
     _require(moe.gmm_impl in IMPLEMENTATIONS, "MoEConfig.gmm_impl", moe.gmm_impl,

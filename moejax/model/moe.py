@@ -6,8 +6,10 @@ and an rng for router jitter. Out: y_BTD and ``MoEStats`` (balancing losses and 
 A layer holds one ``RoutedGroup`` per expert width — one for a homogeneous MoE, several for
 heterogeneous experts — each with its own router and top-k, and their outputs are summed with the
 shared experts' output. A group is glue: the routing, each dispatch path (dropless, capacity,
-expert choice) and the balancing math are pure functions in their own modules, and the path is
-picked from ``DISPATCH_PATHS`` by name, so a new scheme is a new entry, not a branch in here.
+expert choice, and dropless expert parallel — ``moejax.parallel.expert_parallel``, taken when
+the current mesh has an ``expert`` axis > 1) and the balancing math are pure functions in their
+own modules, and the path is picked from ``DISPATCH_PATHS`` by name, so a new scheme is a new
+entry, not a branch in here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from moejax.model.config import ExpertGroup, MoEConfig, capacity
 from moejax.model.experts import SwiGLUExperts
 from moejax.model.layers import SwiGLU
 from moejax.model.router import SCORE_FUNCTIONS, Router
+from moejax.parallel import expert_parallel
 
 EXPERT_CHOICE_WARNING = (
     "MoEConfig.routing = 'expert_choice' lets every token's routing depend on later tokens of the "
@@ -92,6 +95,15 @@ def _dropless(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):
     return dispatch.combine(y_MD, sorted_dispatch, routing.weights_TK), kept_TK
 
 
+def _dropless_expert_parallel(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):
+    y_TD, kept_TK = expert_parallel.expert_parallel_dropless(
+        x_TD, routing.expert_ids_TK, routing.weights_TK, group.experts.w_in_EDF2[...],
+        group.experts.w_out_EFD[...], mask_T=mask_T, buffer_factor=group.moe.ep_buffer_factor,
+        exchange=group.moe.ep_exchange, compute_dtype=group.experts.compute_dtype,
+        gmm_impl=group.experts.gmm_impl)
+    return y_TD, kept_TK.astype(jnp.float32)  # padding is never kept
+
+
 def _capacity(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):
     slots = capacity(x_TD.shape[0], group.num_experts, group.top_k, capacity_factor)
     slot_TK, kept_TK = capacity_lib.capacity_slots(routing.expert_ids_TK, group.num_experts,
@@ -102,7 +114,17 @@ def _capacity(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):
     return y_TD, kept_TK
 
 
-DISPATCH_PATHS: dict[str, Callable] = {"dropless": _dropless, "capacity": _capacity}
+DISPATCH_PATHS: dict[str, Callable] = {"dropless": _dropless,
+                                        "dropless_expert_parallel": _dropless_expert_parallel,
+                                        "capacity": _capacity}
+
+
+def dispatch_path(capacity_factor: float | None) -> str:
+    """The token-choice path: capacity if a factor is set, else dropless, expert parallel when
+    the current mesh (``jax.set_mesh``) has an ``expert`` axis of size > 1."""
+    if capacity_factor is not None:
+        return "capacity"
+    return "dropless_expert_parallel" if expert_parallel.expert_shards() > 1 else "dropless"
 
 
 class RoutedGroup(nnx.Module):
@@ -125,7 +147,7 @@ class RoutedGroup(nnx.Module):
             return self._expert_choice(x_TD, mask_T, train=train, rng=rng)
         routing = self.router(x_TD, rng if train else None)
         capacity_factor = self.moe.capacity_factor if train else self.moe.eval_capacity_factor
-        path = DISPATCH_PATHS["dropless" if capacity_factor is None else "capacity"]
+        path = DISPATCH_PATHS[dispatch_path(capacity_factor)]
         y_TD, kept_TK = path(self, x_TD, routing, mask_T, capacity_factor)
         if self.moe.aux_loss_scope == "sequence":
             seq = x_TD.shape[0] // batch
