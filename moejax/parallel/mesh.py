@@ -50,6 +50,22 @@ class MeshConfig:
         return {axis: getattr(self, axis) for axis in MESH_AXES}
 
 
+def configured_mesh() -> MeshConfig | None:
+    """``MeshConfig()`` when the parsed gin config binds any ``MeshConfig`` knob, else None.
+
+    This is how ``moejax train`` decides between one device (no mesh named: every existing run
+    config keeps its behaviour) and a mesh; ``MeshConfig.data = -1`` alone means every device
+    on ``data``.
+    """
+    for axis in MESH_AXES:
+        try:
+            gin.query_parameter(f"MeshConfig.{axis}")
+        except ValueError:
+            continue
+        return MeshConfig()
+    return None
+
+
 def _describe(config: MeshConfig) -> str:
     return " x ".join(f"{axis}={size}" for axis, size in config.sizes().items())
 
