@@ -29,7 +29,6 @@ import warnings
 from typing import Callable
 
 import jax
-import numpy as np
 
 from moejax import data as data_lib
 from moejax.model.config import ConfigError, ModelConfig, moe_layer_indices, validate_model_config
