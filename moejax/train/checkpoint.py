@@ -74,10 +74,14 @@ class Checkpointer:
         if not _is_finalized(step_dir):
             raise CheckpointError(f"checkpoint {step_dir} is missing or was never finalized")
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                              sharding=getattr(leaf, "sharding", None) or device),
-            abstract_state)
+
+        def target_leaf(leaf):
+            if not hasattr(leaf, "shape"):  # a Python scalar
+                return ocp.utils.to_shape_dtype_struct(leaf)
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                        sharding=getattr(leaf, "sharding", None) or device)
+
+        target = jax.tree.map(target_leaf, abstract_state)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
