@@ -31,6 +31,8 @@ def register_configurables() -> None:
     import moejax.kernels.tiling  # noqa: F401  (cpu_tiling, pallas_tpu_tiling, pallas_gpu_tiling)
     import moejax.model.config  # noqa: F401
     import moejax.model.granularity  # noqa: F401  (fine_grained_moe, width_tied_moe)
+    import moejax.parallel.mesh  # noqa: F401  (MeshConfig)
+    import moejax.parallel.rules  # noqa: F401  (sharding_rules)
     import moejax.sweep.constraints  # noqa: F401  (the constraint library)
     import moejax.sweep.grid  # noqa: F401  (Grid, top_k_at_most_experts)
     import moejax.train.config  # noqa: F401

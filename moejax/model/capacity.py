@@ -14,6 +14,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from moejax.parallel.rules import constrain
+
+# The (E, C, D) buffers carry E on the 'expert' mesh axis while tokens carry the batch axes
+# (which include 'expert'): GSPMD turns the scatter into the buffers and the gather back into
+# all-to-alls over 'expert' (flaxformer's pure-GSPMD expert parallelism, static shapes).
+BUFFER_AXES = ("expert", "capacity", "embed")
+
 
 def capacity_slots(expert_ids_TK: jax.Array, num_experts: int, capacity: int,
                    mask_T: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -47,7 +54,8 @@ def capacity_dispatch_combine(x_TD: jax.Array, expert_ids_TK: jax.Array, weights
     x_TKD = jnp.broadcast_to(x_TD[:, None, :], (num_tokens, top_k, d_model))
     buffer_RD = jnp.zeros((dump + 1, d_model), x_TD.dtype).at[flat_index_TK.reshape(-1)].set(
         x_TKD.reshape(-1, d_model), mode="drop", unique_indices=False)
-    y_ECD = expert_fn(buffer_RD[:dump].reshape(num_experts, capacity, d_model))
+    x_ECD = constrain(buffer_RD[:dump].reshape(num_experts, capacity, d_model), BUFFER_AXES)
+    y_ECD = constrain(expert_fn(x_ECD), BUFFER_AXES)
     y_RD = jnp.concatenate([y_ECD.reshape(dump, d_model), jnp.zeros((1, d_model), y_ECD.dtype)])
     y_TKD = y_RD[flat_index_TK].astype(jnp.float32)
     gate_TK = jnp.where(kept_TK, weights_TK.astype(jnp.float32), 0.0)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moejax.kernels import gmm
+from moejax.parallel.rules import constrain, logical_param
 
 
 def swiglu_experts(x_MD: jax.Array, w_in_EDF2: jax.Array, w_out_EFD: jax.Array,
@@ -38,11 +39,12 @@ def swiglu_experts(x_MD: jax.Array, w_in_EDF2: jax.Array, w_out_EFD: jax.Array,
 def swiglu_experts_batched(x_ECD: jax.Array, w_in_EDF2: jax.Array, w_out_EFD: jax.Array,
                            compute_dtype=jnp.float32) -> jax.Array:
     """Expert e's SwiGLU on its own fixed-size buffer x_ECD[e] (capacity and expert-choice paths)."""
-    x_ECD = x_ECD.astype(compute_dtype)
+    x_ECD = constrain(x_ECD.astype(compute_dtype), ("expert", "capacity", "embed"))
     h_ECF2 = jnp.einsum("ecd,edf->ecf", x_ECD, w_in_EDF2.astype(compute_dtype),
                         preferred_element_type=jnp.float32)
     gate_ECF, up_ECF = jnp.split(h_ECF2, 2, axis=-1)
-    a_ECF = (jax.nn.silu(gate_ECF) * up_ECF).astype(compute_dtype)
+    a_ECF = constrain((jax.nn.silu(gate_ECF) * up_ECF).astype(compute_dtype),
+                      ("expert", "capacity", "expert_mlp"))
     return jnp.einsum("ecf,efd->ecd", a_ECF, w_out_EFD.astype(compute_dtype),
                       preferred_element_type=jnp.float32).astype(compute_dtype)
 
@@ -56,8 +58,10 @@ class SwiGLUExperts(nnx.Module):
         self.gmm_impl = gmm_impl
         init_in = jax.nn.initializers.truncated_normal(1.0 / math.sqrt(d_model))
         init_out = jax.nn.initializers.truncated_normal(out_scale / math.sqrt(d_expert))
-        self.w_in_EDF2 = nnx.Param(init_in(rngs.params(), (num_experts, d_model, 2 * d_expert)))
-        self.w_out_EFD = nnx.Param(init_out(rngs.params(), (num_experts, d_expert, d_model)))
+        self.w_in_EDF2 = logical_param(init_in(rngs.params(), (num_experts, d_model, 2 * d_expert)),
+                                       ("expert", "embed", "expert_mlp"))
+        self.w_out_EFD = logical_param(init_out(rngs.params(), (num_experts, d_expert, d_model)),
+                                       ("expert", "expert_mlp", "embed"))
 
     def __call__(self, x_MD: jax.Array, group_sizes_E: jax.Array) -> jax.Array:
         """Rows sorted by expert (dropless path)."""

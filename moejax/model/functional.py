@@ -4,7 +4,10 @@ In: a validated ModelConfig. Out: ``FunctionalModel`` with
 - ``init(rng) -> params``: a nested dict of float32 arrays, the exact pytree that is optimised;
 - ``init_buffers() -> buffers``: non-trainable state the optimizer never sees (today the
   auxiliary-loss-free balancing biases; an empty dict when there are none);
-- ``apply(params, tokens, positions, segment_ids, *, buffers, train, rng) -> (logits, moe_stats)``.
+- ``apply(params, tokens, positions, segment_ids, *, buffers, train, rng) -> (logits, moe_stats)``;
+- ``logical_axes``: the params tree with, at every leaf, the tuple of logical axis names its
+  dimensions carry (declared where the parameter is defined, ``moejax.parallel.rules.logical_param``),
+  from which ``moejax.parallel.sharding`` derives the parameters' shardings on any mesh.
 Keeping the train state plain pytrees lets sharding rules and checkpoint restores work on
 ordinary dicts rather than on Flax objects.
 
@@ -36,6 +39,22 @@ class FunctionalModel:
     init_buffers: Callable[[], Params]
     apply: Callable[..., tuple]
     abstract_params: Params
+    logical_axes: Params
+
+
+def _logical_axes(abstract_params, pure_params: Params) -> Params:
+    """The params tree with each leaf replaced by its parameter's logical axis names."""
+    names_by_path, missing = {}, []
+    for path, variable in nnx.to_flat_state(abstract_params):
+        names = variable.get_metadata().get("out_sharding")
+        if names is None or len(names) != len(variable.get_value().shape):
+            missing.append("/".join(map(str, path)))
+        names_by_path[tuple(path)] = tuple(names) if names is not None else None
+    if missing:
+        raise ValueError("parameters without logical axis names (define them with "
+                         "moejax.parallel.rules.logical_param): " + ", ".join(missing))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: names_by_path[tuple(k.key for k in path)], pure_params)
 
 
 def build_model(config: ModelConfig) -> FunctionalModel:
@@ -68,7 +87,9 @@ def build_model(config: ModelConfig) -> FunctionalModel:
         model = nnx.merge(graphdef, param_state, buffer_state)
         return model(tokens_BT, positions_BT, segment_ids_BT, train=train, rng=rng)
 
-    return FunctionalModel(config, init, init_buffers, apply, nnx.to_pure_dict(abstract_params))
+    pure_abstract_params = nnx.to_pure_dict(abstract_params)
+    return FunctionalModel(config, init, init_buffers, apply, pure_abstract_params,
+                           _logical_axes(abstract_params, pure_abstract_params))
 
 
 def update_balancing_biases(buffers: Params, moe_stats: Sequence[MoEStats], rate: float) -> Params:

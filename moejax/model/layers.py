@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from moejax.parallel.rules import constrain, logical_param
+
 
 def _linear_init(fan_in: int, scale: float = 1.0):
     return jax.nn.initializers.truncated_normal(scale / math.sqrt(fan_in))
@@ -26,7 +28,7 @@ class RMSNorm(nnx.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6):
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.scale = logical_param(jnp.ones((dim,), jnp.float32), ("norm",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
@@ -64,11 +66,15 @@ class Attention(nnx.Module):
         self.rope_theta = rope_theta
         self.compute_dtype = compute_dtype
         init = _linear_init(d_model)
-        self.w_q_DNH = nnx.Param(init(rngs.params(), (d_model, n_heads, head_dim)))
-        self.w_k_DGH = nnx.Param(init(rngs.params(), (d_model, n_kv_heads, head_dim)))
-        self.w_v_DGH = nnx.Param(init(rngs.params(), (d_model, n_kv_heads, head_dim)))
-        self.w_o_NHD = nnx.Param(
-            _linear_init(n_heads * head_dim, out_scale)(rngs.params(), (n_heads, head_dim, d_model)))
+        self.w_q_DNH = logical_param(init(rngs.params(), (d_model, n_heads, head_dim)),
+                                     ("embed", "heads", "head_dim"))
+        self.w_k_DGH = logical_param(init(rngs.params(), (d_model, n_kv_heads, head_dim)),
+                                     ("embed", "kv_heads", "head_dim"))
+        self.w_v_DGH = logical_param(init(rngs.params(), (d_model, n_kv_heads, head_dim)),
+                                     ("embed", "kv_heads", "head_dim"))
+        self.w_o_NHD = logical_param(
+            _linear_init(n_heads * head_dim, out_scale)(rngs.params(), (n_heads, head_dim, d_model)),
+            ("heads", "head_dim", "embed"))
 
     def __call__(self, x_BTD, positions_BT, segment_ids_BT):
         dt = self.compute_dtype
@@ -76,8 +82,11 @@ class Attention(nnx.Module):
         q_BTNH = jnp.einsum("btd,dnh->btnh", x, self.w_q_DNH[...].astype(dt))
         k_BTGH = jnp.einsum("btd,dgh->btgh", x, self.w_k_DGH[...].astype(dt))
         v_BTGH = jnp.einsum("btd,dgh->btgh", x, self.w_v_DGH[...].astype(dt))
-        q_BTNH = rotary_embedding(q_BTNH, positions_BT, self.rope_theta)
-        k_BTGH = rotary_embedding(k_BTGH, positions_BT, self.rope_theta)
+        q_BTNH = constrain(rotary_embedding(q_BTNH, positions_BT, self.rope_theta),
+                           ("batch", "seq", "heads", "head_dim"))
+        k_BTGH = constrain(rotary_embedding(k_BTGH, positions_BT, self.rope_theta),
+                           ("batch", "seq", "kv_heads", "head_dim"))
+        v_BTGH = constrain(v_BTGH, ("batch", "seq", "kv_heads", "head_dim"))
         out_BTNH = jax.nn.dot_product_attention(
             q_BTNH, k_BTGH, v_BTGH, mask=attention_mask(segment_ids_BT))
         return jnp.einsum("btnh,nhd->btd", out_BTNH, self.w_o_NHD[...].astype(dt))
@@ -89,11 +98,15 @@ class SwiGLU(nnx.Module):
     def __init__(self, d_model: int, d_ff: int, *, out_scale: float, compute_dtype,
                  rngs: nnx.Rngs):
         self.compute_dtype = compute_dtype
-        self.w_in_DF2 = nnx.Param(_linear_init(d_model)(rngs.params(), (d_model, 2 * d_ff)))
-        self.w_out_FD = nnx.Param(_linear_init(d_ff, out_scale)(rngs.params(), (d_ff, d_model)))
+        self.w_in_DF2 = logical_param(_linear_init(d_model)(rngs.params(), (d_model, 2 * d_ff)),
+                                      ("embed", "mlp"))
+        self.w_out_FD = logical_param(
+            _linear_init(d_ff, out_scale)(rngs.params(), (d_ff, d_model)), ("mlp", "embed"))
 
     def __call__(self, x_BTD):
+        """x is (B, T, D), or (T, D) tokens when used as the MoE layer's shared experts."""
         dt = self.compute_dtype
-        h = jnp.dot(x_BTD.astype(dt), self.w_in_DF2[...].astype(dt))
-        gate, up = jnp.split(h, 2, axis=-1)
-        return jnp.dot(jax.nn.silu(gate) * up, self.w_out_FD[...].astype(dt))
+        token_names = ("batch", "seq")[:x_BTD.ndim - 1]
+        gate, up = jnp.split(jnp.dot(x_BTD.astype(dt), self.w_in_DF2[...].astype(dt)), 2, axis=-1)
+        hidden = constrain(jax.nn.silu(gate) * up, token_names + ("mlp",))
+        return jnp.dot(hidden, self.w_out_FD[...].astype(dt))

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from moejax.parallel.rules import logical_param
+
 
 class BalancingBias(nnx.Variable):
     """Per-expert bias used only to choose experts; updated outside the optimizer."""
@@ -89,7 +91,8 @@ class Router(nnx.Module):
         self.renormalize = renormalize
         self.jitter = jitter
         init = jax.nn.initializers.truncated_normal(init_std)
-        self.w_DE = nnx.Param(init(rngs.params(), (d_model, num_experts), jnp.float32))
+        self.w_DE = logical_param(init(rngs.params(), (d_model, num_experts), jnp.float32),
+                                  ("embed", "router_experts"))
         self.bias_E = BalancingBias(jnp.zeros((num_experts,), jnp.float32)) if balancing_bias else None
 
     def logits(self, x_TD: jax.Array, rng: jax.Array | None = None) -> jax.Array:

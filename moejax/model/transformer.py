@@ -16,6 +16,7 @@ from flax import nnx
 from moejax.model.config import ModelConfig, moe_layer_indices
 from moejax.model.layers import Attention, RMSNorm, SwiGLU
 from moejax.model.moe import MoEFeedForward, MoEStats
+from moejax.parallel.rules import constrain, logical_param
 
 
 class Block(nnx.Module):
@@ -53,15 +54,16 @@ class Transformer(nnx.Module):
         self.config = c
         self.compute_dtype = jnp.dtype(c.compute_dtype)
         moe_blocks = set(moe_layer_indices(c))
-        self.embed_VD = nnx.Param(
-            jax.nn.initializers.normal(c.init_std)(rngs.params(), (c.vocab_size, c.d_model)))
+        self.embed_VD = logical_param(
+            jax.nn.initializers.normal(c.init_std)(rngs.params(), (c.vocab_size, c.d_model)),
+            ("vocab", "embed"))
         self.blocks = nnx.List([Block(c, is_moe=i in moe_blocks, rngs=rngs)
                                 for i in range(c.n_layers)])
         self.final_norm = RMSNorm(c.d_model, c.norm_eps)
         if not c.tie_embeddings:
-            self.unembed_DV = nnx.Param(
+            self.unembed_DV = logical_param(
                 jax.nn.initializers.truncated_normal(1.0 / math.sqrt(c.d_model))(
-                    rngs.params(), (c.d_model, c.vocab_size)))
+                    rngs.params(), (c.d_model, c.vocab_size)), ("embed", "vocab"))
 
     def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
                  segment_ids_BT: jax.Array | None = None, *, train: bool = False,
@@ -78,6 +80,7 @@ class Transformer(nnx.Module):
         if segment_ids_BT is None:
             segment_ids_BT = jnp.ones((batch, seq), jnp.int32)
         x_BTD = jnp.take(self.embed_VD[...], tokens_BT, axis=0).astype(self.compute_dtype)
+        x_BTD = constrain(x_BTD, ("batch", "seq", "embed"))
         moe_stats = []
         for index, block in enumerate(self.blocks):
             block_rng = None if rng is None else jax.random.fold_in(rng, index)
@@ -91,4 +94,4 @@ class Transformer(nnx.Module):
             w_DV = self.unembed_DV[...]
         logits_BTV = jnp.dot(x_BTD, w_DV.astype(self.compute_dtype),
                              preferred_element_type=jnp.float32)
-        return logits_BTV.astype(jnp.float32), moe_stats
+        return constrain(logits_BTV.astype(jnp.float32), ("batch", "seq", "vocab")), moe_stats

@@ -64,11 +64,24 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {self.directory}/{step}: unreadable meta ({e})") from e
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """Restore one step onto the structure, shapes and dtypes of ``abstract_state``."""
+        """Restore one step onto the structure, shapes and dtypes of ``abstract_state``.
+
+        Leaves that carry a sharding (``jax.ShapeDtypeStruct(..., sharding=...)``) are restored
+        in that layout, whatever mesh wrote the checkpoint; leaves without one go to the default
+        device, so a checkpoint written on a mesh also restores on one device.
+        """
         step_dir = os.path.join(self.directory, str(step))
         if not _is_finalized(step_dir):
             raise CheckpointError(f"checkpoint {step_dir} is missing or was never finalized")
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+        def target_leaf(leaf):
+            if not hasattr(leaf, "shape"):  # a Python scalar
+                return ocp.utils.to_shape_dtype_struct(leaf)
+            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                        sharding=getattr(leaf, "sharding", None) or device)
+
+        target = jax.tree.map(target_leaf, abstract_state)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))

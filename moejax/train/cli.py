@@ -2,6 +2,10 @@
 
     moejax train --gin_file=configs/smoke.gin [--gin_file=...] \
         [--gin_bindings='MoEConfig.num_experts = 8'] --workdir=runs/smoke
+
+A gin config that binds ``MeshConfig`` (e.g. ``--gin_file=mesh/cpu8_expert.gin``) trains on a
+device mesh; on a multi-host TPU VM or with ``JAX_COORDINATOR_ADDRESS`` set, the processes are
+joined first (``moejax.parallel.distributed``).
 """
 
 from __future__ import annotations
@@ -35,16 +39,25 @@ def run(args: argparse.Namespace) -> int:
     import gin
 
     from moejax.model.config import ConfigError
+    from moejax.parallel.distributed import is_primary, maybe_initialize_distributed
+    from moejax.parallel.mesh import configured_mesh
+    from moejax.parallel.rules import sharding_rules
     from moejax.train.checkpoint import CheckpointError
     from moejax.train.loop import TrainingDiverged, run_training
 
     try:
+        maybe_initialize_distributed()
         model, data, train = load_configs(args.gin_file, args.gin_bindings)
+        mesh_config = configured_mesh()
+        rules = sharding_rules() if mesh_config is not None else None
         summary = run_training(args.workdir, model, data, train,
-                               gin_config=gin.operative_config_str())
+                               gin_config=gin.operative_config_str(),  # after the mesh is read
+                               mesh_config=mesh_config, rules=rules)
     except (GinConfigError, ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError) as e:
         print(f"moejax train: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (GinConfigError, ConfigError)) else 1
+    if not is_primary():
+        return 0
     workdir = summary["workdir"]
     print(f"\nrun directory: {workdir}")
     print(f"  metrics:      {workdir}/metrics.jsonl, {workdir}/eval.jsonl")

@@ -10,7 +10,11 @@ Behaviour a researcher can rely on:
   run never interrupted;
 - preemption: SIGTERM finishes the current step, saves a checkpoint and returns normally;
 - divergence: a non-finite loss or gradient stops the run with ``TrainingDiverged`` naming the step;
-  no checkpoint is written after the last finite step.
+  no checkpoint is written after the last finite step;
+- a mesh (``mesh_config``, from gin's ``MeshConfig``): the state is created, trained, evaluated and
+  checkpointed sharded (``moejax.parallel``); a checkpoint restores onto whatever mesh the resumed
+  run declares. Each process reads its own rows of every batch; process 0 writes the run files.
+  Without a mesh the run uses one device, as before.
 """
 
 from __future__ import annotations
@@ -25,11 +29,16 @@ import warnings
 from typing import Callable
 
 import jax
-import numpy as np
 
 from moejax import data as data_lib
 from moejax.model.config import ConfigError, ModelConfig, moe_layer_indices, validate_model_config
 from moejax.model.functional import build_model
+from moejax.parallel import distributed
+from moejax.parallel.mesh import MeshConfig, make_mesh, mesh_shape
+from moejax.parallel.rules import sharding_rules
+from moejax.parallel.sharding import (abstract_sharded_state, init_sharded_train_state,
+                                      make_sharded_eval_step, make_sharded_train_step, put_batch,
+                                      setup_sharded_training)
 from moejax.train.checkpoint import Checkpointer, CheckpointError, config_fingerprint, config_mismatch
 from moejax.train.config import TrainConfig, validate_train_config
 from moejax.train.metrics import MetricsWriter, load_jsonl
@@ -121,6 +130,19 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+class _NullWriter:
+    """Metrics sink of the processes other than process 0."""
+
+    def write_train(self, step, metrics):
+        pass
+
+    def write_eval(self, step, scores):
+        pass
+
+    def close(self):
+        pass
+
+
 def _progress(total: int, initial: int):
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -130,30 +152,48 @@ def _progress(total: int, initial: int):
 
 
 def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
-                 gin_config: str | None = None, log: Callable[[str], None] = print) -> dict:
+                 gin_config: str | None = None, log: Callable[[str], None] = print,
+                 mesh_config: MeshConfig | None = None, rules: dict | None = None) -> dict:
     """Train (or resume) one run in ``workdir``; returns a summary dict.
 
-    Raises ConfigError before compiling if any config is impossible, CheckpointError if the
-    workdir holds checkpoints of a different model or data config, and TrainingDiverged on a
-    non-finite loss.
+    ``mesh_config`` None trains on one device; otherwise on a mesh of all devices with the
+    logical-axis ``rules`` (None = ``sharding_rules()``, i.e. the defaults plus gin overrides).
+    Raises ConfigError before compiling if any config (mesh included) is impossible,
+    CheckpointError if the workdir holds checkpoints of a different model or data config, and
+    TrainingDiverged on a non-finite loss.
     """
     model = validate_all(model, data, train)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    fingerprint = config_fingerprint(model, data, train)
-    if gin_config is not None:
-        _atomic_write(os.path.join(workdir, "config.gin"), gin_config)
-    _atomic_write(os.path.join(workdir, "config.json"), json.dumps(fingerprint, indent=2) + "\n")
-
     fmodel = build_model(model)
     schedule = make_schedule(train)
     tx = make_optimizer(train)
-    abstract_state = jax.eval_shape(lambda: init_train_state(fmodel, tx, train.seed))
+    sharded = None
+    if mesh_config is not None:
+        mesh = make_mesh(mesh_config)  # a wrong mesh fails here, before anything compiles
+        sharded = setup_sharded_training(
+            fmodel, tx, mesh, rules if rules is not None else sharding_rules(),
+            batch_size=data.batch_size, grad_accum_steps=train.grad_accum_steps, seed=train.seed)
+    primary = distributed.is_primary()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    fingerprint = config_fingerprint(model, data, train)
+    if primary:
+        if gin_config is not None:
+            _atomic_write(os.path.join(workdir, "config.gin"), gin_config)
+        _atomic_write(os.path.join(workdir, "config.json"),
+                      json.dumps(fingerprint, indent=2) + "\n")
+
+    if sharded is None:
+        abstract_state = jax.eval_shape(lambda: init_train_state(fmodel, tx, train.seed))
+    else:
+        log(f"mesh {mesh_shape(sharded.mesh)} over {sharded.mesh.size} devices "
+            f"({jax.process_count()} process(es))")
+        abstract_state = abstract_sharded_state(fmodel, tx, sharded.state_shardings, train.seed)
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
     restored = checkpointer.restore_latest(abstract_state, log=log)
     if restored is None:
-        state = init_train_state(fmodel, tx, train.seed)
+        state = (init_train_state(fmodel, tx, train.seed) if sharded is None else
+                 init_sharded_train_state(fmodel, tx, train.seed, sharded.state_shardings))
         start_step = 0
     else:
         state, meta = restored
@@ -171,23 +211,38 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
         start_step = int(jax.device_get(state.step))
         log(f"resumed from {checkpointer.directory}/{start_step}")
 
-    writer = MetricsWriter(workdir, resume_step=start_step)
-    train_step = make_train_step(fmodel, tx, schedule, grad_accum_steps=train.grad_accum_steps)
+    writer = MetricsWriter(workdir, resume_step=start_step) if primary else _NullWriter()
     moe_blocks = moe_layer_indices(model)
-    eval_step = make_eval_step(fmodel)
     eval_sets = {name: data_lib.eval_batches(data, name, train.eval_batches)
                  for name in data_lib.eval_names(data)} if train.eval_every else {}
+    if sharded is None:
+        train_step = make_train_step(fmodel, tx, schedule, grad_accum_steps=train.grad_accum_steps)
+        eval_step = make_eval_step(fmodel)
+        batches = data_lib.train_batches(data, start_step)
+    else:
+        train_step = make_sharded_train_step(fmodel, tx, schedule, sharded.mesh, sharded.rules,
+                                             sharded.state_shardings,
+                                             grad_accum_steps=train.grad_accum_steps)
+        eval_step = make_sharded_eval_step(fmodel, sharded.mesh, sharded.rules,
+                                           sharded.state_shardings)
+        eval_sets = {name: [put_batch(b, sharded.batch_sharding) for b in batches]
+                     for name, batches in eval_sets.items()}
+        shard_index, num_shards = distributed.process_batch_shard(
+            sharded.batch_sharding, (data.batch_size, data.seq_len))
+        batches = (distributed.global_batch(local, sharded.batch_sharding, data.batch_size)
+                   for local in data_lib.train_batches(data, start_step, shard_index=shard_index,
+                                                       num_shards=num_shards))
+    run_meta = {} if sharded is None else {"mesh": mesh_shape(sharded.mesh)}
 
     def save(step: int, state: TrainState) -> None:
         checkpointer.save(step, state, {"step": step, "config": fingerprint,
-                                        "time": time.time()})
+                                        "time": time.time(), **run_meta})
 
     summary = {"workdir": workdir, "start_step": start_step, "validation": {}}
     if eval_sets and start_step == 0:  # the untrained model's score anchors every loss curve
         scores = evaluate(eval_step, state.params, state.buffers, eval_sets)
         writer.write_eval(0, scores)
         summary["initial_validation"] = scores
-    batches = data_lib.train_batches(data, start_step)
     bar = _progress(train.steps, start_step)
     step = start_step
     last_time = time.time()
@@ -245,5 +300,5 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
         log(f"{workdir} is already trained to step {start_step} (TrainConfig.steps = "
             f"{train.steps}); nothing to do")
         summary["validation"] = last_validation(workdir)
-    summary["loss_curve"] = plot_loss_curves(workdir)
+    summary["loss_curve"] = plot_loss_curves(workdir) if primary else None
     return summary

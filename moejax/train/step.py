@@ -66,6 +66,17 @@ def layer_metrics(stats: list[MoEStats]) -> list[dict]:
 
 def make_train_step(model: FunctionalModel, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum_steps: int = 1) -> Callable:
+    """jitted (state, batch) -> (state, metrics) on the default device (the input state is donated).
+
+    ``moejax.parallel.sharding.make_sharded_train_step`` jits the same function on a mesh.
+    """
+    return jax.jit(train_step_fn(model, tx, schedule, grad_accum_steps=grad_accum_steps),
+                   donate_argnums=(0,))
+
+
+def train_step_fn(model: FunctionalModel, tx: optax.GradientTransformation,
+                  schedule: optax.Schedule, *, grad_accum_steps: int = 1) -> Callable:
+    """The un-jitted train step (state, batch) -> (state, metrics)."""
     moe = model.config.moe
     bias_rate = moe.bias_update_rate if moe is not None else 0.0
 
@@ -120,7 +131,7 @@ def make_train_step(model: FunctionalModel, tx: optax.GradientTransformation,
         }
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    return train_step
 
 
 def make_eval_step(model: FunctionalModel) -> Callable:
@@ -129,10 +140,15 @@ def make_eval_step(model: FunctionalModel) -> Callable:
     Evaluation uses the model in eval mode: no jitter, and MoEConfig.eval_capacity_factor
     (None = dropless) instead of the training capacity factor.
     """
+    return jax.jit(eval_step_fn(model))
+
+
+def eval_step_fn(model: FunctionalModel) -> Callable:
+    """The un-jitted eval step (params, buffers, batch) -> (nll sum, tokens)."""
 
     def eval_step(params, buffers, batch):
         logits, _ = model.apply(params, batch["inputs"], batch["positions"], batch["segment_ids"],
                                 buffers=buffers, train=False)
         return cross_entropy_sum(logits, batch["targets"], batch["loss_weights"])
 
-    return jax.jit(eval_step)
+    return eval_step

@@ -1,0 +1,50 @@
+"""The training loop on a device mesh: a run resumed on a different mesh continues with the
+losses of the run that never left its mesh (fake 8-device CPU platform)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from moejax.parallel.mesh import configured_mesh
+from moejax.train.cli import load_configs
+from moejax.train.loop import run_training
+from moejax.train.metrics import load_jsonl
+
+TINY = [
+    "ModelConfig.d_model = 32", "ModelConfig.n_layers = 2", "ModelConfig.n_heads = 2",
+    "ModelConfig.d_ff = 64", "MoEConfig.d_expert = 32", "DataConfig.vocabulary = 'byte'",
+    "DataConfig.seq_len = 32", "DataConfig.batch_size = 8", "TrainConfig.warmup_steps = 2",
+    "TrainConfig.learning_rate = 1e-3", "TrainConfig.eval_every = 0",
+    "TrainConfig.checkpoint_every = 2", "TrainConfig.steps = 4",
+]
+
+
+def configs(mesh_file, *extra):
+    model, data, train = load_configs(["smoke.gin", mesh_file], TINY + list(extra))
+    return model, data, train, configured_mesh()
+
+
+def losses(workdir):
+    return {r["step"]: r["loss"] for r in load_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+def test_resume_on_another_mesh_continues_with_the_same_losses(tmp_path):
+    model, data, train, expert_mesh = configs("mesh/cpu8_expert.gin")
+    assert expert_mesh is not None and expert_mesh.expert == 4
+    messages = []
+    run_training(str(tmp_path / "straight"), model, data, train, mesh_config=expert_mesh,
+                 log=messages.append)
+    assert any("mesh {'data': 2, 'fsdp': 1, 'expert': 4, 'tensor': 1}" in m for m in messages)
+
+    short = configs("mesh/cpu8_expert.gin", "TrainConfig.steps = 2")
+    run_training(str(tmp_path / "moved"), *short[:3], mesh_config=short[3])
+    model, data, train, other_mesh = configs("mesh/cpu8_fsdp_expert_tensor.gin")
+    run_training(str(tmp_path / "moved"), model, data, train, mesh_config=other_mesh)
+
+    straight, moved = losses(tmp_path / "straight"), losses(tmp_path / "moved")
+    assert sorted(moved) == [1, 2, 3, 4]
+    np.testing.assert_allclose([moved[s] for s in (3, 4)], [straight[s] for s in (3, 4)],
+                               rtol=1e-5)
