@@ -104,6 +104,14 @@ def _dropless_expert_parallel(group: "RoutedGroup", x_TD, routing, mask_T, capac
     return y_TD, kept_TK.astype(jnp.float32)  # padding is never kept
 
 
+def _dropless_data_parallel(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):
+    y_TD, kept_TK = expert_parallel.data_parallel_dropless(
+        x_TD, routing.expert_ids_TK, routing.weights_TK, group.experts.w_in_EDF2[...],
+        group.experts.w_out_EFD[...], mask_T=mask_T, compute_dtype=group.experts.compute_dtype,
+        gmm_impl=group.experts.gmm_impl)
+    return y_TD, kept_TK.astype(jnp.float32)
+
+
 def _capacity(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):
     slots = capacity(x_TD.shape[0], group.num_experts, group.top_k, capacity_factor)
     slot_TK, kept_TK = capacity_lib.capacity_slots(routing.expert_ids_TK, group.num_experts,
@@ -115,16 +123,20 @@ def _capacity(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):
 
 
 DISPATCH_PATHS: dict[str, Callable] = {"dropless": _dropless,
+                                        "dropless_data_parallel": _dropless_data_parallel,
                                         "dropless_expert_parallel": _dropless_expert_parallel,
                                         "capacity": _capacity}
 
 
 def dispatch_path(capacity_factor: float | None) -> str:
-    """The token-choice path: capacity if a factor is set, else dropless, expert parallel when
-    the current mesh (``jax.set_mesh``) has an ``expert`` axis of size > 1."""
+    """The token-choice path: capacity if a factor is set, else dropless — expert parallel when
+    the current mesh (``jax.set_mesh``) has an ``expert`` axis of size > 1, shard-local when it
+    only splits the tokens, single-device without a mesh."""
     if capacity_factor is not None:
         return "capacity"
-    return "dropless_expert_parallel" if expert_parallel.expert_shards() > 1 else "dropless"
+    if expert_parallel.expert_shards() > 1:
+        return "dropless_expert_parallel"
+    return "dropless_data_parallel" if expert_parallel.token_shards() > 1 else "dropless"
 
 
 class RoutedGroup(nnx.Module):

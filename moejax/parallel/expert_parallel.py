@@ -378,6 +378,14 @@ def expert_shards(mesh=None) -> int:
     return mesh.shape[EXPERT_AXIS]
 
 
+def token_shards(mesh=None) -> int:
+    """How many ways the tokens are split (product of the batch-like axes); 1 without a mesh."""
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    if mesh.empty:
+        return 1
+    return math.prod(mesh.shape[a] for a in token_axes(mesh))
+
+
 def token_axes(mesh) -> tuple[str, ...]:
     """The mesh axes the tokens are split over inside the shard_map (batch-like axes only)."""
     return tuple(a for a in TOKEN_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
@@ -427,5 +435,41 @@ def expert_parallel_dropless(x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_E
         mask_T = jnp.ones((num_tokens,), jnp.float32)
     return jax.shard_map(body, mesh=mesh,
                          in_specs=(tokens, tokens, tokens, experts, experts, tokens),
+                         out_specs=(tokens, tokens), check_vma=False)(
+        x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_EFD, mask_T)
+
+
+def data_parallel_dropless(x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_EFD, *,
+                           mask_T=None, mesh=None, compute_dtype=jnp.float32,
+                           gmm_impl: str = "auto") -> tuple[jax.Array, jax.Array]:
+    """The dropless routed experts when tokens are split but every device holds every expert.
+
+    Each device sorts and runs its own tokens: no exchange. Written as a shard_map because
+    GSPMD cannot tell that a sort by expert is local to a token shard and would gather the
+    tokens of all shards onto every device first. Same inputs and outputs as
+    ``expert_parallel_dropless`` (padding, too, is processed as the single-device layer does).
+    """
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    axes = token_axes(mesh)
+    num_tokens, top_k = expert_ids_TK.shape
+    shards = math.prod(mesh.shape[a] for a in axes)
+    if num_tokens % shards:
+        raise ValueError(f"{num_tokens} tokens (batch * seq_len) do not split evenly over the "
+                         f"mesh axes {axes} ({shards} shards)")
+    if mask_T is None:
+        mask_T = jnp.ones((num_tokens,), jnp.float32)
+
+    def body(x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_EFD, mask_T):
+        sorted_dispatch = dispatch.sort_by_expert(expert_ids_TK, w_in_EDF2.shape[0])
+        x_MD = dispatch.dispatch(x_TD, sorted_dispatch, top_k)
+        y_MD = swiglu_experts(x_MD, w_in_EDF2, w_out_EFD, sorted_dispatch.group_sizes_E,
+                              compute_dtype, gmm_impl=gmm_impl)
+        y_TD = dispatch.combine(y_MD, sorted_dispatch, weights_TK).astype(jnp.float32)
+        return y_TD, jnp.broadcast_to(mask_T[:, None] > 0, expert_ids_TK.shape)
+
+    tokens, replicated = PartitionSpec(axes), PartitionSpec()
+    # check_vma=False: as above.
+    return jax.shard_map(body, mesh=mesh,
+                         in_specs=(tokens, tokens, tokens, replicated, replicated, tokens),
                          out_specs=(tokens, tokens), check_vma=False)(
         x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_EFD, mask_T)

@@ -12,6 +12,7 @@ Shapes: B global batch rows, T sequence.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Mapping
@@ -124,6 +125,14 @@ def put_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[
             for key, value in batch.items()}
 
 
+@contextlib.contextmanager
+def _tracing_on(mesh: jax.sharding.Mesh, rules: Rules):
+    """While a sharded step is traced: the mesh in context (the MoE layers pick their shard_map
+    dispatch from it) and the activation constraints active."""
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), activation_sharding(mesh, rules):
+        yield
+
+
 def make_sharded_train_step(model: FunctionalModel, tx: optax.GradientTransformation,
                             schedule: optax.Schedule, mesh: jax.sharding.Mesh, rules: Rules,
                             state_shardings: TrainState, *, grad_accum_steps: int = 1) -> Callable:
@@ -135,7 +144,7 @@ def make_sharded_train_step(model: FunctionalModel, tx: optax.GradientTransforma
     step_fn = train_step_fn(model, tx, schedule, grad_accum_steps=grad_accum_steps)
 
     def sharded_step(state, batch):
-        with activation_sharding(mesh, rules):
+        with _tracing_on(mesh, rules):
             return step_fn(state, batch)
 
     return jax.jit(sharded_step, in_shardings=(state_shardings, batch_sharding(mesh, rules)),
@@ -148,7 +157,7 @@ def make_sharded_eval_step(model: FunctionalModel, mesh: jax.sharding.Mesh, rule
     step_fn = eval_step_fn(model)
 
     def sharded_eval(params, buffers, batch):
-        with activation_sharding(mesh, rules):
+        with _tracing_on(mesh, rules):
             return step_fn(params, buffers, batch)
 
     return jax.jit(sharded_eval, in_shardings=(state_shardings.params, state_shardings.buffers,

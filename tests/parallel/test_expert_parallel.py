@@ -179,7 +179,8 @@ def leaves(tree):
     return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
 
 
-@pytest.mark.parametrize("shape,names", [((2, 4), ("data", "expert")), ((8,), ("expert",))])
+@pytest.mark.parametrize("shape,names", [((2, 4), ("data", "expert")), ((8,), ("expert",)),
+                                         ((4, 2, 1), ("data", "fsdp", "expert"))])
 def test_layer_matches_single_device(shape, names):
     moe = MoEConfig(num_experts=8, top_k=2, d_expert=F)
     single, (parallel,), state = run_layer(moe, mesh_of(shape, names))
@@ -199,7 +200,9 @@ def test_dispatch_path_follows_the_mesh():
     assert dispatch_path(None) == "dropless"
     assert dispatch_path(1.0) == "capacity"
     with jax.set_mesh(mesh_of((8,), ("data",))):
-        assert dispatch_path(None) == "dropless"
+        assert dispatch_path(None) == "dropless_data_parallel"
+    with jax.set_mesh(mesh_of((1, 8), ("data", "tensor"))):
+        assert dispatch_path(None) == "dropless"  # tokens not split: nothing to do per shard
     with jax.set_mesh(mesh_of((2, 4), ("data", "expert"))):
         assert dispatch_path(None) == "dropless_expert_parallel"
         assert dispatch_path(2.0) == "capacity"

@@ -109,6 +109,9 @@ def test_fsdp_expert_tensor_mesh_matches_one_device(fsdp_expert_tensor, referenc
     assert w_in.addressable_shards[0].data.shape == (2, 16, 32)
     mu = state.opt_state[1][0].mu["blocks"][0]["ff"]["groups"][0]["experts"]["w_in_EDF2"]
     assert mu.sharding == w_in.sharding  # optimizer moments sharded like their parameters
+    # The dropless layers took the expert-parallel shard_map: tokens move by all-to-all.
+    hlo = run.step.lower(state, sh.put_batch(batch(0), run.setup.batch_sharding)).as_text()
+    assert "all_to_all" in hlo
 
 
 @pytest.mark.slow
