@@ -24,7 +24,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import datetime  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
@@ -37,6 +36,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import run_environment  # noqa: E402
 from moejax.model.config import MoEConfig  # noqa: E402
 from moejax.model.moe import MoEFeedForward  # noqa: E402
 from moejax.parallel import expert_parallel  # noqa: E402
@@ -143,9 +143,7 @@ def main(argv=None):
             "dropped_fraction_by_buffer_factor": dropped,
             "fwd_bwd_s_all": [round(s, 3) for s in seconds[f"ep{ep}"]],
             "reps": args.reps, "devices": "8 fake CPU devices on one host",
-            "backend": jax.default_backend(), "jax": jax.__version__,
-            "date": datetime.date.today().isoformat(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
+            **run_environment(),
         }), flush=True)
 
 

@@ -19,7 +19,6 @@ or "zipf" (each token draws K distinct experts with probability ~ 1/rank).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import run_environment  # noqa: E402
 from moejax.kernels import Tiling, gmm, resolve_impl  # noqa: E402
 from moejax.kernels.tiling import default_tiling as moejax_default_tiling  # noqa: E402
 
@@ -93,17 +93,26 @@ def forward_backward(matmul):
 
 
 def parse_tiling(spec: str) -> tuple[str, str, Tiling]:
-    """'pallas_gpu:128,64,128,8,3' -> (label, impl, Tiling(block_m, block_k, block_n, ...))."""
+    """'pallas_gpu:128,64,128,8,3' -> (label, impl, Tiling(block_m, block_k, block_n, ...)).
+
+    A '/' and a second tile list give the weight-gradient kernel its own tiles:
+    'pallas_gpu:64,64,256,8,3/64,128,128,4,3'.
+    """
     impl, _, numbers = spec.partition(":")
-    values = [int(v) for v in numbers.split(",")]
-    if len(values) not in (3, 5):
-        raise SystemExit(f"--tiling {spec!r}: want impl:block_m,block_k,block_n[,warps,stages]")
-    fields = dict(zip(("block_m", "block_k", "block_n", "num_warps", "num_stages"), values))
-    return f"{impl}[{numbers}]", impl, Tiling(min_block_m=1, **fields)
+    names = ("block_m", "block_k", "block_n", "num_warps", "num_stages")
+    tilings = []
+    for part in numbers.split("/"):
+        values = [int(v) for v in part.split(",")]
+        if len(values) not in (3, 5):
+            raise SystemExit(f"--tiling {spec!r}: want impl:block_m,block_k,block_n[,warps,stages]"
+                             "[/tgmm tiles]")
+        tilings.append(dict(zip(names, values)))
+    tgmm = Tiling(min_block_m=1, **tilings[1]) if len(tilings) > 1 else None
+    return f"{impl}[{numbers}]", impl, Tiling(min_block_m=1, tgmm=tgmm, **tilings[0])
 
 
-def bench_case(case, contenders, reps, ragged_reps, dtype):
-    """contenders: [(label, impl, tiling or None)]; one JSON line per contender."""
+def case_inputs(case, dtype):
+    """Group sizes, random rows x (M, D), fused gate/up weights w (E, D, 2F), cotangent dy."""
     num_rows, d_model, d_expert, num_experts, top_k, routing = case
     n = 2 * d_expert
     sizes = jnp.asarray(group_sizes(num_rows, num_experts, top_k, routing))
@@ -111,6 +120,14 @@ def bench_case(case, contenders, reps, ragged_reps, dtype):
     x = jax.random.normal(keys[0], (num_rows, d_model), dtype)
     w = (jax.random.normal(keys[1], (num_experts, d_model, n)) / d_model ** 0.5).astype(dtype)
     dy = jax.random.normal(keys[2], (num_rows, n), dtype)
+    return sizes, x, w, dy
+
+
+def bench_case(case, contenders, reps, ragged_reps, dtype):
+    """contenders: [(label, impl, tiling or None)]; one JSON line per contender."""
+    num_rows, d_model, d_expert, num_experts, top_k, routing = case
+    sizes, x, w, dy = case_inputs(case, dtype)
+    n = w.shape[2]
     useful_flops = 2 * num_rows * d_model * n
 
     def grouped(impl, tiling=None):
@@ -159,9 +176,7 @@ def bench_case(case, contenders, reps, ragged_reps, dtype):
             "ratio_vs_ragged_dot": ratio(f"{label}_fwdbwd", "xla_fwdbwd", 2),
             "errors": {k: v for k, v in errors.items()
                        if k.startswith((f"{label}_", "xla_"))} or None,
-            "reps": reps, "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-            "jax": jax.__version__, "date": datetime.date.today().isoformat(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
+            "reps": reps, **run_environment(),
         }
         print(json.dumps(line), flush=True)
 
@@ -173,12 +188,8 @@ def bench_parts(case, contenders, reps, dtype):
     from moejax.kernels import _module
 
     num_rows, d_model, d_expert, num_experts, top_k, routing = case
-    n = 2 * d_expert
-    sizes = jnp.asarray(group_sizes(num_rows, num_experts, top_k, routing))
-    keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    x = jax.random.normal(keys[0], (num_rows, d_model), dtype)
-    w = (jax.random.normal(keys[1], (num_experts, d_model, n)) / d_model ** 0.5).astype(dtype)
-    dy = jax.random.normal(keys[2], (num_rows, n), dtype)
+    sizes, x, w, dy = case_inputs(case, dtype)
+    n = w.shape[2]
     offset = jnp.zeros((), jnp.int32)
     fns = {"dense_fwd": jax.jit(lambda x, w: x @ w[0]),
            "dense_dlhs": jax.jit(lambda dy, w: dy @ w[0].T),
@@ -209,8 +220,7 @@ def bench_parts(case, contenders, reps, dtype):
                 line[f"dense_{part}_tflops"] = round(useful / seconds[f"dense_{part}"] / 1e12, 3)
                 line[f"{part}_ratio"] = round(seconds[f"dense_{part}"] /
                                               seconds[f"{label}_{part}"], 3)
-        line.update(device=jax.devices()[0].device_kind, jax=jax.__version__,
-                    date=datetime.date.today().isoformat())
+        line.update(run_environment())
         print(json.dumps(line), flush=True)
 
 

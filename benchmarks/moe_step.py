@@ -20,7 +20,6 @@ the device's datasheet peak (``--peak-tflops``; known accelerators have a defaul
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import run_environment  # noqa: E402
 import moejax.kernels  # noqa: E402
 from moejax.model import ModelConfig, MoEConfig, build_model  # noqa: E402
 from moejax.model.accounting import training_flops_per_token  # noqa: E402
@@ -151,10 +151,7 @@ def main(argv=None):
             "moe_mfu": mfu(f"moe_{impl}", moe_seconds), "dense_mfu": mfu("dense", dense),
             "moe_step_s_all": [round(s, 3) for s in seconds[f"moe_{impl}"]],
             "dense_step_s_all": [round(s, 3) for s in seconds["dense"]],
-            "reps": args.reps, "device": device_kind,
-            "backend": jax.default_backend(), "jax": jax.__version__,
-            "date": datetime.date.today().isoformat(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
+            "reps": args.reps, **run_environment(),
         }), flush=True)
 
 

@@ -1,0 +1,17 @@
+"""What every benchmark line records about where it ran (imports JAX only when called, so
+scripts that set XLA_FLAGS first can import this at the top)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+
+def run_environment() -> dict:
+    """Backend, device kind, JAX version, date and the 1-minute load average (a shared machine's
+    load explains noisy figures)."""
+    import jax
+
+    return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "jax": jax.__version__, "date": datetime.date.today().isoformat(),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
