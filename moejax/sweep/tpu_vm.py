@@ -126,13 +126,17 @@ def sync_commands(vm: TpuVm, code_tarball: str, runs_tarball: str, root: str) ->
 
 
 def train_commands(vm: TpuVm, root: str, run: dict) -> list[list[str]]:
-    """Train one run on every worker (logs per worker), then copy the logs into the local run."""
+    """Train one run on every worker (logs per worker), then copy the logs into the local run,
+    and from worker 0 (which writes them) its metrics, validation losses and loss curve, so the
+    local report shows the run."""
     run_dir = f"{remote_root(vm, root)}/{run['run_id']}"
     here = _in_shell(run_dir)
     train = (f"cd {vm.remote_dir} && .venv/bin/moejax train --gin_file={here}/run.gin "
              f"--workdir={here} > {here}/train.worker{WORKER_ID}.log 2>&1")
     return [ssh_command(vm, train),
-            scp_command(vm, f"{vm.name}:{run_dir}/train.worker*.log", run["dir"] + "/")]
+            scp_command(vm, f"{vm.name}:{run_dir}/train.worker*.log", run["dir"] + "/"),
+            scp_command(vm, f"{vm.name}:{run_dir}/*.jsonl", run["dir"] + "/", worker="0"),
+            scp_command(vm, f"{vm.name}:{run_dir}/loss_curve.png", run["dir"] + "/", worker="0")]
 
 
 def evaluate_commands(vm: TpuVm, root: str) -> list[list[str]]:
@@ -190,9 +194,10 @@ def run_tpu_vm(root: str, manifest: dict, vm: TpuVm, *, dry_run: bool = False,
             continue
         log(f"[{index}/{len(manifest['runs'])}] {run['run_id']}: training on {vm.name}")
         start = time.time()
-        train, fetch_logs = train_commands(vm, root, run)
+        train, *fetch = train_commands(vm, root, run)
         exit_code = call(train)
-        call(fetch_logs)
+        for command in fetch:  # logs of every worker; metrics and curve of a run that got far
+            call(command)
         if dry_run:
             continue
         run["status"] = "done" if exit_code == 0 else "failed"

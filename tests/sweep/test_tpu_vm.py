@@ -50,7 +50,8 @@ def test_command_builders():
     assert create_commands(TpuVm(name="t1", zone="z"))[0][:6] == [
         "gcloud", "compute", "tpus", "tpu-vm", "create", "t1"]
     assert queued_state_command(vm)[-1] == "--format=value(state.state)"
-    train, logs = train_commands(vm, "/local/sweep", {"run_id": "r0", "dir": "/local/sweep/r0"})
+    train, logs, results, curve = train_commands(vm, "/local/sweep",
+                                                 {"run_id": "r0", "dir": "/local/sweep/r0"})
     assert train[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "t1"]
     assert "--worker=all" in train
     command = train[-1]
@@ -58,6 +59,9 @@ def test_command_builders():
                               "--gin_file=$HOME/moejax/sweep/r0/run.gin --workdir=$HOME/moejax/sweep/r0 ")
     assert "train.worker$(curl" in command  # one log per worker
     assert logs[4:7] == ["scp", "t1:moejax/sweep/r0/train.worker*.log", "/local/sweep/r0/"]
+    # the run's metrics, validation losses and curve (written by worker 0) for the local report
+    assert results[4:7] == ["scp", "t1:moejax/sweep/r0/*.jsonl", "/local/sweep/r0/"]
+    assert curve[5] == "t1:moejax/sweep/r0/loss_curve.png" and "--worker=0" in curve
 
 
 def test_tpu_vm_launcher_issues_the_expected_gcloud_calls(tmp_path, monkeypatch, capsys):
@@ -83,15 +87,15 @@ def test_tpu_vm_launcher_issues_the_expected_gcloud_calls(tmp_path, monkeypatch,
     assert verbs == ["compute tpus queued-resources create", "compute tpus queued-resources describe",
                      "compute tpus tpu-vm scp", "compute tpus tpu-vm scp",  # code, run configs
                      "compute tpus tpu-vm ssh", "compute tpus tpu-vm ssh",  # unpack, install
-                     "compute tpus tpu-vm ssh", "compute tpus tpu-vm scp",  # run 0 + its logs
-                     "compute tpus tpu-vm ssh", "compute tpus tpu-vm scp",  # run 1 + its logs
+                     "compute tpus tpu-vm ssh", *["compute tpus tpu-vm scp"] * 3,  # run 0, logs,
+                     "compute tpus tpu-vm ssh", *["compute tpus tpu-vm scp"] * 3,  # results, curve
                      "compute tpus tpu-vm ssh", "compute tpus tpu-vm scp"]  # eval + points
     assert all("--zone=us-central2-b" in c and "--project=p" in c for c in calls)
     assert calls[2][4].endswith("moejax-code.tgz") and calls[2][5] == "t1:moejax-code.tgz"
     assert "--worker=all" in calls[2] and "--worker=all" in calls[6]
     assert "bash launch/setup.sh" in calls[5][-1]
     assert "--gin_file=$HOME/moejax/sweep/tpu-000-num_experts2/run.gin" in calls[6][-1]
-    assert "--worker=0" in calls[10] and "launch/eval_sweep.sh" in calls[10][-1]
+    assert "--worker=0" in calls[14] and "launch/eval_sweep.sh" in calls[14][-1]
     manifest = json.loads((root / "manifest.json").read_text())
     assert [r["status"] for r in manifest["runs"]] == ["done", "failed"]
 
