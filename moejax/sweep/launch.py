@@ -140,8 +140,10 @@ def fit_and_report(grid: Grid, root: str, manifest: dict, points_path: str | Non
         if grid.fit_columns:
             args.append(f"--columns={grid.fit_columns}")
         code = moejax_main(args)
-        outcome["fit"] = os.path.join(root, "fit") if code == 0 else None
-        outcome["fit_error"] = None if code == 0 else f"moejax fit exited {code}"
+        # 0: converged; 1: fitted and reported, but the optimiser did not converge; else failed.
+        outcome["fit"] = os.path.join(root, "fit") if code in (0, 1) else None
+        outcome["fit_converged"] = code == 0
+        outcome["fit_error"] = None if code in (0, 1) else f"moejax fit exited {code}"
     from moejax.sweep.report import write_report
 
     outcome["report"] = write_report(root, manifest, outcome)

@@ -1,11 +1,15 @@
-"""The sweep report: a Markdown table of runs and one figure of every run's loss curve.
+"""The sweep report: a Markdown table of runs, one figure of every run's loss curve, and the
+fitted law with its plots.
 
 In: the sweep root, its manifest and what evaluation and the fit produced. Out:
-``<root>/report.md`` and ``<root>/loss_curves.png`` (both written atomically).
+``<root>/report.md`` and ``<root>/loss_curves.png`` (both written atomically); the fit's own
+plots (fitted vs observed, loss against compute with the compute-optimal frontier) are shown
+from ``<root>/fit/``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 from moejax.train.loop import last_validation
@@ -44,14 +48,45 @@ def _plot_curves(root: str, runs: list[dict]) -> str | None:
     return path
 
 
+def _short(knob: str) -> str:
+    return knob.split(".")[-1]
+
+
+def _fit_section(fit_dir: str, converged: bool | None) -> list[str]:
+    """The fitted law: parameters, error and the fit's plots (paths relative to the root)."""
+    path = os.path.join(fit_dir, "fit.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        fit = json.load(f)
+    state = "converged" if fit.get("converged", converged) else "did **not** converge"
+    lines = ["", f"## Fitted law: `{fit['law']}` ({state})", "",
+             f"{fit['n_train']} points; RMSE of ln L {fit['train_rmse']:.4g}. Details: "
+             "[`fit/report.md`](fit/report.md).", "", "| parameter | value |", "|---|---|"]
+    lines += [f"| {name} | {value:.6g} |" for name, value in fit["parameters"].items()]
+    plots = [("fitted_vs_observed.png", "fitted against observed loss"),
+             ("loss_vs_compute.png", "loss against training compute, with the fitted "
+              "compute-optimal frontier"),
+             ("iso_loss.png", "iso-loss contours of the fitted law")]
+    for name, caption in plots:
+        if os.path.exists(os.path.join(fit_dir, name)):
+            lines += ["", f"![{caption}](fit/{name})"]
+    return lines
+
+
 def write_report(root: str, manifest: dict, outcome: dict) -> str:
+    knobs = list(dict.fromkeys(k for run in manifest["runs"] for k in run.get("values", {})))
     lines = [f"# Sweep `{manifest['grid']}`", "",
-             "| run | status | " + "validation loss (mixture) |", "|---|---|---|"]
+             "| run | " + "".join(f"{_short(k)} | " for k in knobs)
+             + "status | minutes | validation loss (mixture) |",
+             "|---|" + "---|" * len(knobs) + "---|---|---|"]
     for run in manifest["runs"]:
         scores = last_validation(run["dir"])
         mixture = next(iter(scores.values()), None) if scores else None
         loss = f"{mixture:.4f}" if mixture is not None else "—"
-        lines.append(f"| {run['run_id']} | {run['status']} | {loss} |")
+        minutes = f"{run['seconds'] / 60:.1f}" if run.get("seconds") else "—"
+        values = "".join(f"{run.get('values', {}).get(k, '—')} | " for k in knobs)
+        lines.append(f"| {run['run_id']} | {values}{run['status']} | {minutes} | {loss} |")
     if manifest.get("dropped"):
         lines += ["", "Dropped by constraints:", ""]
         lines += [f"- {d['values']}: {d['reason']}" for d in manifest["dropped"]]
@@ -61,9 +96,9 @@ def write_report(root: str, manifest: dict, outcome: dict) -> str:
     if outcome.get("points"):
         lines += ["", f"Points: `{os.path.relpath(outcome['points'], root)}`."]
     if outcome.get("fit"):
-        lines += ["Fit: [`fit/report.md`](fit/report.md)."]
+        lines += _fit_section(outcome["fit"], outcome.get("fit_converged"))
     elif outcome.get("fit_error"):
-        lines += [f"Fit failed: {outcome['fit_error']}."]
+        lines += ["", f"Fit failed: {outcome['fit_error']}."]
     path = os.path.join(root, "report.md")
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
