@@ -173,7 +173,10 @@ def run_tpu_vm(root: str, manifest: dict, vm: TpuVm, *, dry_run: bool = False,
     staging = tempfile.mkdtemp(prefix="moejax-tpu-")
     code_tarball = os.path.join(staging, "moejax-code.tgz")
     runs_tarball = os.path.join(staging, "moejax-runs.tgz")
-    if not dry_run:
+    if dry_run:
+        log(f"# {code_tarball} (the repository) and {runs_tarball} (the run configs) are made "
+            "at run time and removed after the copy")
+    else:
         _tar(code_tarball, REPO)
         _tar(runs_tarball, root, [os.path.join(r["run_id"], "run.gin") for r in manifest["runs"]])
     if vm.create:  # (the tarballs are made first: a broken checkout fails before any cost)
