@@ -32,7 +32,7 @@ import functools
 import json
 import math
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp

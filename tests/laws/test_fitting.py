@@ -5,7 +5,6 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 import pytest
 
 from moejax.laws import FitInputError, FitResult, fit, get_law, predict

@@ -3,12 +3,9 @@
 import json
 import math
 
-import pytest
-
 from moejax.cli import main
 from moejax.model import accounting
 from moejax.plan.joint_moe import joint_moe_counts
-from moejax.plan.liew import Candidate
 from moejax.plan.recommend import (candidate_config, candidate_grid, gin_text,
                                    joint_moe_architecture, rank_by_liew)
 from moejax.train.cli import load_configs
