@@ -32,17 +32,14 @@ from moejax.kernels import metadata, operands
 from moejax.kernels.tiling import Tiling, fit_tile, round_up
 
 
-# Triton compiler parameters also select the Triton lowering (the default for a pallas_call
-# without them is Mosaic GPU).
-_TRITON = plgpu.CompilerParams(num_warps=4, num_stages=2)
-
 
 # Shared memory per block on Hopper (227 KiB; 163 KiB on A100), minus room for the epilogue.
 _SHARED_MEMORY_BYTES = 160 * 1024
 
 
 def _compiler_params(tiling: Tiling, stage_bytes: int):
-    """Triton parameters, pipelining no deeper than fits: each stage buffers one pair of tiles."""
+    """Triton parameters (they also select the Triton lowering; without them a pallas_call on GPU
+    is Mosaic GPU), pipelining no deeper than fits: each stage buffers one pair of tiles."""
     stages = max(1, min(tiling.num_stages, _SHARED_MEMORY_BYTES // max(stage_bytes, 1)))
     return plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=stages)
 

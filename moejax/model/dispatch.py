@@ -72,3 +72,13 @@ def combine(y_MD: jax.Array, sorted_dispatch: SortedDispatch, weights_TK: jax.Ar
     y_unsorted_MD = permute_rows(y_MD, sorted_dispatch.inverse_order_M, sorted_dispatch.order_M)
     y_TKD = y_unsorted_MD.reshape(num_tokens, top_k, -1).astype(jnp.float32)
     return jnp.einsum("tkd,tk->td", y_TKD, weights_TK.astype(jnp.float32))
+
+
+def sorted_experts_apply(x_TD: jax.Array, expert_ids_TK: jax.Array, weights_TK: jax.Array,
+                         num_experts: int, experts) -> jax.Array:
+    """Dropless routed experts of these tokens: sort their (token, choice) rows by expert, run
+    ``experts(x_MD, group_sizes_E)`` on the sorted rows, un-sort and combine. (T, D) float32."""
+    sorted_dispatch = sort_by_expert(expert_ids_TK, num_experts)
+    x_MD = dispatch(x_TD, sorted_dispatch, expert_ids_TK.shape[1])
+    y_MD = experts(x_MD, sorted_dispatch.group_sizes_E)
+    return combine(y_MD, sorted_dispatch, weights_TK)

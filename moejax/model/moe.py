@@ -88,11 +88,9 @@ def combine_group_stats(groups: list[GroupStats], assignments: list[float]) -> M
 # --- dispatch paths: (group, x_TD, routing, mask_T, capacity_factor) -> (y_TD, kept_TK) ---------
 
 def _dropless(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):
-    sorted_dispatch = dispatch.sort_by_expert(routing.expert_ids_TK, group.num_experts)
-    x_MD = dispatch.dispatch(x_TD, sorted_dispatch, group.top_k)
-    y_MD = group.experts(x_MD, sorted_dispatch.group_sizes_E)
-    kept_TK = jnp.broadcast_to(mask_T[:, None], routing.expert_ids_TK.shape)
-    return dispatch.combine(y_MD, sorted_dispatch, routing.weights_TK), kept_TK
+    y_TD = dispatch.sorted_experts_apply(x_TD, routing.expert_ids_TK, routing.weights_TK,
+                                         group.num_experts, group.experts)
+    return y_TD, jnp.broadcast_to(mask_T[:, None], routing.expert_ids_TK.shape)
 
 
 def _dropless_expert_parallel(group: "RoutedGroup", x_TD, routing, mask_T, capacity_factor):

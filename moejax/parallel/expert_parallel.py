@@ -460,11 +460,12 @@ def data_parallel_dropless(x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_EFD
         mask_T = jnp.ones((num_tokens,), jnp.float32)
 
     def body(x_TD, expert_ids_TK, weights_TK, w_in_EDF2, w_out_EFD, mask_T):
-        sorted_dispatch = dispatch.sort_by_expert(expert_ids_TK, w_in_EDF2.shape[0])
-        x_MD = dispatch.dispatch(x_TD, sorted_dispatch, top_k)
-        y_MD = swiglu_experts(x_MD, w_in_EDF2, w_out_EFD, sorted_dispatch.group_sizes_E,
-                              compute_dtype, gmm_impl=gmm_impl)
-        y_TD = dispatch.combine(y_MD, sorted_dispatch, weights_TK).astype(jnp.float32)
+        def experts(x_MD, group_sizes_E):
+            return swiglu_experts(x_MD, w_in_EDF2, w_out_EFD, group_sizes_E, compute_dtype,
+                                  gmm_impl=gmm_impl)
+
+        y_TD = dispatch.sorted_experts_apply(x_TD, expert_ids_TK, weights_TK,
+                                             w_in_EDF2.shape[0], experts)
         return y_TD, jnp.broadcast_to(mask_T[:, None] > 0, expert_ids_TK.shape)
 
     tokens, replicated = PartitionSpec(axes), PartitionSpec()

@@ -82,7 +82,8 @@ def is_derived(name: str) -> bool:
     return "." not in name
 
 
-def _short(name: str) -> str:
+def short_knob(name: str) -> str:
+    """'MoEConfig.top_k' -> 'top_k' (run ids, report columns)."""
     return name.split(".")[-1]
 
 
@@ -93,7 +94,7 @@ def _short_value(value: Any) -> str:
 def run_id(grid_name: str, index: int, values: dict) -> str:
     """'<grid>-<index>-<knob><value>_...' over the axis values (what constraints derive follows
     from them), filesystem-safe and stable for a given grid."""
-    parts = [f"{_short(k)}{_short_value(v)}" for k, v in values.items()]
+    parts = [f"{short_knob(k)}{_short_value(v)}" for k, v in values.items()]
     tail = re.sub(r"[^A-Za-z0-9.=_-]+", "", "_".join(parts))[:80]
     return f"{grid_name}-{index:03d}" + (f"-{tail}" if tail else "")
 

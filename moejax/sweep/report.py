@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from moejax.sweep.grid import short_knob
 from moejax.train.loop import last_validation
 from moejax.train.metrics import load_jsonl
 
@@ -48,10 +49,6 @@ def _plot_curves(root: str, runs: list[dict]) -> str | None:
     return path
 
 
-def _short(knob: str) -> str:
-    return knob.split(".")[-1]
-
-
 def _fit_section(fit_dir: str, converged: bool | None) -> list[str]:
     """The fitted law: parameters, error and the fit's plots (paths relative to the root)."""
     path = os.path.join(fit_dir, "fit.json")
@@ -77,7 +74,7 @@ def _fit_section(fit_dir: str, converged: bool | None) -> list[str]:
 def write_report(root: str, manifest: dict, outcome: dict) -> str:
     knobs = list(dict.fromkeys(k for run in manifest["runs"] for k in run.get("values", {})))
     lines = [f"# Sweep `{manifest['grid']}`", "",
-             "| run | " + "".join(f"{_short(k)} | " for k in knobs)
+             "| run | " + "".join(f"{short_knob(k)} | " for k in knobs)
              + "status | minutes | validation loss (mixture) |",
              "|---|" + "---|" * len(knobs) + "---|---|---|"]
     for run in manifest["runs"]:

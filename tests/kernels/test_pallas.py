@@ -45,7 +45,7 @@ def _probe_error(impl: str) -> str | None:
             result = call(jnp.zeros((1,), jnp.int32), jnp.ones((8, 128)))
         else:
             from jax.experimental.pallas import triton as plgpu
-            from moejax.kernels.pallas_gpu import _TRITON, _interpret
+            from moejax.kernels.pallas_gpu import _compiler_params, _interpret
 
             def kernel(x_ref, out_ref):
                 rows = pl.ds(pl.program_id(0) * 16, 16)
@@ -53,7 +53,8 @@ def _probe_error(impl: str) -> str | None:
                             mask=jnp.ones((16, 16), bool))
 
             call = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct((16, 16), jnp.float32),
-                                  grid=(1,), interpret=_interpret(), compiler_params=_TRITON)
+                                  grid=(1,), interpret=_interpret(),
+                                  compiler_params=_compiler_params(Tiling(), 0))
             result = call(jnp.ones((16, 16)))
         np.testing.assert_allclose(result, 2.0 if impl == "pallas_gpu" else 1.0)
     except Exception as error:  # noqa: BLE001 - any failure means: cannot run Pallas here
