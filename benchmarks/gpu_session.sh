@@ -3,6 +3,8 @@
 # preinstalled, no gin there: its wheel travels in .whl/). Writes logs and JSON lines to $OUT.
 #   bash benchmarks/gpu_session.sh tests tiles      # native kernel tests, then a tile sweep
 #   bash benchmarks/gpu_session.sh grid step        # the full gmm grid, then the MoE step
+#   bash benchmarks/gpu_session.sh mosaic           # the Hopper kernel vs the Triton one
+#     (MOSAIC_TILES="--tiling mosaic_gpu:128,64,256,1,4/64,128,128,1,3" adds tile contenders)
 set -u
 OUT=${OUT:-/tmp/moejax_gpu}; mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -48,6 +50,22 @@ for l in sys.stdin:
         2>>"$OUT/parts.err" | tee -a "$OUT/parts.jsonl" | python3 -c "import json,sys
 for l in sys.stdin:
     r=json.loads(l); print(r['case'], r['tiling'], 'fwd', r.get('fwd_ratio'), 'dlhs', r.get('dlhs_ratio'), 'drhs', r.get('drhs_ratio'), r['errors'])" ;;
+    mosaic)  # the Hopper kernel next to the Triton one: native tests, parts (E = 1 too), grid
+      timeout 300 python3 -m pytest tests/kernels/test_mosaic_gpu.py -q -p no:cacheprovider 2>&1 \
+        | tee "$OUT/mosaic_tests.log" | tail -8
+      for cases in "--full $(for c in $CASES; do echo --case $c; done)" \
+          "--shape 65536,1024,1024,1,1,balanced --shape 65536,4096,2048,1,1,balanced"; do
+        timeout 300 python3 benchmarks/gmm.py --parts --impl pallas_gpu --impl mosaic_gpu $cases \
+          --dtype bfloat16 --reps 10 ${MOSAIC_TILES:-} 2>>"$OUT/mosaic.err" \
+          | tee -a "$OUT/mosaic_parts.jsonl" | python3 -c "import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print(r['case'], r['impl'], r['tiling'], 'fwd', r.get('fwd_ratio'), 'dlhs', r.get('dlhs_ratio'), 'drhs', r.get('drhs_ratio'), r['errors'])"
+      done
+      timeout 400 python3 benchmarks/gmm.py --full --impl pallas_gpu --impl mosaic_gpu \
+        --dtype bfloat16 --reps 10 --ragged-reps 0 ${MOSAIC_TILES:-} 2>>"$OUT/mosaic.err" \
+        | tee -a "$OUT/mosaic_grid.jsonl" | python3 -c "import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print(r['case'], r['impl'], r['tiling'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['fwdbwd_tflops'], r['dense_fwdbwd_tflops'], r['errors'])" ;;
     grid)
       timeout 400 python3 benchmarks/gmm.py --full --dtype bfloat16 --reps 10 --ragged-reps 3 \
         --ragged-max-experts 128 ${GRID_ARGS:-} 2>>"$OUT/grid.err" | tee -a "$OUT/grid.jsonl" \

@@ -12,6 +12,9 @@ One call, ``gmm``, several implementations chosen by ``impl``:
 "pallas_tpu"   ``pallas_tpu.py``: Mosaic kernel, megablox-style grid with scalar-prefetched
                group metadata. Runs interpreted (slowly) on other backends.
 "pallas_gpu"   ``pallas_gpu.py``: Triton kernel. Runs interpreted (slowly) on other backends.
+"mosaic_gpu"   ``mosaic_gpu.py``: Hopper kernel (TMA + wgmma, persistent grid), bfloat16/float16
+               only. Lowered for CUDA and checked in the Mosaic GPU interpreter here; not yet
+               timed on a GPU, so "auto" does not pick it.
 "xla"          ``xla.py``: ``jax.lax.ragged_dot``, the reference (masked dense compute on CPU
                and, by default, GPU: correct but slow).
 "auto"         cpu -> "cpu", gpu -> "pallas_gpu", tpu -> "pallas_tpu".
@@ -38,7 +41,7 @@ import jax.numpy as jnp
 
 from moejax.kernels.tiling import Tiling, default_tiling
 
-IMPLEMENTATIONS = ("auto", "cpu", "pallas_tpu", "pallas_gpu", "xla")
+IMPLEMENTATIONS = ("auto", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "xla")
 AUTO_IMPL = {"cpu": "cpu", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
 
 __all__ = ["IMPLEMENTATIONS", "Tiling", "gmm", "resolve_impl", "tgmm"]
@@ -78,7 +81,8 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "
       lhs: (M, k) rows sorted by group id.
       rhs: (G, k, n) weights of groups group_offset .. group_offset+G-1 (G = E without offset).
       group_sizes: (E,) int rows per group, all groups; sum <= M (rows past the sum give zeros).
-      impl: "auto", "cpu", "pallas_tpu", "pallas_gpu" or "xla" (see the module docstring).
+      impl: "auto", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu" or "xla" (see the module
+        docstring).
       tiling: tile sizes; None takes the gin-configured default of the implementation.
       group_offset: scalar int (may be traced), first group this call owns; None = 0.
       preferred_element_type: output dtype (None: result type of lhs and rhs). Products always

@@ -166,3 +166,63 @@ def tile_visits(bounds: GroupBounds, num_rows: int, block_m: int) -> TileVisits:
     tile_V = first_tile_G[group_V] + (live_visit_V - visit_starts_G[group_V])
     tile_V = jnp.clip(tile_V, 0, tiles_m - 1)  # only matters when every group is empty
     return TileVisits(group_V, tile_V.astype(jnp.int32), num_live)
+
+
+class CoveringVisits(NamedTuple):
+    """Visits of a kernel that writes every output row itself (no zeroing pass after it).
+
+    The visits of ``tile_visits`` (group visits, group order), then one zero visit per row tile
+    that no local group touches. Visit v computes rows [own_start_V, own_end_V) of tile_V[v]
+    with group_V[v]'s weights and stores rows [store_start_V, store_end_V): its own rows as
+    products, the others as zeros. Store ranges partition rows 0 .. M-1 exactly; own ranges are
+    empty for zero visits. Live visits <= tiles_m + G - 1 (each tile has max(1, groups in it)).
+
+    Attributes:
+      group_V, tile_V: local group (any valid id for zero visits) and row tile of each visit.
+      own_start_V, own_end_V: rows whose values are products (global row ids).
+      store_start_V, store_end_V: rows this visit writes (global row ids).
+      num_live: visits that exist (group visits + zero visits); later ones do nothing.
+    """
+
+    group_V: jax.Array
+    tile_V: jax.Array
+    own_start_V: jax.Array
+    own_end_V: jax.Array
+    store_start_V: jax.Array
+    store_end_V: jax.Array
+    num_live: jax.Array
+
+
+def covering_visits(bounds: GroupBounds, num_rows: int, block_m: int) -> CoveringVisits:
+    """``tile_visits`` plus zero visits, with the row ranges each visit owns and stores.
+
+    The local groups' rows are one interval [lo, hi); the tiles it touches are t_lo .. t_hi-1
+    and every other tile gets a zero visit. Inside the touched tiles, the first group visit
+    also stores the rows below lo of its tile and the last one the rows from hi to its tile's
+    end (as zeros), so no row is left unwritten and none is written twice.
+    """
+    groups = tile_visits(bounds, num_rows, block_m)
+    tiles_m = -(-num_rows // block_m)
+    num_visits = groups.group_V.shape[0]
+    lo, hi = bounds.starts_G[0], bounds.ends_G[-1]
+    t_lo = jnp.where(hi > lo, lo // block_m, 0)
+    touched = jnp.where(hi > lo, (hi - 1) // block_m + 1 - t_lo, 0)
+    v_V = jnp.arange(num_visits, dtype=jnp.int32)
+    is_group_V = v_V < groups.num_live
+    zero_index_V = v_V - groups.num_live  # 0, 1, ... over the zero visits
+    zero_tile_V = jnp.where(zero_index_V < t_lo, zero_index_V, zero_index_V + touched)
+    tile_V = jnp.where(is_group_V, groups.tile_V, jnp.clip(zero_tile_V, 0, tiles_m - 1))
+    tile_start_V = tile_V * block_m
+    tile_end_V = jnp.minimum(tile_start_V + block_m, num_rows)
+    g_V = groups.group_V
+    own_start_V = jnp.clip(bounds.starts_G[g_V], tile_start_V, tile_end_V)
+    own_end_V = jnp.clip(bounds.ends_G[g_V], tile_start_V, tile_end_V)
+    own_end_V = jnp.where(is_group_V, own_end_V, own_start_V)
+    store_start_V = jnp.where(v_V == 0, tile_start_V, own_start_V)
+    store_end_V = jnp.where(v_V == groups.num_live - 1, tile_end_V, own_end_V)
+    store_start_V = jnp.where(is_group_V, store_start_V, tile_start_V)
+    store_end_V = jnp.where(is_group_V, store_end_V, tile_end_V)
+    num_live = groups.num_live + tiles_m - touched
+    return CoveringVisits(g_V, tile_V.astype(jnp.int32), own_start_V.astype(jnp.int32),
+                          own_end_V.astype(jnp.int32), store_start_V.astype(jnp.int32),
+                          store_end_V.astype(jnp.int32), num_live.astype(jnp.int32))

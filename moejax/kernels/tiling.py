@@ -23,7 +23,8 @@ class Tiling:
       block_n: output columns per tile; Pallas only.
       min_block_m: smallest row chunk of the "cpu" path: a group wastes < this many rows.
       num_warps: warps per program; "pallas_gpu" (Triton) only.
-      num_stages: software-pipelining depth of the k loop; "pallas_gpu" (Triton) only.
+      num_stages: software-pipelining depth of the k loop; "pallas_gpu" (Triton) and
+        "mosaic_gpu" (steps in flight) only.
       tgmm: tiles of the weight-gradient kernel when they should differ from the forward's
         ("pallas_gpu": there block_m is the contraction over a group's rows and block_k x
         block_n the output tile); None = the same tiles.
@@ -101,6 +102,29 @@ def pallas_gpu_tiling(block_m: int = 128, block_k: int = 64, block_n: int = 256,
                               num_stages=tgmm_num_stages))
 
 
+@gin.configurable
+def mosaic_gpu_tiling(block_m: int = 128, block_k: int = 64, block_n: int = 128,
+                      num_stages: int = 4, tgmm_block_m: int = 64, tgmm_block_k: int = 128,
+                      tgmm_block_n: int = 128, tgmm_num_stages: int = 3) -> Tiling:
+    """Hopper (Mosaic GPU) tiles: one warpgroup's wgmma accumulator of block_m x block_n in
+    float32 registers, block_k x 2 bytes = one 128-byte swizzle row. Not yet tuned on a GPU.
+
+    Args:
+      block_m: rows per tile (gmm), a multiple of 64 (wgmma's row count).
+      block_k: contraction per pipeline step (gmm), 64 for 16-bit operands.
+      block_n: output columns per tile (gmm), a multiple of 8, <= 256.
+      num_stages: k steps in flight (TMA copies ahead of the wgmma), >= 2.
+      tgmm_block_m: rows of a group per step of the weight gradient (its contraction).
+      tgmm_block_k: rows of the weight-gradient output tile (d_model side), a multiple of 64.
+      tgmm_block_n: columns of the weight-gradient output tile.
+      tgmm_num_stages: steps in flight of the weight gradient.
+    """
+    return Tiling(block_m=block_m, block_k=block_k, block_n=block_n, min_block_m=1,
+                  num_stages=num_stages,
+                  tgmm=Tiling(block_m=tgmm_block_m, block_k=tgmm_block_k,
+                              block_n=tgmm_block_n, min_block_m=1, num_stages=tgmm_num_stages))
+
+
 def default_tiling(impl: str) -> Tiling:
     """The gin-configured default tiles of one implementation ("xla" ignores tiling)."""
     if impl == "cpu":
@@ -109,6 +133,8 @@ def default_tiling(impl: str) -> Tiling:
         return pallas_tpu_tiling()
     if impl == "pallas_gpu":
         return pallas_gpu_tiling()
+    if impl == "mosaic_gpu":
+        return mosaic_gpu_tiling()
     return Tiling()
 
 

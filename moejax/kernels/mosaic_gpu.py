@@ -1,0 +1,221 @@
+"""The "mosaic_gpu" grouped matmul: Hopper (sm_90) kernels written with Pallas's Mosaic GPU back end.
+
+In/out as ``moejax.kernels.gmm`` / ``tgmm``; 16-bit operands (bfloat16 or float16), float32
+accumulation. Why a second GPU kernel: the Triton one ("pallas_gpu") reaches only 0.68-0.80 of
+cuBLAS even on a single group (benchmarks/RESULTS.md), because Triton-through-Pallas does not
+use Hopper's asynchronous tensor-core instructions. Here every tile is moved by TMA into swizzled
+shared memory and multiplied by ``wgmma`` on a warpgroup, with several k steps in flight
+(``plgpu.emit_pipeline``), in a persistent grid of one program per SM that walks the work list.
+
+gmm: the work list is (visit, n tile) pairs, visits from ``metadata.covering_visits``: one per
+(group, row tile) pair and one per row tile no local group touches. A visit computes its row
+tile with its group's weights (a zero visit computes nothing), keeps its own rows and zeroes the
+others, and stores rows [store_start, store_end) -- TMA stores need static shapes, so the rows
+go out as a ladder of power-of-two slices. Store ranges partition the rows, so the output needs
+no zeroing pass afterwards (the Triton kernel spends one). TMA clips loads and stores at the
+array edge, so m needs no padding (row stores are exact); a ragged k is zero-padded to whole
+tiles, and a ragged n gives a wider output that is sliced (stores of whole tiles only: the
+interpreter drops a partly out-of-bounds store where TMA would clip it).
+tgmm: the work list is (group, k tile, n tile) triples; each loops over the row tiles of its
+group (none for an empty group: zeros), with the rows of other groups zeroed in shared memory
+before the product, as in the Triton kernel's masked loads.
+
+Off a GPU the kernels run in JAX's Mosaic GPU interpreter, which simulates shared memory, TMA
+and barriers on CPU (``mosaic_gpu_interpret``; tests/kernels/test_mosaic_gpu.py), and they
+lower for CUDA through ``jax.export``. Whether they are faster than the Triton kernel is for a GPU to say.
+
+Letters: M rows, K contraction, N output columns, G local groups, V visits; tm, tk, tn tiles.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from moejax.kernels import metadata, mosaic_gpu_interpret
+from moejax.kernels.tiling import Tiling, round_up
+
+_HOPPER_SMS = 132  # H100/H200 SXM; the program count when no GPU is present to ask
+_DTYPES = (jnp.bfloat16, jnp.float16)
+_DETECT_RACES = False  # the interpreter's happens-before race detector (slow; tests switch it on)
+
+
+def _num_programs() -> int:
+    if jax.default_backend() == "gpu":
+        return int(getattr(jax.devices()[0], "core_count", _HOPPER_SMS) or _HOPPER_SMS)
+    return _HOPPER_SMS
+
+
+def _interpret():
+    """None on a GPU; elsewhere the Mosaic GPU interpreter's parameters (mosaic_gpu_interpret)."""
+    if jax.default_backend() == "gpu":
+        return None
+    return mosaic_gpu_interpret.params(detect_races=_DETECT_RACES)
+
+
+def _check_dtypes(*arrays):
+    for array in arrays:
+        if array.dtype not in _DTYPES:
+            raise NotImplementedError(
+                f"gmm impl 'mosaic_gpu' multiplies bfloat16 or float16 (wgmma); got "
+                f"{array.dtype}. Use impl='pallas_gpu' (Triton) for float32.")
+
+
+def _kernel(body, out_type):
+    return plgpu.kernel(body, out_type=out_type, grid=(_num_programs(),), grid_names=("sm",),
+                        compiler_params=plgpu.CompilerParams(
+                            lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+                        interpret=_interpret())
+
+
+def _store_rows(tile_smem, out_gmem, first_row, start, count, tm: int, cols):
+    """Store rows [start, start + count) of a (tm, tn) shared-memory tile to out rows
+    first_row + start ...: one TMA store per set bit of count (TMA shapes are static)."""
+    size = tm
+    while size >= 1:
+        @pl.when(count & size != 0)
+        def _(size=size, start=start):
+            plgpu.copy_smem_to_gmem(tile_smem.at[pl.ds(start, size)],
+                                    out_gmem.at[pl.ds(first_row + start, size), cols])
+        start = start + (count & size)
+        size //= 2
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
+def _rows_iota(shape, axis):
+    """Row (axis 0) or column index of each element, in the wgmma register layout. The layout
+    cast only places values; the interpreter has no rule for it and runs the plain iota."""
+    iota = jax.lax.broadcasted_iota(jnp.int32, shape, axis)
+    return plgpu.layout_cast(iota, plgpu.Layout.WGMMA) if _interpret() is None else iota
+
+
+def _pad_k(x, axis: int, tk: int):
+    k = x.shape[axis]
+    if k % tk == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, round_up(k, tk) - k)
+    return jnp.pad(x, widths)
+
+
+def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
+        group_offset: jax.Array, *, tiling: Tiling, out_dtype, transpose_rhs: bool = False
+        ) -> jax.Array:
+    """out[rows of local group g] = lhs[rows] @ rhs[g] (rhs[g].T if transpose_rhs); else 0."""
+    _check_dtypes(lhs_MK, rhs_GKN)
+    m, _ = lhs_MK.shape
+    num_groups = rhs_GKN.shape[0]
+    n = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
+    tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n
+    lhs = _pad_k(lhs_MK, 1, tk)
+    rhs = _pad_k(rhs_GKN.astype(lhs.dtype), 2 if transpose_rhs else 1, tk)
+    k_steps = lhs.shape[1] // tk
+    bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
+    visits = metadata.covering_visits(bounds, m, tm)
+    grid_n = pl.cdiv(n, tn)
+
+    def body(group_V, tile_V, own_start_V, own_end_V, store_start_V, store_end_V, live,
+             lhs_gmem, rhs_gmem, out_gmem):
+        @plgpu.nd_loop((live[0] * grid_n,), collective_axes="sm")
+        def _(loop):
+            v, j = loop.index[0] // grid_n, loop.index[0] % grid_n  # visit, n tile
+            tile, group = tile_V[v], group_V[v]
+            first_row = tile * tm
+            own_start, own_end = own_start_V[v] - first_row, own_end_V[v] - first_row
+
+            def accumulate(acc_ref):
+                @pl.when(own_end > own_start)  # zero visits multiply nothing
+                def _():
+                    def step(_, x_smem, w_smem):
+                        w = plgpu.transpose_ref(w_smem, (1, 0)) if transpose_rhs else w_smem
+                        plgpu.wgmma(acc_ref, x_smem, w)
+
+                    w_block = (tn, tk) if transpose_rhs else (tk, tn)
+                    plgpu.emit_pipeline(
+                        step, grid=(k_steps,),
+                        in_specs=[
+                            plgpu.BlockSpec((tm, tk), lambda kk: (tile, kk), delay_release=1),
+                            plgpu.BlockSpec(w_block, (lambda kk: (j, kk)) if transpose_rhs
+                                            else (lambda kk: (kk, j)), delay_release=1)],
+                        max_concurrent_steps=max(2, tiling.num_stages),
+                    )(lhs_gmem, rhs_gmem.at[group])
+                return acc_ref[...]
+
+            acc = pl.run_scoped(accumulate, plgpu.ACC((tm, tn)))
+            row = _rows_iota((tm, tn), 0)
+            acc = jnp.where((row >= own_start) & (row < own_end), acc, 0.0)
+
+            @functools.partial(pl.run_scoped, tile_smem=plgpu.SMEM((tm, tn), out_gmem.dtype))
+            def _(tile_smem):
+                tile_smem[...] = acc.astype(tile_smem.dtype)
+                plgpu.commit_smem()
+                start = store_start_V[v] - first_row
+                _store_rows(tile_smem, out_gmem, first_row, start, store_end_V[v] - first_row
+                            - start, tm, pl.ds(j * tn, tn))
+
+    out = _kernel(body, jax.ShapeDtypeStruct((m, grid_n * tn), out_dtype))(
+        visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
+        visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
+    return out[:, :n] if n % tn else out
+
+
+def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
+         group_offset: jax.Array, *, num_groups: int, tiling: Tiling, out_dtype) -> jax.Array:
+    """(G, K, N): out[g] = lhs[rows of local group g].T @ grad[those rows]; empty groups zero."""
+    _check_dtypes(lhs_MK, grad_MN)
+    m, k = lhs_MK.shape
+    n = grad_MN.shape[1]
+    tiling = tiling.tgmm or tiling
+    tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n  # tm: rows per step
+    bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
+    grid_k, grid_n = pl.cdiv(k, tk), pl.cdiv(n, tn)
+
+    def body(starts_G, ends_G, lhs_gmem, grad_gmem, out_gmem):
+        @plgpu.nd_loop((num_groups * grid_k * grid_n,), collective_axes="sm")
+        def _(loop):
+            index = loop.index[0]
+            g, i, j = index // (grid_k * grid_n), index // grid_n % grid_k, index % grid_n
+            start, end = starts_G[g], ends_G[g]
+            first_tile = start // tm
+            num_tiles = jnp.where(end > start, (end - 1) // tm + 1 - first_tile, 0)
+
+            def accumulate(acc_ref):
+                @pl.when(num_tiles > 0)  # an empty group's gradient stays zero
+                def _():
+                    def step(t, x_smem, dy_smem):
+                        # Zero the rows of other groups (and past M) on both sides: they may
+                        # hold NaN or inf, which a zero on the other side would not cancel.
+                        row_start = (first_tile + t[0]) * tm
+                        for ref, cols in ((x_smem, tk), (dy_smem, tn)):
+                            row = row_start + _rows_iota((tm, cols), 0)
+                            ref[...] = jnp.where((row >= start) & (row < end), ref[...],
+                                                 jnp.zeros((), ref.dtype))
+                        plgpu.commit_smem()
+                        plgpu.wgmma(acc_ref, plgpu.transpose_ref(x_smem, (1, 0)), dy_smem)
+                        plgpu.wgmma_wait(0)  # the masks above rewrite buffers in flight
+
+                    plgpu.emit_pipeline(
+                        step, grid=(num_tiles,),
+                        in_specs=[plgpu.BlockSpec((tm, tk), lambda t: (first_tile + t, i)),
+                                  plgpu.BlockSpec((tm, tn), lambda t: (first_tile + t, j))],
+                        max_concurrent_steps=max(2, tiling.num_stages),
+                    )(lhs_gmem, grad_gmem)
+                return acc_ref[...]
+
+            acc = pl.run_scoped(accumulate, plgpu.ACC((tk, tn)))
+
+            @functools.partial(pl.run_scoped, tile_smem=plgpu.SMEM((tk, tn), out_gmem.dtype))
+            def _(tile_smem):
+                tile_smem[...] = acc.astype(tile_smem.dtype)
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(
+                    tile_smem, out_gmem.at[g, pl.ds(i * tk, tk), pl.ds(j * tn, tn)])
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    out = _kernel(body, jax.ShapeDtypeStruct((num_groups, grid_k * tk, grid_n * tn), out_dtype))(
+        bounds.starts_G, bounds.ends_G, lhs_MK, grad_MN.astype(lhs_MK.dtype))
+    return out[:, :k, :n] if (k % tk or n % tn) else out

@@ -1,0 +1,115 @@
+"""The Hopper kernels ("mosaic_gpu") against ragged_dot, forward and both gradients.
+
+Off a GPU they run in JAX's Mosaic GPU interpreter, which simulates shared memory, TMA copies and
+barriers on CPU and fills fresh buffers and out-of-bounds reads with NaN (TMA would read zeros),
+so a row the kernel forgets to store, or a value from past an array's edge that reaches a
+result, fails the test (its wgmma reads transposed operands through
+``moejax.kernels.mosaic_gpu_interpret``). Tiles are ones the hardware accepts (multiples of 64), so m, k and n below are all ragged
+against them. The lowering test compiles nothing: ``jax.export`` lowers the kernels for CUDA
+through Mosaic GPU from this CPU-only machine. On a GPU the same tests run the real kernels.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from moejax.kernels import Tiling, gmm, tgmm
+from moejax.kernels import mosaic_gpu, mosaic_gpu_interpret
+from tests.kernels.reference import Problem, check_problem, problems
+
+TILING = Tiling(block_m=64, block_k=64, block_n=64, min_block_m=1, num_stages=2,
+                tgmm=Tiling(block_m=64, block_k=64, block_n=64, min_block_m=1, num_stages=2))
+
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "gpu" and not mosaic_gpu_interpret.AVAILABLE,
+    reason=f"this JAX ({jax.__version__}) has no Mosaic GPU interpreter and there is no GPU")
+
+CASES = [  # empty groups, rows past the sum (NaN there), offsets, > 1 row tile per group
+    Problem(m=150, k=72, n=40, group_sizes=(30, 0, 70, 20), num_local=4, offset=None,
+            dtype="bfloat16", out_dtype=None, seed=0),
+    Problem(m=130, k=64, n=96, group_sizes=(10, 45, 0, 60, 5), num_local=3, offset=1,
+            dtype="bfloat16", out_dtype="float32", seed=1),
+    Problem(m=40, k=9, n=17, group_sizes=(0, 40, 0), num_local=3, offset=None,
+            dtype="float16", out_dtype=None, seed=2),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_ragged_dot(case):
+    check_problem(CASES[case], "mosaic_gpu", TILING)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="the race detector is the interpreter's")
+def test_interpreter_finds_no_race(monkeypatch):
+    # Shared-memory buffers, TMA copies and barriers of the pipelines, happens-before checked.
+    monkeypatch.setattr(mosaic_gpu, "_DETECT_RACES", True)
+    check_problem(CASES[1], "mosaic_gpu", TILING)
+    assert not mosaic_gpu_interpret.races_found()
+
+
+def test_garbage_past_the_sum_and_an_all_foreign_block_stay_out():
+    # 200 rows, the local groups own 64..127: two whole row tiles get zero visits, and rows
+    # past the sum hold NaN and inf; outputs and gradients must be exact zeros there.
+    sizes = jnp.array([64, 30, 34, 10], jnp.int32)
+    rng = np.random.default_rng(3)
+    lhs = jnp.asarray(rng.standard_normal((200, 64)), jnp.bfloat16)
+    lhs = lhs.at[138:].set(jnp.nan).at[150].set(jnp.inf)
+    rhs = jnp.asarray(rng.standard_normal((2, 64, 64)), jnp.bfloat16)
+    out = gmm(lhs, rhs, sizes, impl="mosaic_gpu", tiling=TILING, group_offset=1)
+    grad = tgmm(lhs, jnp.ones((200, 64), jnp.bfloat16), sizes, num_groups=2, impl="mosaic_gpu",
+                tiling=TILING, group_offset=1)
+    out = np.asarray(out, np.float32)
+    assert not out[:64].any() and not out[128:].any()
+    want = np.asarray(lhs[64:128], np.float32)
+    w = np.asarray(rhs, np.float32)
+    np.testing.assert_allclose(out[64:94], want[:30] @ w[0], rtol=3e-2, atol=0.5)
+    np.testing.assert_allclose(out[94:128], want[30:] @ w[1], rtol=3e-2, atol=0.5)
+    grad = np.asarray(grad, np.float32)
+    np.testing.assert_allclose(grad[0], want[:30].T @ np.ones((30, 64)), rtol=3e-2, atol=0.5)
+    np.testing.assert_allclose(grad[1], want[30:].T @ np.ones((34, 64)), rtol=3e-2, atol=0.5)
+
+
+def test_random_problems():
+    @settings(max_examples=6, deadline=None, derandomize=True)
+    @given(problems(max_m=140, max_dim=80, max_groups=5, dtypes=("bfloat16",)))
+    def check(problem):
+        check_problem(problem, "mosaic_gpu", TILING)
+
+    check()
+
+
+def test_float32_is_refused_with_the_alternative_named():
+    with pytest.raises(NotImplementedError, match="pallas_gpu"):
+        gmm(jnp.zeros((8, 64)), jnp.zeros((1, 64, 64)), jnp.array([8]), impl="mosaic_gpu")
+
+
+def test_kernels_lower_for_cuda(monkeypatch):
+    from jax import export
+
+    monkeypatch.setattr(mosaic_gpu, "_interpret", lambda: None)  # the real kernel
+    tiling = Tiling(block_m=128, block_k=64, block_n=128, min_block_m=1, num_stages=4,
+                    tgmm=Tiling(block_m=64, block_k=128, block_n=128, min_block_m=1,
+                                num_stages=3))
+    lhs = jax.ShapeDtypeStruct((1000, 512), jnp.bfloat16)
+    rhs = jax.ShapeDtypeStruct((4, 512, 384), jnp.bfloat16)
+    sizes = jax.ShapeDtypeStruct((8,), jnp.int32)
+
+    def lower(fn, *args):
+        exported = export.export(jax.jit(fn), platforms=["cuda"])(*args)
+        assert "mosaic_gpu" in exported.mlir_module()  # a Mosaic GPU custom call, not XLA's
+        return exported
+
+    offset = jnp.int32(2)
+    out = lower(lambda x, w, s: mosaic_gpu.gmm(x, w, s, offset, tiling=tiling,
+                                               out_dtype=jnp.bfloat16), lhs, rhs, sizes)
+    assert out.out_avals[0].shape == (1000, 384)
+    d_lhs = lower(lambda dy, w, s: mosaic_gpu.gmm(dy, w, s, offset, tiling=tiling,
+                                                  out_dtype=jnp.bfloat16, transpose_rhs=True),
+                  jax.ShapeDtypeStruct((1000, 384), jnp.bfloat16), rhs, sizes)
+    assert d_lhs.out_avals[0].shape == (1000, 512)
+    d_rhs = lower(lambda x, dy, s: mosaic_gpu.tgmm(x, dy, s, offset, num_groups=4, tiling=tiling,
+                                                   out_dtype=jnp.bfloat16),
+                  lhs, jax.ShapeDtypeStruct((1000, 384), jnp.bfloat16), sizes)
+    assert d_rhs.out_avals[0].shape == (4, 512, 384)
