@@ -199,30 +199,36 @@ def covering_visits(bounds: GroupBounds, num_rows: int, block_m: int) -> Coverin
     The local groups' rows are one interval [lo, hi); the tiles it touches are t_lo .. t_hi-1
     and every other tile gets a zero visit. Inside the touched tiles, the first group visit
     also stores the rows below lo of its tile and the last one the rows from hi to its tile's
-    end (as zeros), so no row is left unwritten and none is written twice.
+    end (as zeros), so no row is left unwritten and none is written twice. Dead visits repeat
+    the last live visit's tile and group (a kernel that maps them to blocks moves no data)
+    with empty ranges.
     """
     groups = tile_visits(bounds, num_rows, block_m)
     tiles_m = -(-num_rows // block_m)
-    num_visits = groups.group_V.shape[0]
     lo, hi = bounds.starts_G[0], bounds.ends_G[-1]
     t_lo = jnp.where(hi > lo, lo // block_m, 0)
     touched = jnp.where(hi > lo, (hi - 1) // block_m + 1 - t_lo, 0)
-    v_V = jnp.arange(num_visits, dtype=jnp.int32)
+    num_live = (groups.num_live + tiles_m - touched).astype(jnp.int32)
+    v_V = jnp.arange(groups.group_V.shape[0], dtype=jnp.int32)
+    live_V = v_V < num_live
+    v_V = jnp.minimum(v_V, num_live - 1)  # dead visits: the last live one (num_live >= 1)
     is_group_V = v_V < groups.num_live
     zero_index_V = v_V - groups.num_live  # 0, 1, ... over the zero visits
     zero_tile_V = jnp.where(zero_index_V < t_lo, zero_index_V, zero_index_V + touched)
-    tile_V = jnp.where(is_group_V, groups.tile_V, jnp.clip(zero_tile_V, 0, tiles_m - 1))
+    tile_V = jnp.where(is_group_V, groups.tile_V[v_V], zero_tile_V)
+    group_V = groups.group_V[v_V]
     tile_start_V = tile_V * block_m
     tile_end_V = jnp.minimum(tile_start_V + block_m, num_rows)
-    g_V = groups.group_V
-    own_start_V = jnp.clip(bounds.starts_G[g_V], tile_start_V, tile_end_V)
-    own_end_V = jnp.clip(bounds.ends_G[g_V], tile_start_V, tile_end_V)
-    own_end_V = jnp.where(is_group_V, own_end_V, own_start_V)
-    store_start_V = jnp.where(v_V == 0, tile_start_V, own_start_V)
-    store_end_V = jnp.where(v_V == groups.num_live - 1, tile_end_V, own_end_V)
+    own_start_V = jnp.clip(bounds.starts_G[group_V], tile_start_V, tile_end_V)
+    own_end_V = jnp.clip(bounds.ends_G[group_V], tile_start_V, tile_end_V)
+    store_start_V = jnp.where(v_V == 0, tile_start_V, own_start_V)  # the first group visit
+    store_end_V = jnp.where(v_V == groups.num_live - 1, tile_end_V, own_end_V)  # the last
     store_start_V = jnp.where(is_group_V, store_start_V, tile_start_V)
-    store_end_V = jnp.where(is_group_V, store_end_V, tile_end_V)
-    num_live = groups.num_live + tiles_m - touched
-    return CoveringVisits(g_V, tile_V.astype(jnp.int32), own_start_V.astype(jnp.int32),
+    store_end_V = jnp.where(live_V, jnp.where(is_group_V, store_end_V, tile_end_V),
+                            store_start_V)
+    computes_V = is_group_V & live_V  # zero and dead visits own no rows
+    own_start_V = jnp.where(computes_V, own_start_V, store_start_V)
+    own_end_V = jnp.where(computes_V, own_end_V, store_start_V)
+    return CoveringVisits(group_V, tile_V.astype(jnp.int32), own_start_V.astype(jnp.int32),
                           own_end_V.astype(jnp.int32), store_start_V.astype(jnp.int32),
-                          store_end_V.astype(jnp.int32), num_live.astype(jnp.int32))
+                          store_end_V.astype(jnp.int32), num_live)

@@ -2,7 +2,8 @@
 
 In: gmm's operands (lhs (M, K), rhs (G, K, N) or (G, N, K), group sizes and offset) and the
 backend's tile sizes. Out: operands zero-padded to whole tiles with the group bounds and the
-per-visit metadata the kernel grid walks, and the mask that zeroes rows no local group owns.
+per-visit metadata the kernel grid walks (``metadata.covering_visits``: the kernel itself
+stores every output row, zeros where no local group owns it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class GmmOperands(NamedTuple):
     tiles: tuple[int, int, int]  # (tm, tk, tn)
     padded: tuple[int, int, int]  # (m_pad, k_pad, n_pad)
     bounds: metadata.GroupBounds
-    visits: metadata.TileVisits
+    visits: metadata.CoveringVisits
 
 
 def pad2(x: jax.Array, rows: int, cols: int) -> jax.Array:
@@ -44,12 +45,4 @@ def gmm_operands(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array
     return GmmOperands(pad2(lhs_MK, m_pad, k_pad),
                        jax.vmap(lambda w: pad2(w, *rhs_shape))(rhs_GKN),
                        (tm, tk, tn), (m_pad, k_pad, n_pad), bounds,
-                       metadata.tile_visits(bounds, m_pad, tm))
-
-
-def zero_unowned_rows(out_MN: jax.Array, bounds: metadata.GroupBounds) -> jax.Array:
-    """Rows no visit wrote (other experts' rows, rows past the group-size sum) become zero;
-    local groups are consecutive rows, so ownership is one interval."""
-    row_M = jnp.arange(out_MN.shape[0])
-    owned_M = (row_M >= bounds.starts_G[0]) & (row_M < bounds.ends_G[-1])
-    return jnp.where(owned_M[:, None], out_MN, 0)
+                       metadata.covering_visits(bounds, m_pad, tm))

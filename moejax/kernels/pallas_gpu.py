@@ -1,19 +1,21 @@
 """The "pallas_gpu" grouped matmul: a Triton kernel written with Pallas.
 
 In/out as ``moejax.kernels.gmm`` / ``tgmm``. Triton has no scalar prefetch, so the visit table
-(``metadata.tile_visits``: one visit per (group, row tile) pair) is an ordinary input that each
-program reads a few scalars from, and loads use dynamic offsets into whole-array refs.
+(``metadata.covering_visits``: one visit per (group, row tile) pair, one per row tile no local
+group touches) is an ordinary input that each program reads a few scalars from, and loads use
+dynamic offsets into whole-array refs.
 
 gmm: grid (n tiles, visits). Program (j, v) computes the (block_m, block_n) output tile of
-visit v's row tile with its group's weights, looping over k, and stores only that group's rows
-(masked store): visits of one tile write disjoint rows, so they may run in any order.
+visit v's row tile with its group's weights, looping over k, and stores its store range
+(masked store): the group's rows as products, rows no local group owns as zeros. Store ranges
+partition the rows, so visits may run in any order and no zeroing pass follows the kernel.
 tgmm: grid (n tiles, k tiles, G). Program (j, i, g) loops over the row tiles of group g (none
 for an empty group, whose gradient block is then stored as zeros) and sums lhs_tile.T @ grad_tile
 over that group's rows; rows of other groups are masked out at the load.
 
 On a backend other than GPU the kernels run in Pallas's interpreter (correct, slow), which is
 how the test suite checks them on CPU. m, k and n are zero-padded to whole tiles in the wrapper,
-so every load is in bounds; rows no local group owns are zeroed by a select after the kernel.
+so every load is in bounds.
 Tiles (``tiling.pallas_gpu_tiling``) were tuned on an H100; speeds are in benchmarks/RESULTS.md.
 
 Letters: M rows, K contraction, N output columns, G local groups, V visits; tm, tk, tn tiles.
@@ -64,12 +66,14 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
         lhs_MK, rhs_GKN, group_sizes_E, group_offset, functools.partial(_tiles, tiling),
         transpose_rhs)
 
-    def kernel(group_V, tile_V, starts_G, ends_G, live, lhs_ref, rhs_ref, out_ref):
+    def kernel(group_V, tile_V, own_start_V, own_end_V, store_start_V, store_end_V, live,
+               lhs_ref, rhs_ref, out_ref):
         j, v = pl.program_id(0), pl.program_id(1)  # n tile, visit
 
         @pl.when(v < live[0])  # dead visits (past the live count) do nothing
         def _():
             group, tile = group_V[v], tile_V[v]
+            own_start, own_end = own_start_V[v], own_end_V[v]
             rows = pl.ds(tile * tm, tm)  # the visit's row tile
             cols = pl.ds(j * tn, tn)  # this program's output columns
 
@@ -82,11 +86,14 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
                 w = rhs_ref[group, pl.ds(kk * tk, tk), cols]
                 return acc + jnp.dot(x, w, preferred_element_type=jnp.float32)
 
-            acc = jax.lax.fori_loop(0, k_pad // tk, k_step, jnp.zeros((tm, tn), jnp.float32))
-            # Global row of each output element; store only the rows of this visit's group.
+            k_steps = jnp.where(own_end > own_start, k_pad // tk, 0)  # zero visits: none
+            acc = jax.lax.fori_loop(0, k_steps, k_step, jnp.zeros((tm, tn), jnp.float32))
+            # Global row of each output element: the group's rows get products, the other
+            # rows of the visit's store range zeros (rows no local group owns).
             row = tile * tm + jax.lax.broadcasted_iota(jnp.int32, (tm, tn), 0)
-            own = (row >= starts_G[group]) & (row < ends_G[group])
-            plgpu.store(out_ref.at[rows, cols], acc.astype(out_ref.dtype), mask=own)
+            value = jnp.where((row >= own_start) & (row < own_end), acc, 0.0)
+            stored = (row >= store_start_V[v]) & (row < store_end_V[v])
+            plgpu.store(out_ref.at[rows, cols], value.astype(out_ref.dtype), mask=stored)
 
     out = pl.pallas_call(
         kernel,
@@ -95,9 +102,9 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
         interpret=_interpret(),
         compiler_params=_compiler_params(tiling, (tm * tk + tk * tn) * lhs.dtype.itemsize),
         name="moejax_gmm_gpu",
-    )(visits.group_V, visits.tile_V, bounds.starts_G, bounds.ends_G,
-      visits.num_live.reshape(1), lhs, rhs)[:m, :n]
-    return operands.zero_unowned_rows(out, bounds).astype(out_dtype)
+    )(visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
+      visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
+    return out[:m, :n] if (m, n) != (m_pad, n_pad) else out
 
 
 def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,

@@ -1,15 +1,16 @@
 """The "pallas_tpu" grouped matmul: a Mosaic kernel in the style of jax's megablox.
 
 In/out as ``moejax.kernels.gmm`` / ``tgmm``. Rows are cut into fixed tiles of block_m rows; a
-tile holding rows of several groups is visited once per group (``metadata.tile_visits``), and a
-visit keeps only its group's rows, so the grid is (n tiles, tiles_m + G - 1 visits, k tiles).
+tile holding rows of several groups is visited once per group (``metadata.covering_visits``), and
+a visit keeps only its group's rows, so the grid is (n tiles, tiles_m + G - 1 visits, k tiles).
 The visit table is scalar-prefetched into SMEM so the BlockSpec index maps can pick, per grid
 step, which lhs row tile and which expert's weights to DMA into VMEM.
 
 On a backend other than TPU the kernel runs in Pallas's TPU interpreter (correct, slow), which
 is how the test suite checks it on CPU. Simplifications, each a possible speed-up later:
 m, k and n are zero-padded to whole tiles in the wrapper (megablox masks the ragged k tile
-in-kernel instead); rows that no local group owns are zeroed by a select after the kernel.
+in-kernel instead). Every output row is stored by the kernel (``metadata.covering_visits``:
+tiles no local group touches get a zero visit), so no zeroing pass follows it.
 
 Letters: M rows, K contraction, N output columns, G local groups, V visits; tm, tk, tn tiles.
 """
@@ -52,24 +53,25 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     tiles_k = k_pad // tk
 
     # Index maps get the grid indices (n tile, visit, k tile), then the prefetched scalars.
-    def lhs_index(j, v, kk, group_V, tile_V, starts_G, ends_G, live):
+    def lhs_index(j, v, kk, group_V, tile_V, *_):
         return tile_V[v], kk  # row tile of visit v, k tile kk
 
-    def rhs_index(j, v, kk, group_V, tile_V, starts_G, ends_G, live):
+    def rhs_index(j, v, kk, group_V, tile_V, *_):
         # Weights of the visit's group; (n, k) blocks when rhs is stored transposed.
         return (group_V[v], j, kk) if transpose_rhs else (group_V[v], kk, j)
 
-    def out_index(j, v, kk, group_V, tile_V, starts_G, ends_G, live):
+    def out_index(j, v, kk, group_V, tile_V, *_):
         return tile_V[v], j  # consecutive visits of one tile keep this block in VMEM
 
-    def kernel(group_V, tile_V, starts_G, ends_G, live, lhs_ref, rhs_ref, out_ref, acc_ref):
+    def kernel(group_V, tile_V, own_start_V, own_end_V, store_start_V, store_end_V, live,
+               lhs_ref, rhs_ref, out_ref, acc_ref):
         v, kk = pl.program_id(1), pl.program_id(2)
 
         @pl.when(kk == 0)
         def _():
             acc_ref[...] = jnp.zeros_like(acc_ref)
 
-        @pl.when(v < live[0])  # dead visits (past the live count) compute nothing
+        @pl.when(own_end_V[v] > own_start_V[v])  # zero and dead visits compute nothing
         def _():
             contract = 1 if transpose_rhs else 0
             acc_ref[...] += jax.lax.dot_general(
@@ -78,20 +80,20 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
 
         @pl.when(kk == tiles_k - 1)
         def _():
-            group = group_V[v]
-            # Global row of each element of the tile; keep the rows of this visit's group and
-            # leave the others to the visits of their own groups.
+            # Global row of each element of the tile: the visit's own rows get products, the
+            # rest of its store range zeros, and rows other visits store are left alone.
             row = tile_V[v] * tm + jax.lax.broadcasted_iota(jnp.int32, (tm, tn), 0)
-            own = (row >= starts_G[group]) & (row < ends_G[group]) & (v < live[0])
-            out_ref[...] = jnp.where(own, acc_ref[...], out_ref[...].astype(jnp.float32)
-                                     ).astype(out_ref.dtype)
+            own = (row >= own_start_V[v]) & (row < own_end_V[v])
+            stored = (row >= store_start_V[v]) & (row < store_end_V[v])
+            kept = jnp.where(stored, 0.0, out_ref[...].astype(jnp.float32))
+            out_ref[...] = jnp.where(own, acc_ref[...], kept).astype(out_ref.dtype)
 
     rhs_block = (None, tn, tk) if transpose_rhs else (None, tk, tn)
     call = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((m_pad, n_pad), out_dtype),
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=5,
+            num_scalar_prefetch=7,
             grid=(n_pad // tn, visits.group_V.shape[0], tiles_k),
             in_specs=[pl.BlockSpec((tm, tk), lhs_index), pl.BlockSpec(rhs_block, rhs_index)],
             out_specs=pl.BlockSpec((tm, tn), out_index),
@@ -102,9 +104,9 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
         interpret=_interpret(),
         name="moejax_gmm",
     )
-    out = call(visits.group_V, visits.tile_V, bounds.starts_G, bounds.ends_G,
-               visits.num_live.reshape(1), lhs, rhs)[:m, :n]
-    return operands.zero_unowned_rows(out, bounds).astype(out_dtype)
+    out = call(visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
+               visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
+    return out[:m, :n] if (m, n) != (m_pad, n_pad) else out
 
 
 def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,

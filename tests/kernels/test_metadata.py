@@ -84,3 +84,50 @@ def test_tile_visits_with_offset_and_all_empty():
     np.testing.assert_array_equal(visits.tile_V[:4], [1, 2, 2, 3])
     empty = metadata.tile_visits(_bounds([0, 0]), 8, block_m=4)
     assert int(empty.num_live) == 0 and np.all(np.asarray(empty.tile_V) < 2)
+
+
+def test_covering_visits_hand_built():
+    # 40 rows in tiles of 8; local groups 1..2 own rows 10..29 (group 1: 10..13, group 2:
+    # 14..29). Tiles 0 and 4 hold no local row: zero visits. Tile 1 has rows 8..9 of another
+    # expert (zeros, stored by the first group visit) and rows 10..13 and 14..15.
+    visits = metadata.covering_visits(_bounds([10, 4, 16, 10], offset=1, num_local=2), 40, 8)
+    n = int(visits.num_live)
+    got = [tuple(int(a[v]) for a in visits[:6]) for v in range(n)]
+    assert got == [  # group, tile, own rows, stored rows
+        (0, 1, 10, 14, 8, 14), (1, 1, 14, 16, 14, 16), (1, 2, 16, 24, 16, 24),
+        (1, 3, 24, 30, 24, 32),  # the last group visit stores rows 30, 31 as zeros
+        (1, 0, 0, 0, 0, 8), (1, 4, 32, 32, 32, 40)]  # zero visits: own nothing
+    assert visits.group_V.shape[0] == 5 + 2 - 1  # tiles_m + G - 1 (static)
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_covering_visits_store_every_row_once(seed):
+    rng = np.random.default_rng(seed)
+    num_groups, rows, block = int(rng.integers(1, 7)), int(rng.integers(1, 60)), int(
+        rng.choice([1, 2, 4, 8, 16]))
+    sizes = rng.integers(0, 12, num_groups) * (rng.random(num_groups) < 0.7)
+    while sizes.sum() > rows:
+        sizes = sizes // 2
+    num_local = int(rng.integers(1, num_groups + 1))
+    offset = int(rng.integers(0, num_groups - num_local + 1))
+    visits = metadata.covering_visits(_bounds(sizes, offset, num_local), rows, block)
+    live = int(visits.num_live)
+    assert live <= -(-rows // block) + num_local - 1
+    group, tile, own_start, own_end, store_start, store_end = (np.asarray(a) for a in visits[:6])
+    stored, owner = np.zeros(rows, int), np.full(rows, -1)
+    for v in range(live):
+        assert tile[v] * block <= store_start[v] <= store_end[v] <= min((tile[v] + 1) * block,
+                                                                          rows)
+        assert own_start[v] == own_end[v] or store_start[v] <= own_start[v] <= own_end[
+            v] <= store_end[v]
+        stored[store_start[v]:store_end[v]] += 1
+        owner[own_start[v]:own_end[v]] = group[v]
+    assert (stored == 1).all()  # a partition of the rows
+    want = np.full(rows, -1)
+    starts = np.cumsum(sizes) - sizes
+    for g in range(num_local):
+        want[starts[offset + g]:starts[offset + g] + sizes[offset + g]] = g
+    np.testing.assert_array_equal(owner, want)
+    for v in range(live, group.shape[0]):  # dead visits: the last live block, empty ranges
+        assert (tile[v], group[v]) == (tile[live - 1], group[live - 1])
+        assert store_start[v] == store_end[v] and own_start[v] == own_end[v]
