@@ -235,6 +235,10 @@ def validate_model_config(config: ModelConfig) -> ModelConfig:
     )
     if c.moe is not None:
         validate_moe_config(c.moe)
+        _require(c.moe.gmm_impl != "mosaic_gpu" or c.compute_dtype != "float32",
+                 "MoEConfig.gmm_impl", c.moe.gmm_impl,
+                 "'mosaic_gpu' multiplies 16-bit operands: set ModelConfig.compute_dtype = "
+                 "'bfloat16', or use gmm_impl = 'pallas_gpu' for float32")
         _require(
             len(moe_layer_indices(c)) > 0,
             "ModelConfig.first_dense_layers",

@@ -221,3 +221,30 @@ def test_tokens_per_expert_counts_real_tokens_only():
 def test_expert_choice_warns_about_future_leak():
     with pytest.warns(UserWarning, match="leaks future tokens"):
         MoEFeedForward(D, CASES["expert_choice"], n_layers=2, init_std=0.5, rngs=nnx.Rngs(0))
+
+
+def test_moe_layer_on_the_hopper_kernel_matches_ragged_dot_in_bfloat16():
+    # gmm_impl="mosaic_gpu" (the Mosaic GPU interpreter off a GPU) against "xla" (ragged_dot),
+    # both with bfloat16 compute: outputs and every gradient within bfloat16 rounding.
+    outputs = {}
+    x_BTD = jax.random.normal(jax.random.key(1), (2, 5, D))
+    mask = jnp.ones((2, 5), bool)
+    probe = jax.random.normal(jax.random.key(2), x_BTD.shape)
+    for impl in ("xla", "mosaic_gpu"):
+        moe = MoEConfig(num_experts=4, top_k=2, d_expert=6, gmm_impl=impl)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layer = MoEFeedForward(D, moe, n_layers=2, init_std=0.5,
+                                   compute_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+        graphdef, params, buffers = nnx.split(layer, nnx.Param, BalancingBias)
+
+        def loss(params, x, graphdef=graphdef, buffers=buffers):
+            y = nnx.merge(graphdef, params, buffers)(x, mask, train=True)[0]
+            return jnp.sum(y.astype(jnp.float32) * probe), y
+
+        (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+            params, x_BTD)
+        outputs[impl] = [y, *jax.tree.leaves(grads)]
+    for got, want in zip(outputs["mosaic_gpu"], outputs["xla"]):
+        got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+        np.testing.assert_allclose(got, want, rtol=0, atol=3e-2 * (1 + np.abs(want).max()))
