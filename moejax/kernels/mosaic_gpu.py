@@ -17,8 +17,9 @@ array edge, so m needs no padding (row stores are exact); a ragged k is zero-pad
 tiles, and a ragged n gives a wider output that is sliced (stores of whole tiles only: the
 interpreter drops a partly out-of-bounds store where TMA would clip it).
 tgmm: the work list is (group, k tile, n tile) triples; each loops over the row tiles of its
-group (none for an empty group: zeros), with the rows of other groups zeroed in shared memory
-before the product, as in the Triton kernel's masked loads.
+group (none for an empty group: zeros); in the two tiles that straddle the group's edges the
+rows of other groups are zeroed in shared memory before the product (the Triton kernel masks
+at the load instead).
 
 Off a GPU the kernels run in JAX's Mosaic GPU interpreter, which simulates shared memory, TMA
 and barriers on CPU (``mosaic_gpu_interpret``; tests/kernels/test_mosaic_gpu.py), and they
@@ -187,21 +188,28 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
                 @pl.when(num_tiles > 0)  # an empty group's gradient stays zero
                 def _():
                     def step(t, x_smem, dy_smem):
-                        # Zero the rows of other groups (and past M) on both sides: they may
-                        # hold NaN or inf, which a zero on the other side would not cancel.
                         row_start = (first_tile + t[0]) * tm
-                        for ref, cols in ((x_smem, tk), (dy_smem, tn)):
-                            row = row_start + _rows_iota((tm, cols), 0)
-                            ref[...] = jnp.where((row >= start) & (row < end), ref[...],
-                                                 jnp.zeros((), ref.dtype))
-                        plgpu.commit_smem()
+
+                        # A tile that straddles the group's edge (its first and last): zero the
+                        # rows of other groups (and past M) on both sides -- they may hold NaN
+                        # or inf, which a zero on the other side would not cancel. The previous
+                        # step's wgmma reads another buffer (delay_release), so this is safe.
+                        @pl.when((row_start < start) | (row_start + tm > end))
+                        def _():
+                            for ref, cols in ((x_smem, tk), (dy_smem, tn)):
+                                row = row_start + _rows_iota((tm, cols), 0)
+                                ref[...] = jnp.where((row >= start) & (row < end), ref[...],
+                                                     jnp.zeros((), ref.dtype))
+                            plgpu.commit_smem()
+
                         plgpu.wgmma(acc_ref, plgpu.transpose_ref(x_smem, (1, 0)), dy_smem)
-                        plgpu.wgmma_wait(0)  # the masks above rewrite buffers in flight
 
                     plgpu.emit_pipeline(
                         step, grid=(num_tiles,),
-                        in_specs=[plgpu.BlockSpec((tm, tk), lambda t: (first_tile + t, i)),
-                                  plgpu.BlockSpec((tm, tn), lambda t: (first_tile + t, j))],
+                        in_specs=[plgpu.BlockSpec((tm, tk), lambda t: (first_tile + t, i),
+                                                  delay_release=1),
+                                  plgpu.BlockSpec((tm, tn), lambda t: (first_tile + t, j),
+                                                  delay_release=1)],
                         max_concurrent_steps=max(2, tiling.num_stages),
                     )(lhs_gmem, grad_gmem)
                 return acc_ref[...]
