@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
     jax.default_backend() != "gpu" and not mosaic_gpu_interpret.AVAILABLE,
     reason=f"this JAX ({jax.__version__}) has no Mosaic GPU interpreter and there is no GPU")
 
-CASES = [  # empty groups, rows past the sum (NaN there), offsets, > 1 row tile per group
+CASES = [  # empty groups, rows past the sum, offsets, groups over > 1 row tile, ragged m, k, n
     Problem(m=150, k=72, n=40, group_sizes=(30, 0, 70, 20), num_local=4, offset=None,
             dtype="bfloat16", out_dtype=None, seed=0),
     Problem(m=130, k=64, n=96, group_sizes=(10, 45, 0, 60, 5), num_local=3, offset=1,
