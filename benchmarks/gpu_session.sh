@@ -20,7 +20,7 @@ CASES=${CASES:-"26 29 32"}   # FULL indices: m65536 d1024 E16 K2 balanced, E128 
 for what in "$@"; do
   case $what in
     tests)
-      timeout 300 python3 -m pytest tests/kernels -q -x -p no:cacheprovider 2>&1 \
+      timeout 300 python3 -m pytest tests/kernels -q -p no:cacheprovider 2>&1 \
         | tee "$OUT/tests.log" | tail -15 ;;
     tiles)
       args=(); for t in $TILES; do args+=(--tiling "pallas_gpu:$t"); done
