@@ -66,6 +66,17 @@ def _check_dtypes(*arrays):
                 f"{array.dtype}. Use impl='pallas_gpu' (Triton) for float32.")
 
 
+def _check_tiles(m_rows: int, contraction: int, cols: int, knobs: tuple[str, str, str]):
+    """wgmma shapes: rows (M) a multiple of 64 (one warpgroup), contraction (K) of 16, columns
+    (N) of 8 up to 256. Named by their gin knobs, since a bad tile fails deep in the lowering."""
+    for value, ok, knob, rule in (
+            (m_rows, m_rows % 64 == 0, knobs[0], "a multiple of 64 (wgmma rows)"),
+            (contraction, contraction % 16 == 0, knobs[1], "a multiple of 16 (wgmma k)"),
+            (cols, cols % 8 == 0 and cols <= 256, knobs[2], "a multiple of 8, <= 256")):
+        if not ok:
+            raise ValueError(f"mosaic_gpu_tiling.{knob} = {value}: must be {rule}")
+
+
 def _kernel(body, out_type):
     return plgpu.kernel(body, out_type=out_type, grid=(_num_programs(),), grid_names=("sm",),
                         compiler_params=plgpu.CompilerParams(
@@ -112,6 +123,7 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     num_groups = rhs_GKN.shape[0]
     n = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n
+    _check_tiles(tm, tk, tn, ("block_m", "block_k", "block_n"))
     lhs = _pad_k(lhs_MK, 1, tk)
     rhs = _pad_k(rhs_GKN.astype(lhs.dtype), 2 if transpose_rhs else 1, tk)
     k_steps = lhs.shape[1] // tk
@@ -172,6 +184,8 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     n = grad_MN.shape[1]
     tiling = tiling.tgmm or tiling
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n  # tm: rows per step
+    # The product is lhs_tile.T (tk, tm) @ grad_tile (tm, tn): tk are its wgmma rows.
+    _check_tiles(tk, tm, tn, ("tgmm_block_k", "tgmm_block_m", "tgmm_block_n"))
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
     grid_k, grid_n = pl.cdiv(k, tk), pl.cdiv(n, tn)
 

@@ -80,6 +80,16 @@ def test_random_problems():
     check()
 
 
+@pytest.mark.parametrize("tiles, knob", [
+    (Tiling(block_m=32, block_k=64, block_n=64, min_block_m=1), "block_m"),
+    (Tiling(block_m=64, block_k=64, block_n=512, min_block_m=1), "block_n"),
+])
+def test_tiles_wgmma_cannot_take_name_their_knob(tiles, knob):
+    with pytest.raises(ValueError, match=f"mosaic_gpu_tiling.{knob} = "):
+        gmm(jnp.zeros((64, 64), jnp.bfloat16), jnp.zeros((1, 64, 64), jnp.bfloat16),
+            jnp.array([64]), impl="mosaic_gpu", tiling=tiles)
+
+
 def test_float32_is_refused_with_the_alternative_named():
     with pytest.raises(NotImplementedError, match="pallas_gpu"):
         gmm(jnp.zeros((8, 64)), jnp.zeros((1, 64, 64)), jnp.array([8]), impl="mosaic_gpu")

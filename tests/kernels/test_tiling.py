@@ -13,14 +13,19 @@ def test_defaults_per_implementation():
     gpu = tiling.default_tiling("pallas_gpu")
     assert (gpu.block_m, gpu.block_n, gpu.num_warps) == (128, 256, 8)
     assert gpu.tgmm is not None and gpu.tgmm.block_m == 64  # the weight gradient's own tiles
+    hopper = tiling.default_tiling("mosaic_gpu")
+    assert (hopper.block_m, hopper.block_k, hopper.block_n, hopper.num_stages) == (128, 64, 128, 4)
+    assert hopper.tgmm is not None and hopper.tgmm.block_k == 128
 
 
 def test_gin_binding_changes_the_default():
     with gin.unlock_config():
-        gin.parse_config("cpu_tiling.block_m = 256\npallas_gpu_tiling.block_n = 64")
+        gin.parse_config("cpu_tiling.block_m = 256\npallas_gpu_tiling.block_n = 64\n"
+                         "mosaic_gpu_tiling.tgmm_block_n = 256")
     try:
         assert tiling.default_tiling("cpu").block_m == 256
         assert tiling.default_tiling("pallas_gpu").block_n == 64
+        assert tiling.default_tiling("mosaic_gpu").tgmm.block_n == 256
     finally:
         gin.clear_config()
 
