@@ -145,14 +145,18 @@ class TileVisits(NamedTuple):
     num_live: jax.Array
 
 
-def tile_visits(bounds: GroupBounds, num_rows: int, block_m: int) -> TileVisits:
-    """One visit per (group, row tile) pair holding rows of that group; empty groups: none."""
+def tile_visits(bounds: GroupBounds, num_rows: int, block_m: int,
+                empty_groups: bool = False) -> TileVisits:
+    """One visit per (group, row tile) pair holding rows of that group; empty groups: none, or
+    with ``empty_groups`` one visit each (to a tile with none of its rows), so a kernel whose
+    output blocks are the groups' writes every block. The bound tiles_m + G - 1 holds either
+    way: nonempty groups touch at most tiles_m + (their count - 1) tiles."""
     num_groups = bounds.starts_G.shape[0]
     tiles_m = -(-num_rows // block_m)
     nonempty_G = bounds.ends_G > bounds.starts_G
-    first_tile_G = bounds.starts_G // block_m  # tile holding the group's first row
+    first_tile_G = jnp.minimum(bounds.starts_G // block_m, tiles_m - 1)  # the first row's tile
     last_tile_G = (bounds.ends_G - 1) // block_m  # tile holding the group's last row
-    visits_G = jnp.where(nonempty_G, last_tile_G - first_tile_G + 1, 0)
+    visits_G = jnp.where(nonempty_G, last_tile_G - first_tile_G + 1, 1 if empty_groups else 0)
     visit_ends_G = jnp.cumsum(visits_G)
     visit_starts_G = visit_ends_G - visits_G
     num_live = visit_ends_G[-1].astype(jnp.int32)

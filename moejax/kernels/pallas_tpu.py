@@ -114,7 +114,8 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     """(G, K, N): out[g] = lhs[rows of local group g].T @ grad[those rows]; empty groups zero.
 
     Grid (k tiles, n tiles, visits): the visits of one group are consecutive, so one (tk, tn)
-    float32 accumulator sums them and is stored at the group's last visit.
+    float32 accumulator sums them and is stored at the group's last visit. An empty group has
+    one visit whose rows are all masked: its block is stored as zeros by the kernel.
     """
     m, k = lhs_MK.shape
     n = grad_MN.shape[1]
@@ -122,7 +123,7 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     m_pad, k_pad, n_pad = round_up(m, tm), round_up(k, tk), round_up(n, tn)
     lhs, grad = operands.pad2(lhs_MK, m_pad, k_pad), operands.pad2(grad_MN, m_pad, n_pad)
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
-    visits = metadata.tile_visits(bounds, m_pad, tm)
+    visits = metadata.tile_visits(bounds, m_pad, tm, empty_groups=True)  # every block written
     num_visits = visits.group_V.shape[0]
 
     def lhs_index(kk, j, v, group_V, tile_V, starts_G, ends_G, live):
@@ -175,7 +176,5 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
         name="moejax_tgmm",
     )
     out = call(visits.group_V, visits.tile_V, bounds.starts_G, bounds.ends_G,
-               visits.num_live.reshape(1), lhs, grad)[:, :k, :n]
-    # Groups with no rows were never visited: their blocks are zero by definition.
-    nonempty_G = bounds.ends_G > bounds.starts_G
-    return jnp.where(nonempty_G[:, None, None], out, 0).astype(out_dtype)
+               visits.num_live.reshape(1), lhs, grad)
+    return out[:, :k, :n] if (k, n) != (k_pad, n_pad) else out

@@ -77,6 +77,17 @@ def test_tile_visits_visit_straddling_tiles_once_per_group():
     np.testing.assert_array_equal(visits.tile_V, [0, 1, 1, 2, 2, 2])
 
 
+def test_tile_visits_can_visit_empty_groups_once():
+    # The weight gradient's blocks are the groups: an empty group gets one visit (none of its
+    # rows in it), in group order, within the same static bound tiles_m + G - 1.
+    visits = metadata.tile_visits(_bounds([6, 0, 3, 0]), 16, block_m=4, empty_groups=True)
+    assert int(visits.num_live) == 6 and visits.group_V.shape == (4 + 4 - 1,)
+    np.testing.assert_array_equal(visits.group_V, [0, 0, 1, 2, 2, 3, 3])
+    np.testing.assert_array_equal(visits.tile_V, [0, 1, 1, 1, 2, 2, 2])
+    empty = metadata.tile_visits(_bounds([0, 0, 0]), 8, block_m=4, empty_groups=True)
+    assert int(empty.num_live) == 3 and list(np.asarray(empty.group_V)) == [0, 1, 2, 2]
+
+
 def test_tile_visits_with_offset_and_all_empty():
     visits = metadata.tile_visits(_bounds([5, 4, 7], offset=1, num_local=2), 16, block_m=4)
     assert int(visits.num_live) == 4  # group 1 rows 5..8 (tiles 1, 2), group 2 rows 9..15 (2, 3)
