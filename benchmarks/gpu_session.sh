@@ -65,7 +65,10 @@ for l in sys.stdin:
         --dtype bfloat16 --reps 10 --ragged-reps 0 ${MOSAIC_TILES:-} 2>>"$OUT/mosaic.err" \
         | tee -a "$OUT/mosaic_grid.jsonl" | python3 -c "import json,sys
 for l in sys.stdin:
-    r=json.loads(l); print(r['case'], r['impl'], r['tiling'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['fwdbwd_tflops'], r['dense_fwdbwd_tflops'], r['errors'])" ;;
+    r=json.loads(l); print(r['case'], r['impl'], r['tiling'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['fwdbwd_tflops'], r['dense_fwdbwd_tflops'], r['errors'])"
+      timeout 300 python3 benchmarks/moe_step.py --dtype bfloat16 --reps 5 --vocab 32768 \
+        --impl pallas_gpu --impl mosaic_gpu --d-model 2048 --layers 8 --experts 8 --top-k 2 \
+        --d-expert 2048 --batch 16 --seq 1024 2>>"$OUT/mosaic.err" | tee -a "$OUT/mosaic_step.jsonl" ;;
     grid)
       timeout 400 python3 benchmarks/gmm.py --full --dtype bfloat16 --reps 10 --ragged-reps 3 \
         --ragged-max-experts 128 ${GRID_ARGS:-} 2>>"$OUT/grid.err" | tee -a "$OUT/grid.jsonl" \
