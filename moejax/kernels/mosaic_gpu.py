@@ -1,9 +1,10 @@
 """The "mosaic_gpu" grouped matmul: Hopper (sm_90) kernels written with Pallas's Mosaic GPU back end.
 
 In/out as ``moejax.kernels.gmm`` / ``tgmm``; 16-bit operands (bfloat16 or float16), float32
-accumulation. Why a second GPU kernel: the Triton one ("pallas_gpu") reaches only 0.68-0.80 of
-cuBLAS even on a single group (benchmarks/RESULTS.md), because Triton-through-Pallas does not
-use Hopper's asynchronous tensor-core instructions. Here every tile is moved by TMA into swizzled
+accumulation. Why a second GPU kernel: the Triton one ("pallas_gpu") reached only 0.68-0.80 of
+cuBLAS even on a single group on an H100 (benchmarks/RESULTS.md; with a zeroing pass after the
+kernel, since removed), and Triton-through-Pallas does not use Hopper's asynchronous
+tensor-core instructions. Here every tile is moved by TMA into swizzled
 shared memory and multiplied by ``wgmma`` on a warpgroup, with several k steps in flight
 (``plgpu.emit_pipeline``), in a persistent grid of one program per SM that walks the work list.
 
@@ -12,7 +13,7 @@ gmm: the work list is (visit, n tile) pairs, visits from ``metadata.covering_vis
 tile with its group's weights (a zero visit computes nothing), keeps its own rows and zeroes the
 others, and stores rows [store_start, store_end) -- TMA stores need static shapes, so the rows
 go out as a ladder of power-of-two slices. Store ranges partition the rows, so the output needs
-no zeroing pass afterwards (the Triton kernel spends one). TMA clips loads and stores at the
+no zeroing pass afterwards. TMA clips loads and stores at the
 array edge, so m needs no padding (row stores are exact); a ragged k is zero-padded to whole
 tiles, and a ragged n gives a wider output that is sliced (stores of whole tiles only: the
 interpreter drops a partly out-of-bounds store where TMA would clip it).
@@ -23,7 +24,8 @@ at the load instead).
 
 Off a GPU the kernels run in JAX's Mosaic GPU interpreter, which simulates shared memory, TMA
 and barriers on CPU (``mosaic_gpu_interpret``; tests/kernels/test_mosaic_gpu.py), and they
-lower for CUDA through ``jax.export``. Whether they are faster than the Triton kernel is for a GPU to say.
+lower for CUDA through ``jax.export``. Whether they are faster than the Triton kernel is for a
+GPU to say (``bash benchmarks/gpu_session.sh mosaic``).
 
 Letters: M rows, K contraction, N output columns, G local groups, V visits; tm, tk, tn tiles.
 """
