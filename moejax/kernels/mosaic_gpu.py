@@ -1,4 +1,4 @@
-"""The "mosaic_gpu" grouped matmul: Hopper (sm_90) kernels written with Pallas's Mosaic GPU back end.
+"""The "mosaic_gpu" grouped matmul: Hopper (sm_90) kernels in Pallas's Mosaic GPU back end.
 
 In/out as ``moejax.kernels.gmm`` / ``tgmm``; 16-bit operands (bfloat16 or float16), float32
 accumulation. Why a second GPU kernel: the Triton one ("pallas_gpu") reached only 0.68-0.80 of

@@ -6,8 +6,9 @@ all E groups with the non-local experts' weights set to zero, computed in float3
 weights. Tolerances: max |got - want| <= rtol * (1 + max |want|), rtol 2e-5 for float32 on CPU
 (sums of <= 64 products in a different order) and 3e-2 for bfloat16 (outputs and gradients
 rounded to 8 bits of mantissa, and the output gradient rounded to bfloat16 before the backward
-matmuls), 5e-3 for float16 (11 bits). Natively on GPU and TPU, float32 matmuls run at the backend's default precision (TF32
-on GPU tensor cores, bfloat16 passes on TPU), so float32 gets 5e-3 there (3e-2 on TPU).
+matmuls), 5e-3 for float16 (11 bits). Natively on GPU and TPU, float32 matmuls run at the
+backend's default precision (TF32 on GPU tensor cores, bfloat16 passes on TPU), so float32 gets
+5e-3 there (3e-2 on TPU).
 """
 
 from __future__ import annotations

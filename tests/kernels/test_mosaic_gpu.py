@@ -1,12 +1,13 @@
 """The Hopper kernels ("mosaic_gpu") against ragged_dot, forward and both gradients.
 
-Off a GPU they run in JAX's Mosaic GPU interpreter, which simulates shared memory, TMA copies and
-barriers on CPU and fills fresh buffers and out-of-bounds reads with NaN (TMA would read zeros),
-so a row the kernel forgets to store, or a value from past an array's edge that reaches a
-result, fails the test (its wgmma reads transposed operands through
-``moejax.kernels.mosaic_gpu_interpret``). Tiles are ones the hardware accepts (multiples of 64), so m, k and n below are all ragged
-against them. The lowering test compiles nothing: ``jax.export`` lowers the kernels for CUDA
-through Mosaic GPU from this CPU-only machine. On a GPU the same tests run the real kernels.
+Off a GPU they run in JAX's Mosaic GPU interpreter, which simulates shared memory, TMA copies
+and barriers on CPU and fills fresh buffers and out-of-bounds reads with NaN (TMA would read
+zeros), so a row the kernel forgets to store, or a value from past an array's edge that reaches
+a result, fails the test (its wgmma reads transposed operands through
+``moejax.kernels.mosaic_gpu_interpret``). Tiles are ones the hardware accepts (multiples of 64),
+so m, k and n below are all ragged against them. The lowering test compiles nothing:
+``jax.export`` lowers the kernels for CUDA through Mosaic GPU from this CPU-only machine. On a
+GPU the same tests run the real kernels.
 """
 
 import jax
