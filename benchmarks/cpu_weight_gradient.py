@@ -19,26 +19,16 @@ import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks.common import run_environment  # noqa: E402
+from common import run_environment  # noqa: E402
+from gmm import timed  # noqa: E402  (median of interleaved repetitions, after a warm-up)
 from moejax.kernels import tgmm  # noqa: E402
 
 CASES = [(8192, 1024, 1024, 128), (8192, 512, 512, 64), (8192, 512, 512, 16)]  # M, k, n, E
-
-
-def _median_times(fns, reps):
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, (fn, args) in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def bench(case, reps):
@@ -47,18 +37,14 @@ def bench(case, reps):
     dy = jax.random.normal(jax.random.key(1), (rows, n))
     sizes = jnp.full((groups,), rows // groups, jnp.int32)
     fns = {
-        "dense": (jax.jit(lambda x, dy: x.T @ dy), (x, dy)),
-        "cpu_tgmm": (jax.jit(lambda x, dy: tgmm(x, dy, sizes, num_groups=groups, impl="cpu")),
-                     (x, dy)),
-        "batched_einsum": (jax.jit(lambda x, dy: jnp.einsum(
-            "grk,grn->gkn", x.reshape(groups, -1, k), dy.reshape(groups, -1, n))), (x, dy)),
+        "dense": jax.jit(lambda x, dy: x.T @ dy),
+        "cpu_tgmm": jax.jit(lambda x, dy: tgmm(x, dy, sizes, num_groups=groups, impl="cpu")),
+        "batched_einsum": jax.jit(lambda x, dy: jnp.einsum(
+            "grk,grn->gkn", x.reshape(groups, -1, k), dy.reshape(groups, -1, n))),
     }
-    want = np.asarray(fns["batched_einsum"][0](x, dy))
-    got = np.asarray(fns["cpu_tgmm"][0](x, dy))
-    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-2)  # same gradient
-    for fn, args in fns.values():
-        jax.block_until_ready(fn(*args))  # compile
-    t = _median_times(fns, reps)
+    np.testing.assert_allclose(np.asarray(fns["cpu_tgmm"](x, dy)),  # the same gradient
+                               np.asarray(fns["batched_einsum"](x, dy)), rtol=1e-3, atol=1e-2)
+    t = timed(fns, {name: (x, dy) for name in fns}, reps)
     fill = jax.jit(lambda s: jnp.full((groups, k, n), s, jnp.float32))
     scale = jax.jit(lambda a: a * 2.0, donate_argnums=0)
     buffer = scale(fill(1.0))

@@ -100,10 +100,10 @@ def _store_rows(tile_smem, out_gmem, first_row, start, count, tm: int, cols):
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
-def _rows_iota(shape, axis):
-    """Row (axis 0) or column index of each element, in the wgmma register layout. The layout
-    cast only places values; the interpreter has no rule for it and runs the plain iota."""
-    iota = jax.lax.broadcasted_iota(jnp.int32, shape, axis)
+def _row_iota(shape):
+    """Row index of each element of a tile, in the wgmma register layout. The layout cast only
+    places values; the interpreter has no rule for it and runs the plain iota."""
+    iota = jax.lax.broadcasted_iota(jnp.int32, shape, 0)
     return plgpu.layout_cast(iota, plgpu.Layout.WGMMA) if _interpret() is None else iota
 
 
@@ -161,7 +161,7 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
                 return acc_ref[...]
 
             acc = pl.run_scoped(accumulate, plgpu.ACC((tm, tn)))
-            row = _rows_iota((tm, tn), 0)
+            row = _row_iota((tm, tn))
             acc = jnp.where((row >= own_start) & (row < own_end), acc, 0.0)
 
             @functools.partial(pl.run_scoped, tile_smem=plgpu.SMEM((tm, tn), out_gmem.dtype))
@@ -213,7 +213,7 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
                         @pl.when((row_start < start) | (row_start + tm > end))
                         def _():
                             for ref, cols in ((x_smem, tk), (dy_smem, tn)):
-                                row = row_start + _rows_iota((tm, cols), 0)
+                                row = row_start + _row_iota((tm, cols))
                                 ref[...] = jnp.where((row >= start) & (row < end), ref[...],
                                                      jnp.zeros((), ref.dtype))
                             plgpu.commit_smem()

@@ -1,16 +1,16 @@
 """Run the "mosaic_gpu" kernels in JAX's Mosaic GPU interpreter, transposed wgmma operands too.
 
-In: nothing (``install()`` once, before a kernel is traced). Out: the interpreter's parameters.
-The interpreter (jax._src.pallas.mosaic_gpu.interpret, a private API of JAX 0.10) simulates
-shared memory, TMA and barriers, but its wgmma reads an operand only through index transforms:
-a ``plgpu.transpose_ref`` operand (the input-gradient's rhs, the weight-gradient's lhs) fails
-with "'TransposeTransform' object has no attribute 'indices'". ``install()`` swaps in a wgmma
-callback that reads the operand through its index transforms and then applies
-its transposes -- what the hardware does with a transposed shared-memory descriptor -- and
-accumulates acc += a @ b in the accumulator's dtype, as the interpreter's own does. For
-untransposed operands it computes what the original does, so installing it changes nothing
-else. The interpreter runs wgmma synchronously: hazards of the asynchronous hardware wgmma are
-not modelled (its race detector covers shared memory, TMA and barriers).
+In: whether to detect races. Out: the interpreter's parameters (``params()``, called when a
+kernel is built off a GPU). The interpreter (jax._src.pallas.mosaic_gpu.interpret, a private API
+of JAX 0.10) simulates shared memory, TMA and barriers, but its wgmma reads an operand only
+through index transforms: a ``plgpu.transpose_ref`` operand (the input-gradient's rhs, the
+weight-gradient's lhs) fails with "'TransposeTransform' object has no attribute 'indices'".
+``params()`` swaps in a wgmma callback that reads the operand through its index transforms and
+then applies its transposes -- what the hardware does with a transposed shared-memory descriptor
+-- and accumulates acc += a @ b in the accumulator's dtype, as the interpreter's own does. For
+untransposed operands it computes what the original does, so installing it changes nothing else.
+The interpreter runs wgmma synchronously: hazards of the asynchronous hardware wgmma are not
+modelled (its race detector covers shared memory, TMA and barriers).
 """
 
 from __future__ import annotations

@@ -33,8 +33,6 @@ from jax.experimental.pallas import triton as plgpu
 from moejax.kernels import metadata, operands
 from moejax.kernels.tiling import Tiling, fit_tile, round_up
 
-
-
 # Shared memory per block on Hopper (227 KiB; 163 KiB on A100), minus room for the epilogue.
 _SHARED_MEMORY_BYTES = 160 * 1024
 

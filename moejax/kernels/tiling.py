@@ -125,17 +125,13 @@ def mosaic_gpu_tiling(block_m: int = 128, block_k: int = 64, block_n: int = 128,
                               block_n=tgmm_block_n, min_block_m=1, num_stages=tgmm_num_stages))
 
 
+_DEFAULTS = {"cpu": cpu_tiling, "pallas_tpu": pallas_tpu_tiling,
+             "pallas_gpu": pallas_gpu_tiling, "mosaic_gpu": mosaic_gpu_tiling}
+
+
 def default_tiling(impl: str) -> Tiling:
     """The gin-configured default tiles of one implementation ("xla" ignores tiling)."""
-    if impl == "cpu":
-        return cpu_tiling()
-    if impl == "pallas_tpu":
-        return pallas_tpu_tiling()
-    if impl == "pallas_gpu":
-        return pallas_gpu_tiling()
-    if impl == "mosaic_gpu":
-        return mosaic_gpu_tiling()
-    return Tiling()
+    return _DEFAULTS[impl]() if impl in _DEFAULTS else Tiling()
 
 
 def round_up(value: int, multiple: int) -> int:

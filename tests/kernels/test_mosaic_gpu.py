@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from moejax.kernels import Tiling, gmm, tgmm
-from moejax.kernels import mosaic_gpu, mosaic_gpu_interpret
+from moejax.kernels import Tiling, gmm, mosaic_gpu, mosaic_gpu_interpret, tgmm
 from tests.kernels.reference import Problem, check_problem, problems
 
 TILING = Tiling(block_m=64, block_k=64, block_n=64, min_block_m=1, num_stages=2,

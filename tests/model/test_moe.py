@@ -106,10 +106,11 @@ def reference_layer(params, x_TD, moe, plan):
     return y
 
 
-def build(moe, seed=0):
+def build(moe, seed=0, compute_dtype=jnp.float32):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        layer = MoEFeedForward(D, moe, n_layers=2, init_std=0.5, rngs=nnx.Rngs(seed))
+        layer = MoEFeedForward(D, moe, n_layers=2, init_std=0.5, compute_dtype=compute_dtype,
+                               rngs=nnx.Rngs(seed))
     graphdef, params, buffers = nnx.split(layer, nnx.Param, BalancingBias)
     return graphdef, params, buffers
 
@@ -231,12 +232,8 @@ def test_moe_layer_on_the_hopper_kernel_matches_ragged_dot_in_bfloat16():
     mask = jnp.ones((2, 5), bool)
     probe = jax.random.normal(jax.random.key(2), x_BTD.shape)
     for impl in ("xla", "mosaic_gpu"):
-        moe = MoEConfig(num_experts=4, top_k=2, d_expert=6, gmm_impl=impl)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            layer = MoEFeedForward(D, moe, n_layers=2, init_std=0.5,
-                                   compute_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-        graphdef, params, buffers = nnx.split(layer, nnx.Param, BalancingBias)
+        graphdef, params, buffers = build(
+            MoEConfig(num_experts=4, top_k=2, d_expert=6, gmm_impl=impl), 0, jnp.bfloat16)
 
         def loss(params, x, graphdef=graphdef, buffers=buffers):
             y = nnx.merge(graphdef, params, buffers)(x, mask, train=True)[0]
