@@ -1,16 +1,17 @@
 """Run the "mosaic_gpu" kernels in JAX's Mosaic GPU interpreter, transposed wgmma operands too.
 
 In: whether to detect races. Out: the interpreter's parameters (``params()``, called when a
-kernel is built off a GPU). The interpreter (jax._src.pallas.mosaic_gpu.interpret, a private API
-of JAX 0.10) simulates shared memory, TMA and barriers, but its wgmma reads an operand only
-through index transforms: a ``plgpu.transpose_ref`` operand (the input-gradient's rhs, the
+kernel is built off a GPU). The interpreter (jax._src.pallas.mosaic_gpu.interpret, a private API)
+simulates shared memory, TMA and barriers. In JAX 0.10 its wgmma reads an operand only through
+index transforms: a ``plgpu.transpose_ref`` operand (the input-gradient's rhs, the
 weight-gradient's lhs) fails with "'TransposeTransform' object has no attribute 'indices'".
-``params()`` swaps in a wgmma callback that reads the operand through its index transforms and
-then applies its transposes -- what the hardware does with a transposed shared-memory descriptor
--- and accumulates acc += a @ b in the accumulator's dtype, as the interpreter's own does. For
-untransposed operands it computes what the original does, so installing it changes nothing else.
-The interpreter runs wgmma synchronously: hazards of the asynchronous hardware wgmma are not
-modelled (its race detector covers shared memory, TMA and barriers).
+There ``params()`` swaps in a wgmma callback that reads the operand through its index transforms
+and then applies its transposes -- what the hardware does with a transposed shared-memory
+descriptor -- and accumulates acc += a @ b in the accumulator's dtype, as the interpreter's own
+does. JAX 0.11 reads transposed operands itself (``interpret_utils.to_access``, with a different
+callback signature), so there nothing is swapped. The interpreter runs wgmma synchronously:
+hazards of the asynchronous hardware wgmma are not modelled (its race detector covers shared
+memory, TMA and barriers).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ try:
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
     from jax._src.state.types import TransposeTransform
     AVAILABLE = True
+    # JAX >= 0.11: the interpreter's own wgmma applies an operand's transposes.
+    NATIVE_TRANSPOSES = hasattr(interpret_utils, "to_access")
 except ImportError:  # pragma: no cover - another JAX version
-    AVAILABLE = False
+    AVAILABLE = NATIVE_TRANSPOSES = False
 
 
 def _read(memory, thread, info, key_array, transforms):
@@ -68,7 +71,8 @@ def params(detect_races: bool = False):
         raise NotImplementedError(
             f"gmm impl 'mosaic_gpu' needs a GPU, or a JAX with the Mosaic GPU interpreter "
             f"(jax._src.pallas.mosaic_gpu.interpret; this is JAX {jax.__version__})")
-    gpu_callbacks.wgmma = _wgmma
+    if not NATIVE_TRANSPOSES:
+        gpu_callbacks.wgmma = _wgmma
     return InterpretGPUParams(out_of_bounds_reads="uninitialized", uninitialized_memory="nan",
                               detect_races=detect_races)
 

@@ -107,9 +107,19 @@ def test_gpu_weight_gradient_with_its_own_tiles():
 
 
 def _export(fn, platform, *args):
+    import contextlib
     from jax import export
     checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-    return export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)(*args)
+    # JAX 0.11's Triton lowering asks which GPU it compiles for; off a GPU an abstract device
+    # names it (JAX 0.10 does not ask, and ignores it).
+    target = contextlib.nullcontext()
+    if platform == "cuda":
+        h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
+                                           platform="cuda")
+        target = jax.sharding.use_abstract_mesh(
+            jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100))
+    with target:
+        return export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)(*args)
 
 
 @pytest.mark.parametrize("impl, platform", [("pallas_tpu", "tpu"), ("pallas_gpu", "cuda")])
