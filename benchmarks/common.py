@@ -9,11 +9,12 @@ import os
 
 def run_environment() -> dict:
     """Backend, device kind, JAX version, date, the 1-minute load average (a shared machine's
-    load explains noisy figures) and GLIBC_TUNABLES (huge pages for malloc change CPU timings
-    of large fresh buffers; benchmarks/RESULTS.md)."""
+    load explains noisy figures), GLIBC_TUNABLES and LD_PRELOAD (huge pages for malloc, or
+    tcmalloc, change CPU timings of large fresh buffers; benchmarks/RESULTS.md)."""
     import jax
 
     return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
             "jax": jax.__version__, "date": datetime.date.today().isoformat(),
             "loadavg_1m": round(os.getloadavg()[0], 2),
-            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+            "ld_preload": os.environ.get("LD_PRELOAD", "")}

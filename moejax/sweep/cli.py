@@ -65,6 +65,7 @@ def _tpu_vm(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from moejax.errors import ConfigError
     from moejax.ginconf import GinConfigError
+    from moejax.sweep.allocator import training_environment
     from moejax.sweep.grid import load_grid
     from moejax.sweep.launch import (evaluate_and_fit, fit_and_report, prepare, print_commands,
                                      run_local, save_manifest)
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         only = dict(item.split("=", 1) for item in args.only)
         vm = _tpu_vm(args) if args.launcher == "tpu_vm" else None
         grid = load_grid(args.grid)
+        train_env, allocator = training_environment()
         manifest = prepare(grid, args.root, only=only)
     except (GinConfigError, ConfigError, ValueError) as e:
         print(f"moejax sweep: error: {e}", file=sys.stderr)
@@ -101,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
             print_commands(manifest)
         return 0
     else:
-        manifest = run_local(args.root, manifest)
+        print(allocator)
+        manifest = run_local(args.root, manifest, env=train_env)
         outcome = evaluate_and_fit(grid, args.root, manifest)
     failed = [r["run_id"] for r in manifest["runs"] if r["status"] != "done"]
     print(f"report: {os.path.abspath(outcome['report'])}")

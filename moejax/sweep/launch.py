@@ -87,8 +87,12 @@ def is_finished(run_dir: str) -> bool:
     return bool(steps) and steps[-1] >= load_run_configs(run_dir)[2].steps
 
 
-def run_local(root: str, manifest: dict, *, log: Callable[[str], None] = print) -> dict:
-    """Train every run not finished yet, in order; one failure does not stop the others."""
+def run_local(root: str, manifest: dict, *, log: Callable[[str], None] = print,
+              env: dict[str, str] | None = None) -> dict:
+    """Train every run not finished yet, in order; one failure does not stop the others.
+
+    env: the training processes' environment (None: this one's; ``allocator.training_environment``
+    gives one with tcmalloc preloaded)."""
     runs = manifest["runs"]
     for index, run in enumerate(runs, 1):
         if is_finished(run["dir"]):
@@ -99,7 +103,7 @@ def run_local(root: str, manifest: dict, *, log: Callable[[str], None] = print) 
         start = time.time()
         with open(os.path.join(run["dir"], "train.log"), "a") as out:
             code = subprocess.call(train_command(run["dir"]), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, env=env)
         run["status"] = "done" if code == 0 and is_finished(run["dir"]) else "failed"
         run["seconds"] = round(time.time() - start, 1)
         if run["status"] == "failed":
