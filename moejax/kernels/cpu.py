@@ -18,6 +18,8 @@ Letters: M rows, k contraction, n output columns, G local groups, R rows per chu
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -91,11 +93,15 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
          group_offset: jax.Array, *, num_groups: int, tiling: Tiling, out_dtype) -> jax.Array:
     """(G, k, n): out[g] = lhs[rows of local group g].T @ grad[those rows]; empty groups zero.
 
-    A scan over groups; for each group, loops over its chunks (no chunks: the gradient stays
-    zero) accumulate a (k, n) float32 sum, emitted once as that group's row of the output.
-    Carrying only one group's (k, n) keeps the loop state small: a (G, k, n) accumulator
-    updated per chunk took 1.7x the dense weight gradient's time on CPU, this 1.3-1.4x
-    (M 8192, k 512, n 1024, 16 groups; one measurement on a shared, noisy machine).
+    The (G, k, n) float32 gradient is zero-initialised once and carried through the chunk loops;
+    each chunk adds its (k, n) product into its group's slice in place (a chunk's group comes
+    from the chunk, so one loop per chunk size covers all groups). Groups without chunks keep
+    their zeros. An earlier version looped over groups with a (k, n) accumulator per group and
+    stacked the results: two more passes over k x n per group (the zero-initialised accumulator
+    and the stacking copy), which cost most where groups are small: with 128 groups of 64 rows
+    (k = n = 1,024) this version takes 152 ms against 175 ms (0.67 against 0.58 of the dense
+    x.T @ dy), and a batched einsum, XLA's best case for equal groups, 143 ms (tcmalloc; with
+    glibc malloc 265 against 282 ms, page faults of the fresh output dominate both).
     """
     _, k = lhs_MK.shape
     n = grad_MN.shape[1]
@@ -104,8 +110,7 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     pad = max(tiling.min_block_m - lhs_MK.shape[0], 0)
     lhs_padded, grad_padded = _pad_rows(lhs_MK, pad), _pad_rows(grad_MN, pad)
 
-    def add_chunk(level, c, acc_KN):
-        partial = level is levels[-1]  # the smallest chunks may hold other groups' rows
+    def add_chunk(level, partial, c, out_GKN):
         load_start, own_R = _chunk_rows(level, c, lhs_padded.shape[0], partial)
         x_RK = jax.lax.dynamic_slice_in_dim(lhs_padded, load_start, level.rows)
         g_RN = jax.lax.dynamic_slice_in_dim(grad_padded, load_start, level.rows)
@@ -113,17 +118,15 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
             x_RK = jnp.where(own_R[:, None], x_RK, 0)
             g_RN = jnp.where(own_R[:, None], g_RN, 0)
         # Contract over the chunk's rows: (R, k)^T (R, n) -> (k, n).
-        return acc_KN + jax.lax.dot_general(x_RK, g_RN, (((0,), (0,)), ((), ())),
-                                            preferred_element_type=jnp.float32)
+        y_KN = jax.lax.dot_general(x_RK, g_RN, (((0,), (0,)), ((), ())),
+                                   preferred_element_type=jnp.float32)
+        group = level.group_C[c]
+        sum_1KN = jax.lax.dynamic_index_in_dim(out_GKN, group, keepdims=True) + y_KN[None]
+        return jax.lax.dynamic_update_index_in_dim(out_GKN, sum_1KN, group, 0)
 
-    def group_gradient(_, group):
-        acc_KN = jnp.zeros((k, n), jnp.float32)
-        for level in levels:
-            first = level.first_chunk_G[group]  # this group's chunks are first .. first+count-1
-            acc_KN = jax.lax.fori_loop(first, first + level.num_chunks_G[group],
-                                       lambda c, acc, level=level: add_chunk(level, c, acc),
-                                       acc_KN)
-        return None, acc_KN.astype(out_dtype)
-
-    _, out_GKN = jax.lax.scan(group_gradient, None, jnp.arange(num_groups))
-    return out_GKN
+    out_GKN = jnp.zeros((num_groups, k, n), jnp.float32)
+    for level in levels:
+        partial = level is levels[-1]  # the smallest chunks may hold other groups' rows
+        out_GKN = jax.lax.fori_loop(0, level.num_live, functools.partial(add_chunk, level, partial),
+                                    out_GKN)
+    return out_GKN.astype(out_dtype)
