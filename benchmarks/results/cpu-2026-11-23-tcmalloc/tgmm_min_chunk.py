@@ -1,5 +1,8 @@
+"""Record: the CPU weight gradient with its smallest chunk at 16 / 32 / 64 / 128 rows.
+Run from anywhere: python benchmarks/results/cpu-2026-11-23-tcmalloc/tgmm_min_chunk.py"""
 import sys, os, json
-sys.path.insert(0, "/work/main"); sys.path.insert(0, "/work/main/benchmarks")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, ROOT); sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import jax, jax.numpy as jnp, numpy as np
 from gmm import timed, group_sizes
 from moejax.kernels import cpu as cpu_mod

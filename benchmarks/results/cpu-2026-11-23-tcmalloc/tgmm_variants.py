@@ -1,5 +1,9 @@
-import sys, os, json, time
-sys.path.insert(0, "/work/main"); sys.path.insert(0, "/work/main/benchmarks")
+"""Record: the CPU weight-gradient loop carrying (G, k, n) ("carry") next to the per-group
+accumulator that "cpu" was when this ran (commit 64da1ca; "cpu" is "carry" since d39d8e0).
+Run from anywhere: python benchmarks/results/cpu-2026-11-23-tcmalloc/tgmm_variants.py"""
+import sys, os, json
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, ROOT); sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import jax, jax.numpy as jnp, numpy as np
 from gmm import timed
 from moejax.kernels import tgmm
