@@ -59,8 +59,6 @@ class ChunkLevel(NamedTuple):
       row_start_C: first lhs row of each chunk.
       valid_rows_C: rows of the chunk that belong to its group (the rest are masked).
       num_live: chunks of this level that exist (int32 scalar); chunks >= num_live are dead.
-      first_chunk_G: index of each local group's first chunk at this level.
-      num_chunks_G: chunks of each local group at this level (its chunks are consecutive).
     """
 
     rows: int
@@ -68,8 +66,6 @@ class ChunkLevel(NamedTuple):
     row_start_C: jax.Array
     valid_rows_C: jax.Array
     num_live: jax.Array
-    first_chunk_G: jax.Array
-    num_chunks_G: jax.Array
 
 
 def chunk_sizes(block_m: int, min_block_m: int) -> tuple[int, ...]:
@@ -124,8 +120,7 @@ def row_chunks(bounds: GroupBounds, num_rows: int, block_m: int,
         valid_rows_C = jnp.clip(bounds.ends_G[group_C] - row_start_C, 0, rows)
         levels.append(ChunkLevel(rows, group_C, row_start_C.astype(jnp.int32),
                                  valid_rows_C.astype(jnp.int32),
-                                 chunk_ends_G[-1].astype(jnp.int32),
-                                 chunk_starts_G.astype(jnp.int32), count_G.astype(jnp.int32)))
+                                 chunk_ends_G[-1].astype(jnp.int32)))
         left_G = left_G - count_G * rows
     return tuple(levels)
 

@@ -4,7 +4,7 @@ In: the sweep's environment. Out: the environment for its ``moejax train`` proce
 line saying what was chosen. Why: XLA:CPU allocates its large buffers (activations, the
 (E, k, n) expert weight gradients) afresh at every step; glibc maps each one from the kernel,
 so every 4 KB page faults on first touch, every step. tcmalloc keeps freed pages and hands them
-out again. On 2 cores it made training steps 18-22 % faster, MoE and dense alike
+out again. On 2 cores it made training steps 18-31 % faster, MoE and dense alike
 (benchmarks/RESULTS.md). It cannot be loaded after a process starts, hence ``LD_PRELOAD`` for
 the child processes; the sweep process itself only prepares runs and scores them.
 

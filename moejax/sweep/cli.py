@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         only = dict(item.split("=", 1) for item in args.only)
         vm = _tpu_vm(args) if args.launcher == "tpu_vm" else None
         grid = load_grid(args.grid)
-        train_env, allocator = training_environment()
+        # Only the local launcher starts training processes on this machine.
+        train_env, allocator = (training_environment() if args.launcher == "local"
+                                else (None, ""))
         manifest = prepare(grid, args.root, only=only)
     except (GinConfigError, ConfigError, ValueError) as e:
         print(f"moejax sweep: error: {e}", file=sys.stderr)

@@ -33,8 +33,6 @@ def test_row_chunks_binary_decomposition():
     assert _live(levels[2]) == (4, [0], [32], [4])
     assert _live(levels[3]) == (2, [], [], [])
     assert _live(levels[4]) == (1, [0], [36], [1])
-    np.testing.assert_array_equal(levels[0].first_chunk_G, [0, 2, 2])
-    np.testing.assert_array_equal(levels[0].num_chunks_G, [2, 0, 0])
 
 
 def test_row_chunks_last_level_rounds_up_and_marks_valid_rows():
