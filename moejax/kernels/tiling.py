@@ -25,6 +25,9 @@ class Tiling:
       num_warps: warps per program; "pallas_gpu" (Triton) only.
       num_stages: software-pipelining depth of the k loop; "pallas_gpu" (Triton) and
         "mosaic_gpu" (steps in flight) only.
+      slab: "cpu" only: how many slab lengths (the mean rows per group, rounded down to a power
+        of two, and its halvings) the weight gradient may choose from at run time, besides
+        none; 0 = chunk loops only (see ``cpu.tgmm``).
       tgmm: tiles of the weight-gradient kernel when they should differ from the forward's
         ("pallas_gpu": there block_m is the contraction over a group's rows and block_k x
         block_n the output tile); None = the same tiles.
@@ -36,6 +39,7 @@ class Tiling:
     min_block_m: int = 16
     num_warps: int = 4
     num_stages: int = 2
+    slab: int = 0
     tgmm: "Tiling | None" = None
 
     def __post_init__(self):
@@ -45,6 +49,8 @@ class Tiling:
                 raise ValueError(f"Tiling.{name} = {value}: must be a power of two >= 1")
         if self.tgmm is not None and not isinstance(self.tgmm, Tiling):
             raise ValueError(f"Tiling.tgmm = {self.tgmm!r}: must be a Tiling or None")
+        if self.slab < 0:
+            raise ValueError(f"Tiling.slab = {self.slab}: must be >= 0")
         if self.num_stages < 1:
             raise ValueError(f"Tiling.num_stages = {self.num_stages}: must be >= 1")
         if self.min_block_m > self.block_m:
@@ -53,14 +59,15 @@ class Tiling:
 
 
 @gin.configurable
-def cpu_tiling(block_m: int = 512, min_block_m: int = 16) -> Tiling:
+def cpu_tiling(block_m: int = 512, min_block_m: int = 16, slab: int = 3) -> Tiling:
     """"cpu" path: row chunks of block_m, block_m/2, ..., min_block_m rows (k and n untiled).
 
     Args:
       block_m: largest row chunk; 256-512 keeps each chunk's matmul near dense speed on CPU.
       min_block_m: smallest chunk; each group computes < min_block_m rows of padding.
+      slab: slab lengths the weight gradient chooses from at run time (0 = none).
     """
-    return Tiling(block_m=block_m, block_k=1, block_n=1, min_block_m=min_block_m)
+    return Tiling(block_m=block_m, block_k=1, block_n=1, min_block_m=min_block_m, slab=slab)
 
 
 @gin.configurable

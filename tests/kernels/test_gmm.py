@@ -8,20 +8,66 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from moejax.kernels import Tiling, gmm, resolve_impl, tgmm
-from tests.kernels.reference import Problem, check_problem, problems
+from moejax.kernels import Tiling, cpu, gmm, metadata, resolve_impl, tgmm
+from tests.kernels.reference import Problem, assert_close, check_problem, problems
 
 FAST = settings(max_examples=10, deadline=None, derandomize=True)
 # Small chunks so a few dozen rows already use several chunk levels and straddle groups.
-CPU_TILINGS = [Tiling(block_m=16, min_block_m=4), Tiling(block_m=8, min_block_m=2),
-               Tiling(block_m=4, min_block_m=4)]
+# slab=3: the weight gradient picks at run time among chunk loops only and slabs of the mean
+# rows per group (rounded down to a power of two) and its halvings.
+CPU_TILINGS = [Tiling(block_m=16, min_block_m=4), Tiling(block_m=8, min_block_m=2, slab=3),
+               Tiling(block_m=4, min_block_m=4), Tiling(block_m=16, min_block_m=2, slab=3)]
 
 
 @FAST
 @given(problems())
 def test_cpu_matches_ragged_dot(problem):
     check_problem(problem, "cpu", CPU_TILINGS[problem.seed % len(CPU_TILINGS)])
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(problems(), st.integers(1, 40))
+def test_cpu_weight_gradient_with_each_slab_length(problem, slab_rows):
+    # Each slab length alone (the run-time choice picks one of them): slab rows past a group's
+    # end, groups longer than the slab (their tail through the chunk loops), empty groups,
+    # slabs longer than all rows, and slab lengths that are not powers of two.
+    lhs, _, sizes, cot = problem.arrays()
+    offset = jnp.int32(problem.offset or 0)
+    tiling = Tiling(block_m=8, min_block_m=2)
+    got = cpu.tgmm_with_slab(lhs, cot.astype(lhs.dtype), sizes, offset,
+                             num_groups=problem.num_local, tiling=tiling, slab_rows=slab_rows,
+                             out_dtype=jnp.float32)
+    # Reference: a loop over local groups, each its rows' lhs.T @ cot in float64.
+    lhs64, cot64 = np.asarray(lhs, np.float64), np.asarray(cot.astype(lhs.dtype), np.float64)
+    ends = np.cumsum(problem.group_sizes)
+    want = np.zeros((problem.num_local, problem.k, problem.n))
+    for g in range(problem.num_local):
+        e = g + (problem.offset or 0)
+        rows = slice(ends[e] - problem.group_sizes[e], ends[e])
+        want[g] = lhs64[rows].T @ cot64[rows]
+    assert_close(got, want, problem.dtype, f"slab {slab_rows} {problem}")
+
+
+def test_slab_choice_follows_the_group_sizes():
+    tiling = Tiling(block_m=512, min_block_m=16, slab=3)
+    assert cpu.slab_candidates(8192, 128, tiling) == (0, 64, 32, 16)
+    assert cpu.slab_candidates(8192, 100, tiling) == (0, 64, 32, 16)  # mean 81: 64 and below
+    assert cpu.slab_candidates(100, 16, tiling) == (0,)  # mean 6 < min_block_m: no slab
+    assert cpu.slab_candidates(8192, 128, Tiling(block_m=512, min_block_m=16)) == (0,)
+
+    def cost(sizes, slab_rows):
+        bounds = metadata.group_bounds(jnp.asarray(sizes, jnp.int32), 0, len(sizes))
+        return int(cpu.slab_cost(bounds, int(sum(sizes)), slab_rows, tiling))
+
+    # 128 groups of 64 rows: a 64-row slab covers every row with no chunk at all.
+    balanced = [64] * 128
+    assert cost(balanced, 64) == 128 * 64
+    assert cost(balanced, 64) < min(cost(balanced, 32), cost(balanced, 0))
+    # One group holds all rows: a slab would compute 127 groups of padding; chunks win.
+    one = [8192] + [0] * 127
+    assert cost(one, 0) < min(cost(one, 16), cost(one, 64))
 
 
 @settings(max_examples=4, deadline=None, derandomize=True)

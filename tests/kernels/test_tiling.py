@@ -8,7 +8,7 @@ from moejax.kernels import tiling
 
 def test_defaults_per_implementation():
     assert tiling.default_tiling("cpu") == tiling.Tiling(block_m=512, block_k=1, block_n=1,
-                                                         min_block_m=16)
+                                                         min_block_m=16, slab=3)
     assert tiling.default_tiling("pallas_tpu").block_k == 128
     gpu = tiling.default_tiling("pallas_gpu")
     assert (gpu.block_m, gpu.block_n, gpu.num_warps) == (128, 256, 8)
@@ -39,6 +39,8 @@ def test_fit_tile_shrinks_for_small_dimensions():
 def test_invalid_tiles_fail_fast():
     with pytest.raises(ValueError, match="min_block_m = 32 must be <= block_m = 16"):
         tiling.Tiling(block_m=16, min_block_m=32)
+    with pytest.raises(ValueError, match="slab = -1"):
+        tiling.Tiling(slab=-1)
     with pytest.raises(ValueError, match="num_stages = 0"):
         tiling.Tiling(num_stages=0)
     with pytest.raises(ValueError, match="Tiling.tgmm"):
