@@ -4,7 +4,8 @@ In: lhs (M, k) rows sorted by group, rhs (G, k, n) local experts, group metadata
 Why this is fast where ``jax.lax.ragged_dot`` is not: ragged_dot lowers on CPU to a dense
 (M, k) x (E, k, n) product masked by group (E times the useful FLOPs). Here every chunk of rows
 is one ordinary (rows, k) x (k, n) matmul, the kind XLA's CPU backend runs at full speed, and
-the weights are read in place (a dynamic index into rhs, no gathered copy per chunk).
+the weights come by a dynamic index into rhs (no per-row gather; XLA:CPU still copies the
+chunk's (k, n) slice out of rhs before its dot, a fixed cost that small chunks feel).
 
 The chunks come from ``metadata.row_chunks``: per group, full chunks of ``block_m`` rows, then
 power-of-two chunks down to ``min_block_m``, so a group pads < min_block_m rows. Each chunk size
@@ -12,6 +13,7 @@ is one ``fori_loop`` whose trip count is the number of live chunks (dynamic: no 
 that the worst case would need but this batch does not). Only chunks of the last (smallest) size
 can hold rows of another group; their stores keep only their own group's rows. No padded copy of lhs
 or of the output is made: each would be an extra pass over memory next to every matmul.
+The weight gradient adds a "slab": each group's first L rows in one batched matmul (``tgmm``).
 
 Letters: M rows, k contraction, n output columns, G local groups, R rows per chunk.
 """
