@@ -97,11 +97,20 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
 CHUNK_OVERHEAD_ROWS = 32
 
 
-def slab_candidates(num_rows: int, num_groups: int, tiling: Tiling) -> tuple[int, ...]:
+# Experts with fewer weights (k x n) than this never get a slab: their chunks move little
+# memory, and each slab length is one more branch to compile (with 3 of them, a small test
+# model's training step took twice as long to compile). 2**18: e.g. d_model 512 x 2 * 256.
+SLAB_MIN_EXPERT_ELEMENTS = 2 ** 18
+
+
+def slab_candidates(num_rows: int, num_groups: int, expert_elements: int,
+                    tiling: Tiling) -> tuple[int, ...]:
     """Slab lengths the weight gradient may choose from: 0 (none), then up to ``tiling.slab``
-    powers of two from the largest at or below the mean rows per group, each >= min_block_m."""
+    powers of two from the largest at or below the mean rows per group, each >= min_block_m;
+    only 0 for experts of fewer than SLAB_MIN_EXPERT_ELEMENTS weights (k x n)."""
     mean = num_rows // max(num_groups, 1)
-    if tiling.slab == 0 or mean < tiling.min_block_m:
+    if (tiling.slab == 0 or mean < tiling.min_block_m
+            or expert_elements < SLAB_MIN_EXPERT_ELEMENTS):
         return (0,)
     top = 1 << (mean.bit_length() - 1)  # largest power of two <= mean
     return (0, *[top >> i for i in range(tiling.slab) if top >> i >= tiling.min_block_m])
@@ -208,7 +217,8 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     128 groups of 64 rows (k = n = 1,024, 2-core VM): the loops alone run at 0.56-0.62 of the
     dense x.T @ dy, with a 64-row slab at 0.80.
     """
-    candidates = slab_candidates(lhs_MK.shape[0], num_groups, tiling)
+    candidates = slab_candidates(lhs_MK.shape[0], num_groups,
+                                 lhs_MK.shape[1] * grad_MN.shape[1], tiling)
     run = [functools.partial(tgmm_with_slab, num_groups=num_groups, tiling=tiling, slab_rows=L,
                              out_dtype=out_dtype) for L in candidates]
     if len(run) == 1:

@@ -59,13 +59,14 @@ class Tiling:
 
 
 @gin.configurable
-def cpu_tiling(block_m: int = 512, min_block_m: int = 16, slab: int = 3) -> Tiling:
+def cpu_tiling(block_m: int = 512, min_block_m: int = 16, slab: int = 2) -> Tiling:
     """"cpu" path: row chunks of block_m, block_m/2, ..., min_block_m rows (k and n untiled).
 
     Args:
       block_m: largest row chunk; 256-512 keeps each chunk's matmul near dense speed on CPU.
       min_block_m: smallest chunk; each group computes < min_block_m rows of padding.
-      slab: slab lengths the weight gradient chooses from at run time (0 = none).
+      slab: slab lengths the weight gradient chooses from at run time (0 = none); experts of
+        fewer than 2**18 weights never use one (``cpu.SLAB_MIN_EXPERT_ELEMENTS``).
     """
     return Tiling(block_m=block_m, block_k=1, block_n=1, min_block_m=min_block_m, slab=slab)
 

@@ -3,6 +3,8 @@
 The Pallas kernels have their own module (test_pallas.py): they run interpreted on CPU, slowly.
 """
 
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +26,9 @@ CPU_TILINGS = [Tiling(block_m=16, min_block_m=4), Tiling(block_m=8, min_block_m=
 @FAST
 @given(problems())
 def test_cpu_matches_ragged_dot(problem):
-    check_problem(problem, "cpu", CPU_TILINGS[problem.seed % len(CPU_TILINGS)])
+    # Slabs are for large experts only; let these small ones have them too.
+    with mock.patch.object(cpu, "SLAB_MIN_EXPERT_ELEMENTS", 1):
+        check_problem(problem, "cpu", CPU_TILINGS[problem.seed % len(CPU_TILINGS)])
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
@@ -52,10 +56,13 @@ def test_cpu_weight_gradient_with_each_slab_length(problem, slab_rows):
 
 def test_slab_choice_follows_the_group_sizes():
     tiling = Tiling(block_m=512, min_block_m=16, slab=3)
-    assert cpu.slab_candidates(8192, 128, tiling) == (0, 64, 32, 16)
-    assert cpu.slab_candidates(8192, 100, tiling) == (0, 64, 32, 16)  # mean 81: 64 and below
-    assert cpu.slab_candidates(100, 16, tiling) == (0,)  # mean 6 < min_block_m: no slab
-    assert cpu.slab_candidates(8192, 128, Tiling(block_m=512, min_block_m=16)) == (0,)
+    big = 1024 * 1024  # weights per expert
+    assert cpu.slab_candidates(8192, 128, big, tiling) == (0, 64, 32, 16)
+    assert cpu.slab_candidates(8192, 100, big, tiling) == (0, 64, 32, 16)  # mean 81: 64, ...
+    assert cpu.slab_candidates(100, 16, big, tiling) == (0,)  # mean 6 < min_block_m: no slab
+    assert cpu.slab_candidates(8192, 128, big, Tiling(block_m=512, min_block_m=16)) == (0,)
+    assert cpu.slab_candidates(8192, 128, 128 * 512, tiling) == (0,)  # a small expert: none
+    assert cpu.slab_candidates(8192, 128, big, Tiling(min_block_m=16, slab=2)) == (0, 64, 32)
 
     def cost(sizes, slab_rows):
         bounds = metadata.group_bounds(jnp.asarray(sizes, jnp.int32), 0, len(sizes))

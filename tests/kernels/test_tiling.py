@@ -8,7 +8,7 @@ from moejax.kernels import tiling
 
 def test_defaults_per_implementation():
     assert tiling.default_tiling("cpu") == tiling.Tiling(block_m=512, block_k=1, block_n=1,
-                                                         min_block_m=16, slab=3)
+                                                         min_block_m=16, slab=2)
     assert tiling.default_tiling("pallas_tpu").block_k == 128
     gpu = tiling.default_tiling("pallas_gpu")
     assert (gpu.block_m, gpu.block_n, gpu.num_warps) == (128, 256, 8)
