@@ -116,27 +116,25 @@ def slab_candidates(num_rows: int, num_groups: int, expert_elements: int,
     return (0, *[top >> i for i in range(tiling.slab) if top >> i >= tiling.min_block_m])
 
 
-def _chunk_cost(levels) -> jax.Array:
-    """Rows of matmul the chunk loops compute, plus each chunk's overhead (see above)."""
-    return sum((level.rows + CHUNK_OVERHEAD_ROWS) * level.num_live for level in levels)
+def chunk_plan(bounds: metadata.GroupBounds, num_rows: int, slab_rows: int,
+               tiling: Tiling) -> list[metadata.ChunkLevel]:
+    """The chunk levels that cover each group's rows past its first slab_rows (all its rows if
+    slab_rows is 0); chunk sizes with no room in num_rows rows are left out."""
+    if slab_rows:
+        bounds = metadata.GroupBounds(jnp.minimum(bounds.starts_G + slab_rows, bounds.ends_G),
+                                      bounds.ends_G)
+    return [level for level in metadata.row_chunks(bounds, num_rows, tiling.block_m,
+                                                   tiling.min_block_m)
+            if level.group_C.shape[0]]
 
 
-def slab_cost(bounds: metadata.GroupBounds, num_rows: int, slab_rows: int,
-              tiling: Tiling) -> jax.Array:
-    """Estimated cost (rows of matmul) of the weight gradient with this slab length."""
-    num_groups = bounds.starts_G.shape[0]
-    if slab_rows == 0:  # every row in chunks, and a zero-initialised result
-        levels = metadata.row_chunks(bounds, num_rows, tiling.block_m, tiling.min_block_m)
-        return _chunk_cost(levels) + num_groups * CHUNK_OVERHEAD_ROWS // 2
-    tail = _tail_bounds(bounds, slab_rows)
-    levels = metadata.row_chunks(tail, num_rows, tiling.block_m, tiling.min_block_m)
-    return num_groups * slab_rows + _chunk_cost(levels)
-
-
-def _tail_bounds(bounds: metadata.GroupBounds, slab_rows: int) -> metadata.GroupBounds:
-    """The rows of each group past its first slab_rows (empty for groups no longer than that)."""
-    return metadata.GroupBounds(jnp.minimum(bounds.starts_G + slab_rows, bounds.ends_G),
-                                bounds.ends_G)
+def slab_cost(levels: list[metadata.ChunkLevel], num_groups: int, slab_rows: int) -> jax.Array:
+    """Estimated cost (rows of matmul) of the weight gradient with this slab length and the
+    chunk plan for the rest: the slab's G x L rows (padding included), or without a slab the
+    zero-initialised result; plus the chunks' rows and each chunk's overhead (see above)."""
+    chunks = sum((level.rows + CHUNK_OVERHEAD_ROWS) * level.num_live for level in levels)
+    start = num_groups * slab_rows if slab_rows else num_groups * CHUNK_OVERHEAD_ROWS // 2
+    return chunks + start
 
 
 def _slab_product(lhs_MK, grad_MN, bounds: metadata.GroupBounds, slab_rows: int) -> jax.Array:
@@ -160,28 +158,21 @@ def _slab_product(lhs_MK, grad_MN, bounds: metadata.GroupBounds, slab_rows: int)
                                preferred_element_type=jnp.float32)
 
 
-def tgmm_with_slab(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
-                   group_offset: jax.Array, *, num_groups: int, tiling: Tiling, slab_rows: int,
-                   out_dtype) -> jax.Array:
-    """The weight gradient with a fixed slab length (0: chunk loops only); see ``tgmm``."""
-    _, k = lhs_MK.shape
-    n = grad_MN.shape[1]
-    bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
-    pad = max(tiling.min_block_m - lhs_MK.shape[0], 0)
-    lhs_padded, grad_padded = _pad_rows(lhs_MK, pad), _pad_rows(grad_MN, pad)
+def _weight_gradient(lhs_MK, grad_MN, bounds: metadata.GroupBounds,
+                     levels: list[metadata.ChunkLevel], slab_rows: int, out_dtype) -> jax.Array:
+    """(G, k, n): the slab (or zeros), then the chunk loops of ``levels`` add the other rows.
+    lhs and grad have at least min_block_m rows (padded by the caller)."""
+    num_rows, k = lhs_MK.shape
+    num_groups, n = bounds.starts_G.shape[0], grad_MN.shape[1]
     if slab_rows:
         out_GKN = _slab_product(lhs_MK, grad_MN, bounds, slab_rows)
-        bounds = _tail_bounds(bounds, slab_rows)
     else:
         out_GKN = jnp.zeros((num_groups, k, n), jnp.float32)
-    levels = [level for level in metadata.row_chunks(bounds, lhs_padded.shape[0],
-                                                     tiling.block_m, tiling.min_block_m)
-              if level.group_C.shape[0]]  # skip sizes with no room in M rows
 
     def add_chunk(level, partial, c, out_GKN):
-        load_start, own_R = _chunk_rows(level, c, lhs_padded.shape[0], partial)
-        x_RK = jax.lax.dynamic_slice_in_dim(lhs_padded, load_start, level.rows)
-        g_RN = jax.lax.dynamic_slice_in_dim(grad_padded, load_start, level.rows)
+        load_start, own_R = _chunk_rows(level, c, num_rows, partial)
+        x_RK = jax.lax.dynamic_slice_in_dim(lhs_MK, load_start, level.rows)
+        g_RN = jax.lax.dynamic_slice_in_dim(grad_MN, load_start, level.rows)
         if own_R is not None:  # zero other rows on both sides: they may hold NaN/inf
             x_RK = jnp.where(own_R[:, None], x_RK, 0)
             g_RN = jnp.where(own_R[:, None], g_RN, 0)
@@ -197,6 +188,17 @@ def tgmm_with_slab(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Arr
         out_GKN = jax.lax.fori_loop(0, level.num_live, functools.partial(add_chunk, level, partial),
                                     out_GKN)
     return out_GKN.astype(out_dtype)
+
+
+def tgmm_with_slab(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
+                   group_offset: jax.Array, *, num_groups: int, tiling: Tiling, slab_rows: int,
+                   out_dtype) -> jax.Array:
+    """The weight gradient with a fixed slab length (0: chunk loops only); see ``tgmm``."""
+    pad = max(tiling.min_block_m - lhs_MK.shape[0], 0)
+    lhs_MK, grad_MN = _pad_rows(lhs_MK, pad), _pad_rows(grad_MN, pad)
+    bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
+    levels = chunk_plan(bounds, lhs_MK.shape[0], slab_rows, tiling)
+    return _weight_gradient(lhs_MK, grad_MN, bounds, levels, slab_rows, out_dtype)
 
 
 def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
@@ -219,10 +221,14 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     """
     candidates = slab_candidates(lhs_MK.shape[0], num_groups,
                                  lhs_MK.shape[1] * grad_MN.shape[1], tiling)
-    run = [functools.partial(tgmm_with_slab, num_groups=num_groups, tiling=tiling, slab_rows=L,
-                             out_dtype=out_dtype) for L in candidates]
-    if len(run) == 1:
-        return run[0](lhs_MK, grad_MN, group_sizes_E, group_offset)
+    if len(candidates) == 1:
+        return tgmm_with_slab(lhs_MK, grad_MN, group_sizes_E, group_offset,
+                              num_groups=num_groups, tiling=tiling, slab_rows=candidates[0],
+                              out_dtype=out_dtype)
+    # A slab is a candidate only if the mean group has >= min_block_m rows: no padding needed.
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
-    costs = jnp.stack([slab_cost(bounds, lhs_MK.shape[0], L, tiling) for L in candidates])
-    return jax.lax.switch(jnp.argmin(costs), run, lhs_MK, grad_MN, group_sizes_E, group_offset)
+    plans = [chunk_plan(bounds, lhs_MK.shape[0], L, tiling) for L in candidates]
+    costs = jnp.stack([slab_cost(levels, num_groups, L) for levels, L in zip(plans, candidates)])
+    branches = [functools.partial(_weight_gradient, lhs_MK, grad_MN, bounds, levels, L,
+                                  out_dtype) for levels, L in zip(plans, candidates)]
+    return jax.lax.switch(jnp.argmin(costs), branches)

@@ -66,7 +66,8 @@ def test_slab_choice_follows_the_group_sizes():
 
     def cost(sizes, slab_rows):
         bounds = metadata.group_bounds(jnp.asarray(sizes, jnp.int32), 0, len(sizes))
-        return int(cpu.slab_cost(bounds, int(sum(sizes)), slab_rows, tiling))
+        levels = cpu.chunk_plan(bounds, int(sum(sizes)), slab_rows, tiling)
+        return int(cpu.slab_cost(levels, len(sizes), slab_rows))
 
     # 128 groups of 64 rows: a 64-row slab covers every row with no chunk at all.
     balanced = [64] * 128
