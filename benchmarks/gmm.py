@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import run_environment  # noqa: E402
-from moejax.kernels import Tiling, gmm, resolve_impl  # noqa: E402
+from moejax.kernels import Tiling, autotune, choose, gmm, resolve_impl  # noqa: E402
 from moejax.kernels.tiling import default_tiling as moejax_default_tiling  # noqa: E402
 
 # (M routed rows, D d_model, F expert hidden, E experts, K top-k, routing)
@@ -158,13 +158,17 @@ def bench_case(case, contenders, reps, ragged_reps, dtype):
 
     name = f"m{num_rows}_d{d_model}_f{d_expert}_e{num_experts}_k{top_k}_{routing}"
     for label, impl, tiling in contenders:
+        picked = None
+        if impl == "tuned":  # what the tuning table chose (measured while compiling above)
+            picked = autotune.describe_choice(*choose(
+                "tuned", None, lambda: autotune.Problem.of(x, w, sizes, x.dtype)))
         line = {
             "case": name, "m": num_rows, "k": d_model, "n": n, "E": num_experts, "K": top_k,
             "routing": routing, "max_group": int(sizes.max()), "impl": impl,
             "tiling": None if tiling is None else [tiling.block_m, tiling.block_k,
                                                    tiling.block_n, tiling.num_warps,
                                                    tiling.num_stages],
-            "dtype": jnp.dtype(dtype).name,
+            "tuned_choice": picked, "dtype": jnp.dtype(dtype).name,
             "fwd_tflops": tflops.get(f"{label}_fwd"),
             "fwdbwd_tflops": tflops.get(f"{label}_fwdbwd"),
             "dense_fwd_tflops": tflops["dense_fwd"],
@@ -231,7 +235,8 @@ def main(argv=None):
     grid.add_argument("--full", action="store_true", help="design-grid shapes")
     parser.add_argument("--impl", action="append",
                         help="implementations to time (default: auto's choice); 'xla' is "
-                             "ragged_dot itself")
+                             "ragged_dot itself; 'tuned' measures the candidates first "
+                             "(gmm_tuning table: $XDG_CACHE_HOME/moejax/gmm_tuning.json)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions (median kept)")
     parser.add_argument("--ragged-reps", type=int, default=1,
                         help="repetitions of ragged_dot (0 = skip it; it is slow on CPU/GPU)")

@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu_session.sh grid step        # the full gmm grid, then the MoE step
 #   bash benchmarks/gpu_session.sh mosaic           # the Hopper kernel vs the Triton one
 #     (MOSAIC_TILES="--tiling mosaic_gpu:128,64,256,1,4/64,128,128,1,3" adds tile contenders)
+#   bash benchmarks/gpu_session.sh tuned            # gmm_impl="tuned" on the CASES: measures
+#     every candidate (the tuning table lands in $OUT/cache), then times its pick next to auto's
 set -u
 OUT=${OUT:-/tmp/moejax_gpu}; mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -69,6 +71,13 @@ for l in sys.stdin:
       timeout 300 python3 benchmarks/moe_step.py --dtype bfloat16 --reps 5 --vocab 32768 \
         --impl pallas_gpu --impl mosaic_gpu --d-model 2048 --layers 8 --experts 8 --top-k 2 \
         --d-expert 2048 --batch 16 --seq 1024 2>>"$OUT/mosaic.err" | tee -a "$OUT/mosaic_step.jsonl" ;;
+    tuned)
+      XDG_CACHE_HOME="$OUT/cache" timeout 500 python3 benchmarks/gmm.py --full \
+        $(for c in $CASES; do echo --case $c; done) --impl pallas_gpu --impl tuned \
+        --dtype bfloat16 --reps 10 --ragged-reps 0 2>>"$OUT/tuned.err" \
+        | tee -a "$OUT/tuned.jsonl" | python3 -c "import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print(r['case'], r['impl'], r['tuned_choice'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['errors'])" ;;
     grid)
       timeout 400 python3 benchmarks/gmm.py --full --dtype bfloat16 --reps 10 --ragged-reps 3 \
         --ragged-max-experts 128 ${GRID_ARGS:-} 2>>"$OUT/grid.err" | tee -a "$OUT/grid.jsonl" \

@@ -28,6 +28,7 @@ class GinConfigError(ValueError):
 def register_configurables() -> None:
     """Import every module that defines gin configurables, so bindings can name them."""
     import moejax.data  # noqa: F401  (DataConfig and the task registrations)
+    import moejax.kernels.autotune  # noqa: F401  (gmm_tuning)
     import moejax.kernels.tiling  # noqa: F401  (cpu_/pallas_tpu_/pallas_gpu_/mosaic_gpu_tiling)
     import moejax.model.config  # noqa: F401
     import moejax.model.granularity  # noqa: F401  (fine_grained_moe, width_tied_moe)

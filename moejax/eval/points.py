@@ -40,22 +40,20 @@ missing values as pandas' nullable ``Int64``).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import datetime
-import fcntl
 import hashlib
 import io
 import json
 import math
 import os
 import re
-import tempfile
 from typing import Any, Iterable
 
 import pandas as pd
 
+from moejax import files
 from moejax.model import accounting
 from moejax.model.config import ModelConfig
 
@@ -403,43 +401,6 @@ def _parquet_bytes(records: list[dict]) -> bytes:
 WRITERS = {"jsonl": _jsonl_bytes, "csv": _csv_bytes, "parquet": _parquet_bytes}
 
 
-@contextlib.contextmanager
-def _locked(path: str):
-    """An exclusive flock on ``<path>.lock`` (created if needed, never deleted: deleting it would
-    let two writers hold locks on different inodes)."""
-    with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def _write_atomic(path: str, payload: bytes) -> None:
-    """Temporary file in the same directory, fsync, rename over ``path``, fsync the directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                             suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
-
-
 def merge_points(existing: list[dict], new: list[dict]) -> list[dict]:
     """``existing`` with every (run_id, step) of ``new`` replaced in place or appended."""
     merged: dict[tuple, dict] = {}
@@ -454,8 +415,8 @@ def write_points(path: str, records: Iterable[dict], format: str | None = None) 
     records = [_check_record(dict(r), f"record for {path}") for r in records]
     fmt = points_format(path, format)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with _locked(path):
+    with files.locked(path):
         existing = read_point_records(path, fmt) if os.path.exists(path) else []
         merged = merge_points(existing, records)
-        _write_atomic(path, WRITERS[fmt](merged))
+        files.write_atomic(path, WRITERS[fmt](merged))
     return len(merged)

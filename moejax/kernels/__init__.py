@@ -18,6 +18,9 @@ One call, ``gmm``, several implementations chosen by ``impl``:
 "xla"          ``xla.py``: ``jax.lax.ragged_dot``, the reference (masked dense compute on CPU
                and, by default, GPU: correct but slow).
 "auto"         cpu -> "cpu", gpu -> "pallas_gpu", tpu -> "pallas_tpu".
+"tuned"        ``autotune.py``: the implementation and tiles measured fastest for this
+               problem's shapes on this device, from the tuning table; a problem not in the
+               table is measured while the caller is traced (seconds to minutes, once).
 =============  ===========================================================================
 
 All implementations share one ``custom_vjp``: d_lhs = gmm(d_out, rhs transposed) and
@@ -39,21 +42,35 @@ import importlib
 import jax
 import jax.numpy as jnp
 
+from moejax.kernels import autotune
 from moejax.kernels.tiling import Tiling, default_tiling
 
-IMPLEMENTATIONS = ("auto", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "xla")
+IMPLEMENTATIONS = ("auto", "tuned", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "xla")
 AUTO_IMPL = {"cpu": "cpu", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
 
-__all__ = ["IMPLEMENTATIONS", "Tiling", "gmm", "resolve_impl", "tgmm"]
+__all__ = ["IMPLEMENTATIONS", "Tiling", "choose", "gmm", "resolve_impl", "tgmm"]
 
 
 def resolve_impl(impl: str) -> str:
-    """The implementation "auto" stands for on the default backend; other names unchanged."""
+    """The implementation "auto" stands for on the default backend; other names unchanged
+    ("tuned" depends on the problem's shapes: see ``choose``)."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"gmm impl = {impl!r} is not available; choose one of {IMPLEMENTATIONS}")
     if impl != "auto":
         return impl
     return AUTO_IMPL.get(jax.default_backend(), "xla")
+
+
+def choose(impl: str, tiling: Tiling | None, problem_of) -> tuple[str, Tiling]:
+    """(implementation, tiles) a call runs with. ``problem_of()`` builds the autotune.Problem,
+    only needed for "tuned", which picks both from the tuning table (measuring if needed)."""
+    impl = resolve_impl(impl)
+    if impl == "tuned":
+        if tiling is not None:
+            raise ValueError("gmm impl = 'tuned' chooses the tiling itself; pass an explicit "
+                             "impl to set tiling")
+        return autotune.tuned_choice(problem_of())
+    return impl, default_tiling(impl) if tiling is None else tiling
 
 
 def _module(impl: str):
@@ -81,9 +98,10 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "
       lhs: (M, k) rows sorted by group id.
       rhs: (G, k, n) weights of groups group_offset .. group_offset+G-1 (G = E without offset).
       group_sizes: (E,) int rows per group, all groups; sum <= M (rows past the sum give zeros).
-      impl: "auto", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu" or "xla" (see the module
-        docstring).
-      tiling: tile sizes; None takes the gin-configured default of the implementation.
+      impl: "auto", "tuned", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu" or "xla" (see the
+        module docstring).
+      tiling: tile sizes; None takes the gin-configured default of the implementation ("tuned":
+        must be None).
       group_offset: scalar int (may be traced), first group this call owns; None = 0.
       preferred_element_type: output dtype (None: result type of lhs and rhs). Products always
         accumulate in float32.
@@ -93,9 +111,8 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "
       output gradient cast to lhs's dtype); group_sizes and group_offset get none.
     """
     _check(lhs, rhs, group_sizes)
-    impl = resolve_impl(impl)
-    tiling = default_tiling(impl) if tiling is None else tiling
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
+    impl, tiling = choose(impl, tiling, lambda: _problem(lhs, rhs, group_sizes, out_dtype))
     offset = jnp.asarray(0 if group_offset is None else group_offset, jnp.int32).reshape(())
     return _gmm(lhs, rhs, group_sizes.astype(jnp.int32), offset, impl, tiling, out_dtype)
 
@@ -107,13 +124,20 @@ def tgmm(lhs: jax.Array, grad: jax.Array, group_sizes: jax.Array, *, num_groups:
 
     lhs (M, k) and grad (M, n) share gmm's row layout; lhs_g are the rows of group
     group_offset + g. Groups with no rows (and rows past the group-size sum) contribute zero.
+    "tuned" takes the choice of the gmm whose weight gradient this is (lhs (M, k) times a
+    (num_groups, k, n) rhs).
     """
-    impl = resolve_impl(impl)
-    tiling = default_tiling(impl) if tiling is None else tiling
-    offset = jnp.asarray(0 if group_offset is None else group_offset, jnp.int32).reshape(())
     out_dtype = jnp.dtype(out_dtype or lhs.dtype)
+    rhs_shape = jax.ShapeDtypeStruct((num_groups, lhs.shape[1], grad.shape[1]), out_dtype)
+    impl, tiling = choose(impl, tiling,
+                          lambda: _problem(lhs, rhs_shape, group_sizes, grad.dtype))
+    offset = jnp.asarray(0 if group_offset is None else group_offset, jnp.int32).reshape(())
     return _module(impl).tgmm(lhs, grad.astype(lhs.dtype), group_sizes.astype(jnp.int32), offset,
                               num_groups=num_groups, tiling=tiling, out_dtype=out_dtype)
+
+
+def _problem(lhs, rhs, group_sizes, out_dtype):
+    return autotune.Problem.of(lhs, rhs, group_sizes, out_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from moejax import files
 from moejax.laws.datasets import CLARK_ROUTERS, DATASETS, clark_fit_subset, load_dataset
 from moejax.laws.fitting import FitInputError, FitResult, fit, predict
 from moejax.laws.forms import get_law, list_laws
@@ -83,22 +82,6 @@ def read_points_table(path: str) -> pd.DataFrame:
         return load_points(path)
     except PointsError:
         return pd.read_csv(path)  # a CSV that did not come from moejax eval
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    """Write via a temporary file in the same directory and rename, so readers never see half a file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def _fmt(value) -> str:
@@ -258,10 +241,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     source = str(args.points) if args.points is not None else f"{args.dataset} ({args.router}, {args.loss_column})"
-    _write_atomic(args.out / "fit.json", result.to_json().encode())
-    _write_atomic(args.out / "report.md", render_report(result, source).encode())
+    files.write_atomic(args.out / "fit.json", result.to_json().encode())
+    files.write_atomic(args.out / "report.md", render_report(result, source).encode())
     for name, payload in make_plots(result, points).items():
-        _write_atomic(args.out / name, payload)
+        files.write_atomic(args.out / name, payload)
     print(json.dumps({"law": result.law, "parameters": result.parameters, "train_rmse": result.train_rmse,
                       "holdout_rmse": result.holdout_rmse, "converged": result.converged, "out": str(args.out)}))
     return 0 if result.converged else 1

@@ -69,8 +69,10 @@ class MoEConfig:
       eval_capacity_factor: the same at evaluation (None = dropless), so a model trained with
         capacity can be evaluated dropless.
       gmm_impl: grouped-matmul implementation of the dropless experts (``moejax.kernels.gmm``):
-        "auto" (the fastest for the backend), "cpu", "pallas_gpu", "mosaic_gpu", "pallas_tpu"
-        or "xla" (``jax.lax.ragged_dot``, the reference).
+        "auto" (the usual fastest for the backend), "tuned" (measured fastest for each
+        problem on this device, kept in the tuning table: ``moejax.kernels.autotune``), "cpu",
+        "pallas_gpu", "mosaic_gpu", "pallas_tpu" or "xla" (``jax.lax.ragged_dot``, the
+        reference).
       ep_buffer_factor: expert parallelism (dropless, on a mesh with an ``expert`` axis > 1): the
         static receive buffer of each device holds about ep_buffer_factor * K * T_local rows
         (1.0 = the balanced load); assignments beyond it are dropped deterministically and

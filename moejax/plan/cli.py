@@ -27,13 +27,13 @@ from pathlib import Path
 
 import scipy.optimize
 
+from moejax.files import write_atomic
 from moejax.model import accounting
 from moejax.plan.hardware import HARDWARE_PRESETS, serving_cost_per_token
 from moejax.plan.joint_moe import (JOINT_MOE_TABLE3, inference_aware_optimal,
                                    joint_moe_counts, kv_cache_bytes, memory_optimal)
 from moejax.plan.recommend import (candidate_config, candidate_grid, gin_text,
-                                   joint_moe_architecture, joint_moe_learning_rate, rank_by_liew,
-                                   write_text_atomic)
+                                   joint_moe_architecture, joint_moe_learning_rate, rank_by_liew)
 
 
 def _ints(text: str) -> list[int]:
@@ -153,17 +153,17 @@ def _run_joint_moe(args) -> int:
         for rank, row in enumerate(ranked, 1):
             config = joint_moe_architecture(row["d_model"], int(row["E"]))
             name = f"recommended_{rank}_E{int(row['E'])}.gin"
-            write_text_atomic(str(args.out / name), gin_text(
+            write_atomic(args.out / name, gin_text(
                 config, tokens=row["tokens"], learning_rate=joint_moe_learning_rate(config),
                 title=f"moejax plan rank {rank}: E = {row['E']:g}, predicted loss {row['loss']:.4f}, "
                       f"{row['tokens']:.3g} tokens"))
             files.append(name)
         report += "\nGin files (train with `moejax train --gin_file=FILE --workdir=...`): " + \
             ", ".join(f"`{f}`" for f in files) + "\n"
-        write_text_atomic(str(args.out / "plan.json"), json.dumps(
+        write_atomic(args.out / "plan.json", json.dumps(
             {"law": "joint_moe", "source": source, "plans": rows, "recommended": ranked[0],
              "gin_files": files}, indent=2))
-        write_text_atomic(str(args.out / "report.md"), report)
+        write_atomic(args.out / "report.md", report)
         _plot(args.out / "plan.png", rows, f"compute {args.flops:.2g} FLOPs")
         print(f"wrote {args.out}/report.md, plan.json, plan.png and {len(files)} gin file(s)")
     return 0
@@ -197,15 +197,15 @@ def _run_liew(args) -> int:
             tokens = None if args.flops is None else args.flops / (
                 6.0 * accounting.parameter_counts(config).active)
             name = f"recommended_{rank}_{item.candidate.name}.gin"
-            write_text_atomic(str(args.out / name), gin_text(
+            write_atomic(args.out / name, gin_text(
                 dataclasses.replace(config, vocab_size=None), tokens=tokens,
                 title=f"moejax plan (Liew rule) rank {rank}: {item.candidate.name}"))
             files.append(name)
-        write_text_atomic(str(args.out / "plan.json"), json.dumps(
+        write_atomic(args.out / "plan.json", json.dumps(
             {"rule": "liew", "ranked": [{"name": r.candidate.name, "n_total": r.n_total, "n_active": r.n_active,
                                          **dataclasses.asdict(r.candidate)} for r in ranked],
              "gin_files": files}, indent=2))
-        write_text_atomic(str(args.out / "report.md"), report + "\nGin files: " +
+        write_atomic(args.out / "report.md", report + "\nGin files: " +
                           ", ".join(f"`{f}`" for f in files) + "\n")
         print(f"wrote {args.out}/report.md, plan.json and {len(files)} gin file(s)")
     return 0

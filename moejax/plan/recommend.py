@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
 from typing import Iterable, Sequence
 
 from moejax.model import accounting
@@ -108,10 +107,3 @@ def joint_moe_learning_rate(config: ModelConfig) -> float:
     counts = accounting.parameter_counts(dataclasses.replace(config, vocab_size=config.vocab_size or 1))
     num_experts = config.moe.num_experts if config.moe is not None else 1
     return float(peak_learning_rate(counts.active_non_embedding, num_experts))
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

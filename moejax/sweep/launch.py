@@ -20,16 +20,12 @@ import sys
 import time
 from typing import Callable
 
+from moejax import files
 from moejax.sweep.grid import Grid, check_bindings, expand
 
 MANIFEST = "manifest.json"
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def train_command(run_dir: str) -> list[str]:
@@ -63,18 +59,18 @@ def prepare(grid: Grid, root: str, *, only: dict | None = None) -> dict:
     for point in kept:
         run_dir = os.path.join(root, point.run_id)
         os.makedirs(run_dir, exist_ok=True)
-        _write_atomic(os.path.join(run_dir, "run.gin"), point.gin_text(grid))
+        files.write_atomic(os.path.join(run_dir, "run.gin"), point.gin_text(grid))
         status = old.get(point.run_id, {}).get("status", "pending")
         runs.append({"run_id": point.run_id, "dir": run_dir, "values": point.values,
                      "status": status})
     manifest = {"grid": grid.name, "runs": runs,
                 "dropped": [{"values": v, "reason": r} for v, r in dropped]}
-    _write_atomic(path, json.dumps(manifest, indent=2, default=str))
+    files.write_atomic(path, json.dumps(manifest, indent=2, default=str))
     return manifest
 
 
 def save_manifest(root: str, manifest: dict) -> None:
-    _write_atomic(os.path.join(root, MANIFEST), json.dumps(manifest, indent=2, default=str))
+    files.write_atomic(os.path.join(root, MANIFEST), json.dumps(manifest, indent=2, default=str))
 
 
 def is_finished(run_dir: str) -> bool:

@@ -31,6 +31,7 @@ from typing import Callable
 import jax
 
 from moejax import data as data_lib
+from moejax import files
 from moejax.model.config import ConfigError, ModelConfig, moe_layer_indices, validate_model_config
 from moejax.model.functional import build_model
 from moejax.parallel import distributed
@@ -54,11 +55,6 @@ class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became NaN or infinite."""
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def resolve_model_config(model: ModelConfig, data: "data_lib.DataConfig") -> ModelConfig:
@@ -178,8 +174,8 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
     fingerprint = config_fingerprint(model, data, train)
     if primary:
         if gin_config is not None:
-            _atomic_write(os.path.join(workdir, "config.gin"), gin_config)
-        _atomic_write(os.path.join(workdir, "config.json"),
+            files.write_atomic(os.path.join(workdir, "config.gin"), gin_config)
+        files.write_atomic(os.path.join(workdir, "config.json"),
                       json.dumps(fingerprint, indent=2) + "\n")
 
     if sharded is None:

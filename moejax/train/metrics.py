@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from moejax import files
+
 
 def _truncate_jsonl(path: str, last_step: int) -> None:
     if not os.path.exists(path):
@@ -30,12 +32,7 @@ def _truncate_jsonl(path: str, last_step: int) -> None:
                 continue  # a line torn by a kill mid-write
             if record.get("step", 0) <= last_step:
                 kept.append(json.dumps(record))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    files.write_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def load_jsonl(path: str) -> list[dict]:

@@ -1,0 +1,59 @@
+"""Writing result files so that no reader ever sees half of one.
+
+In: a path and the whole new content (bytes or text). Out: the file replaced in one rename, or
+left as it was if anything failed (the temporary file is removed). ``locked`` serialises writers
+on one machine that read, merge and rewrite a shared file (points files, the gmm tuning table).
+Every step that writes a file a researcher keeps (checkpoints aside: orbax does its own) goes
+through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def locked(path: str):
+    """An exclusive ``flock`` on ``<path>.lock`` (created if needed, never deleted: deleting it
+    would let two writers hold locks on different inodes). Only as good as the filesystem's
+    flock: on NFS or a FUSE mount give each host its own file."""
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def write_atomic(path: str | os.PathLike, payload: bytes | str) -> None:
+    """Temporary file in the same directory, fsync, rename over ``path``, fsync the directory.
+
+    The temporary file has a unique name (concurrent writers never share one) and gets the
+    permissions a plain ``open`` would give; it is deleted if writing fails or is interrupted.
+    """
+    path = os.fspath(path)
+    data = payload.encode() if isinstance(payload, str) else payload
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                                             suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)

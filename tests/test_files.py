@@ -1,0 +1,53 @@
+"""Atomic result files (moejax/files.py)."""
+
+import os
+import stat
+import threading
+from unittest import mock
+
+import pytest
+
+from moejax import files
+
+
+def test_write_replaces_whole_files_with_normal_permissions(tmp_path):
+    path = tmp_path / "a.json"
+    files.write_atomic(path, "first")
+    files.write_atomic(str(path), b"second \xff")
+    assert path.read_bytes() == b"second \xff"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    assert sorted(os.listdir(tmp_path)) == ["a.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "points.jsonl"
+    path.write_text("old\n")
+    with mock.patch.object(os, "replace", side_effect=KeyboardInterrupt), \
+            pytest.raises(KeyboardInterrupt):
+        files.write_atomic(path, "new\n")
+    assert path.read_text() == "old\n"
+    assert sorted(os.listdir(tmp_path)) == ["points.jsonl"]
+    with pytest.raises(FileNotFoundError):
+        files.write_atomic(tmp_path / "missing_dir" / "x", "data")
+
+
+def test_locked_excludes_a_second_writer(tmp_path):
+    path = str(tmp_path / "table.json")
+    events = []
+    inside = threading.Event()
+
+    def second():
+        inside.wait()
+        with files.locked(path):
+            events.append("second")
+
+    thread = threading.Thread(target=second)
+    with files.locked(path):
+        thread.start()
+        inside.set()
+        thread.join(timeout=0.5)  # must still be waiting for the lock
+        events.append("first done")
+    thread.join(timeout=10)
+    assert events == ["first done", "second"]
