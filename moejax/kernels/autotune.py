@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from typing import Callable
 
 import gin
@@ -316,7 +317,12 @@ def tuned_choice(problem: Problem, settings: TuningSettings | None = None,
             return measure_seconds(impl, tiling, problem, reps=settings.reps)
     device = jax.devices()[0]
     entry = tune(problem, candidates(problem, jax.default_backend(), is_hopper(device)), measure)
-    add_entry(settings.table_path, key, entry)
+    try:
+        add_entry(settings.table_path, key, entry)
+    except OSError as error:  # the choice still holds for this run; only remembering it failed
+        warnings.warn(f"gmm tuning: could not write the tuning table {settings.table_path} "
+                      f"({error}); this run uses its measurement, the next will measure again. "
+                      "Set gmm_tuning.table_path to a writable file.", stacklevel=2)
     return entry["impl"], tiling_from_dict(entry["tiling"])
 
 

@@ -211,3 +211,14 @@ def test_command_line(tmp_path, capsys):
     assert "--num-groups 2 < --groups 3" in capsys.readouterr().err
     assert autotune.main(argv[:7] + ["0"] + argv[8:]) == 2
     assert "local_groups = 0" in capsys.readouterr().err
+
+
+def test_an_unwritable_table_warns_and_keeps_the_measurement(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    settings = autotune.TuningSettings(table_path=str(blocker / "gmm.json"), reps=1)
+    with pytest.warns(UserWarning, match="could not write the tuning table .*file/gmm.json"):
+        impl, tiling = autotune.tuned_choice(
+            SMALL, settings, measure=lambda i, t, p: 1.0 if t.block_m == 256 else 2.0)
+    assert (impl, tiling.block_m) == ("cpu", 256)
+    assert blocker.read_text() == "not a directory"
