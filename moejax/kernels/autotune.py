@@ -122,7 +122,7 @@ def is_hopper(device) -> bool:
 def candidates(problem: Problem, backend: str, hopper: bool = False) -> list[Choice]:
     """The (impl, Tiling) pairs worth timing on a backend, the static "auto" choice first (so the
     tuned pick is never slower than "auto" but for timing noise), without duplicates."""
-    from moejax.kernels import AUTO_IMPL  # the package imports this module lazily
+    from moejax.kernels import AUTO_IMPL  # not at the top: the package imports this module
 
     static = AUTO_IMPL.get(backend, "xla")
     found = [(static, default_tiling(static))]
