@@ -161,7 +161,7 @@ def bench_case(case, contenders, reps, ragged_reps, dtype):
         picked = None
         if impl == "tuned":  # what the tuning table chose (measured while compiling above)
             picked = autotune.describe_choice(*choose(
-                "tuned", None, lambda: autotune.Problem.of(x, w, sizes, x.dtype)))
+                "tuned", None, autotune.Problem.of(x, w, sizes, x.dtype)))
         line = {
             "case": name, "m": num_rows, "k": d_model, "n": n, "E": num_experts, "K": top_k,
             "routing": routing, "max_group": int(sizes.max()), "impl": impl,

@@ -61,15 +61,16 @@ def resolve_impl(impl: str) -> str:
     return AUTO_IMPL.get(jax.default_backend(), "xla")
 
 
-def choose(impl: str, tiling: Tiling | None, problem_of) -> tuple[str, Tiling]:
-    """(implementation, tiles) a call runs with. ``problem_of()`` builds the autotune.Problem,
-    only needed for "tuned", which picks both from the tuning table (measuring if needed)."""
+def choose(impl: str, tiling: Tiling | None,
+           problem: autotune.Problem) -> tuple[str, Tiling]:
+    """(implementation, tiles) a call runs with; "tuned" picks both for ``problem`` from the
+    tuning table (measuring if needed), other names take ``tiling`` or their default."""
     impl = resolve_impl(impl)
     if impl == "tuned":
         if tiling is not None:
             raise ValueError("gmm impl = 'tuned' chooses the tiling itself; pass an explicit "
                              "impl to set tiling")
-        return autotune.tuned_choice(problem_of())
+        return autotune.tuned_choice(problem)
     return impl, default_tiling(impl) if tiling is None else tiling
 
 
@@ -112,7 +113,8 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "
     """
     _check(lhs, rhs, group_sizes)
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
-    impl, tiling = choose(impl, tiling, lambda: _problem(lhs, rhs, group_sizes, out_dtype))
+    impl, tiling = choose(impl, tiling,
+                          autotune.Problem.of(lhs, rhs, group_sizes, out_dtype))
     offset = jnp.asarray(0 if group_offset is None else group_offset, jnp.int32).reshape(())
     return _gmm(lhs, rhs, group_sizes.astype(jnp.int32), offset, impl, tiling, out_dtype)
 
@@ -128,16 +130,11 @@ def tgmm(lhs: jax.Array, grad: jax.Array, group_sizes: jax.Array, *, num_groups:
     (num_groups, k, n) rhs).
     """
     out_dtype = jnp.dtype(out_dtype or lhs.dtype)
-    rhs_shape = jax.ShapeDtypeStruct((num_groups, lhs.shape[1], grad.shape[1]), out_dtype)
-    impl, tiling = choose(impl, tiling,
-                          lambda: _problem(lhs, rhs_shape, group_sizes, grad.dtype))
+    rhs = jax.ShapeDtypeStruct((num_groups, lhs.shape[1], grad.shape[1]), out_dtype)
+    impl, tiling = choose(impl, tiling, autotune.Problem.of(lhs, rhs, group_sizes, grad.dtype))
     offset = jnp.asarray(0 if group_offset is None else group_offset, jnp.int32).reshape(())
     return _module(impl).tgmm(lhs, grad.astype(lhs.dtype), group_sizes.astype(jnp.int32), offset,
                               num_groups=num_groups, tiling=tiling, out_dtype=out_dtype)
-
-
-def _problem(lhs, rhs, group_sizes, out_dtype):
-    return autotune.Problem.of(lhs, rhs, group_sizes, out_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))

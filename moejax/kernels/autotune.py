@@ -254,10 +254,11 @@ def tiling_from_dict(fields: dict) -> Tiling:
     return Tiling(**fields, tgmm=None if nested is None else tiling_from_dict(nested))
 
 
-def read_table(path: str) -> dict[str, Choice]:
-    """Every entry of the tuning table as key -> (impl, Tiling); {} if the file does not exist."""
+def _load(path: str) -> dict:
+    """The table as stored, its format and every entry checked; an empty table if the file
+    does not exist."""
     if not os.path.exists(path):
-        return {}
+        return {"format": TABLE_FORMAT, "entries": {}}
     try:
         with open(path) as f:
             table = json.load(f)
@@ -268,11 +269,15 @@ def read_table(path: str) -> dict[str, Choice]:
         found = table.get("format") if isinstance(table, dict) else type(table).__name__
         raise TuningTableError(f"gmm tuning table {path}: format {found!r}, expected "
                                f"{TABLE_FORMAT!r}")
-    entries = table.get("entries")
-    if not isinstance(entries, dict):
+    if not isinstance(table.get("entries"), dict):
         raise TuningTableError(f"gmm tuning table {path}: 'entries' must be an object")
+    _choices(path, table)
+    return table
+
+
+def _choices(path: str, table: dict) -> dict[str, Choice]:
     choices = {}
-    for key, entry in entries.items():
+    for key, entry in table["entries"].items():
         try:
             impl = entry["impl"]
             if impl not in TUNABLE:
@@ -283,16 +288,17 @@ def read_table(path: str) -> dict[str, Choice]:
     return choices
 
 
+def read_table(path: str) -> dict[str, Choice]:
+    """Every entry of the tuning table as key -> (impl, Tiling); {} if the file does not exist."""
+    return _choices(path, _load(path))
+
+
 def add_entry(path: str, key: str, entry: dict) -> None:
-    """Add one entry: under a lock, reread the table (another process may have added some),
-    insert, and replace the file atomically."""
+    """Add one entry: under a lock, reread the table (another process may have added some;
+    one that does not parse is refused, not overwritten), insert, replace the file atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with files.locked(path):
-        read_table(path)  # refuse to overwrite a table we cannot read
-        table = {"format": TABLE_FORMAT, "entries": {}}
-        if os.path.exists(path):
-            with open(path) as f:
-                table = json.load(f)
+        table = _load(path)
         table["entries"][key] = entry
         files.write_atomic(path, json.dumps(table, indent=1, sort_keys=True) + "\n")
 
