@@ -23,6 +23,9 @@ One call, ``gmm``, several implementations chosen by ``impl``:
                table is measured while the caller is traced (seconds to minutes, once).
 =============  ===========================================================================
 
+``record.recording()`` collects what each traced call resolved to (a training run writes it to
+``kernels.json`` in its run directory).
+
 All implementations share one ``custom_vjp``: d_lhs = gmm(d_out, rhs transposed) and
 d_rhs = tgmm(lhs, d_out), a transposed grouped matmul that gives empty groups zero gradient.
 Tests (tests/kernels/) prove every implementation agrees with ragged_dot, forward and backward.
@@ -42,7 +45,7 @@ import importlib
 import jax
 import jax.numpy as jnp
 
-from moejax.kernels import autotune
+from moejax.kernels import autotune, record
 from moejax.kernels.tiling import Tiling, default_tiling
 
 IMPLEMENTATIONS = ("auto", "tuned", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "xla")
@@ -65,13 +68,19 @@ def choose(impl: str, tiling: Tiling | None,
            problem: autotune.Problem) -> tuple[str, Tiling]:
     """(implementation, tiles) a call runs with; "tuned" picks both for ``problem`` from the
     tuning table (measuring if needed), other names take ``tiling`` or their default."""
+    requested = impl
     impl = resolve_impl(impl)
-    if impl == "tuned":
-        if tiling is not None:
-            raise ValueError("gmm impl = 'tuned' chooses the tiling itself; pass an explicit "
-                             "impl to set tiling")
-        return autotune.tuned_choice(problem)
-    return impl, default_tiling(impl) if tiling is None else tiling
+    with record.choosing():
+        if impl == "tuned":
+            if tiling is not None:
+                raise ValueError("gmm impl = 'tuned' chooses the tiling itself; pass an explicit "
+                                 "impl to set tiling")
+            impl, tiling = autotune.tuned_choice(problem)
+        elif tiling is None:
+            tiling = default_tiling(impl)
+        record.note(requested, problem, impl, None if impl == "xla" else tiling,
+                    autotune.describe_choice(impl, tiling))
+    return impl, tiling
 
 
 def _module(impl: str):

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  metrics:      {workdir}/metrics.jsonl, {workdir}/eval.jsonl")
     print(f"  checkpoints:  {workdir}/checkpoints/")
     print(f"  tensorboard:  tensorboard --logdir {workdir}/tensorboard")
+    print(f"  kernels:      {workdir}/kernels.json (what each expert matmul ran with)")
     if summary.get("loss_curve"):
         print(f"  loss curves:  {summary['loss_curve']}")
     if summary.get("validation"):

@@ -2,7 +2,8 @@
 
 In: a workdir and the three configs (model, data, training), normally from gin. Out, under the
 workdir: ``config.gin`` (the operative gin config), ``config.json`` (the dataclasses),
-``checkpoints/<step>/`` (orbax), ``metrics.jsonl`` and ``eval.jsonl``, ``tensorboard/``.
+``checkpoints/<step>/`` (orbax), ``metrics.jsonl`` and ``eval.jsonl``, ``tensorboard/``, and
+``kernels.json`` (which grouped-matmul kernel and tiles the expert matmuls ran with).
 
 Behaviour a researcher can rely on:
 - resume: the newest finalized checkpoint in the workdir is restored and the data stream resumes at
@@ -32,6 +33,7 @@ import jax
 
 from moejax import data as data_lib
 from moejax import files
+from moejax.kernels import record as kernels_record
 from moejax.model.config import ConfigError, ModelConfig, moe_layer_indices, validate_model_config
 from moejax.model.functional import build_model
 from moejax.parallel import distributed
@@ -42,6 +44,7 @@ from moejax.parallel.sharding import (abstract_sharded_state, init_sharded_train
                                       setup_sharded_training)
 from moejax.train.checkpoint import Checkpointer, CheckpointError, config_fingerprint, config_mismatch
 from moejax.train.config import TrainConfig, validate_train_config
+from moejax.train.kernel_log import KernelLog
 from moejax.train.metrics import MetricsWriter, load_jsonl
 from moejax.train.optim import make_optimizer, make_schedule
 from moejax.train.plots import plot_loss_curves
@@ -235,18 +238,22 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
                                         "time": time.time(), **run_meta})
 
     summary = {"workdir": workdir, "start_step": start_step, "validation": {}}
-    if eval_sets and start_step == 0:  # the untrained model's score anchors every loss curve
-        scores = evaluate(eval_step, state.params, state.buffers, eval_sets)
-        writer.write_eval(0, scores)
-        summary["initial_validation"] = scores
+    kernel_log = KernelLog(workdir, start_step, log) if primary else None
     bar = _progress(train.steps, start_step)
     step = start_step
-    last_time = time.time()
     try:
-        with _Preemption() as preemption:
+        # record: what each expert matmul of the traced steps resolved to, for kernels.json
+        with _Preemption() as preemption, kernels_record.recording() as kernel_choices:
+            if eval_sets and start_step == 0:  # the untrained model's score anchors the curves
+                scores = evaluate(eval_step, state.params, state.buffers, eval_sets)
+                writer.write_eval(0, scores)
+                summary["initial_validation"] = scores
+            last_time = time.time()
             while step < train.steps:
                 batch = next(batches)
                 state, metrics = train_step(state, batch)
+                if kernel_log is not None:
+                    kernel_log.update(kernel_choices)  # writes only when a choice is new
                 metrics = jax.device_get(metrics)
                 now = time.time()
                 step_seconds, last_time = now - last_time, now
@@ -275,6 +282,8 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
                 is_last = step == train.steps
                 if train.eval_every and (step % train.eval_every == 0 or is_last):
                     scores = evaluate(eval_step, state.params, state.buffers, eval_sets)
+                    if kernel_log is not None:
+                        kernel_log.update(kernel_choices)
                     writer.write_eval(step, scores)
                     summary["validation"] = scores
                     log(f"step {step} validation " +

@@ -1,5 +1,6 @@
 """impl="tuned" and the tuning table (moejax/kernels/autotune.py)."""
 
+import dataclasses
 import json
 import os
 from unittest import mock
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from moejax import kernels
-from moejax.kernels import Tiling, autotune, gmm, tgmm, xla
+from moejax.kernels import Tiling, autotune, gmm, record, tgmm, xla
 from moejax.kernels.tiling import default_tiling
 from tests.kernels.reference import Problem, check_problem
 
@@ -222,3 +223,28 @@ def test_an_unwritable_table_warns_and_keeps_the_measurement(tmp_path):
             SMALL, settings, measure=lambda i, t, p: 1.0 if t.block_m == 256 else 2.0)
     assert (impl, tiling.block_m) == ("cpu", 256)
     assert blocker.read_text() == "not a directory"
+
+
+def test_the_record_keeps_the_programs_choices_not_the_measured_candidates(table):
+    # "tuned" measures its candidates by calling gmm with each of them: those calls must not
+    # appear in the record, only the program's own two problems (the first one twice).
+    rng = np.random.default_rng(1)
+    lhs = jnp.asarray(rng.standard_normal((SMALL.rows, SMALL.k)), jnp.float32)
+    rhs = jnp.asarray(rng.standard_normal((SMALL.local_groups, SMALL.k, SMALL.n)), jnp.float32)
+    sizes = jnp.asarray([30, 30, 36, 0, 0], jnp.int32)
+    with record.recording() as choices:
+        jax.jit(lambda l, r: gmm(l, r, sizes, impl="tuned") + gmm(l, r, sizes, impl="tuned"))(
+            lhs, rhs)
+        jax.jit(lambda l, r: gmm(l, r[:, :, :8], sizes))(lhs, rhs)
+    gmm(lhs, rhs, sizes, impl="xla")  # after the block: not recorded
+    entry = json.load(open(table))["entries"][key_of(SMALL)]
+    assert len(entry["candidates"]) >= 3  # it did measure (through gmm) while recording
+    tuned_tiling = None if entry["impl"] == "xla" else entry["tiling"]
+    narrow = dict(dataclasses.asdict(SMALL), n=8)
+    assert choices == [
+        {"requested": "tuned", "impl": entry["impl"], "problem": dataclasses.asdict(SMALL),
+         "tiling": tuned_tiling, "choice": autotune.describe_choice(
+             entry["impl"], autotune.tiling_from_dict(entry["tiling"]))},
+        {"requested": "auto", "impl": "cpu", "problem": narrow,
+         "tiling": dataclasses.asdict(default_tiling("cpu")),
+         "choice": autotune.describe_choice("cpu", default_tiling("cpu"))}]

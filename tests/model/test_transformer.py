@@ -54,7 +54,7 @@ def test_parameter_count_matches_hand_count():
     model = build_model(CFG)
     params = model.init(jax.random.key(0))
     n = sum(x.size for x in jax.tree.leaves(params))
-    d, v, f, e, fe = 32, 64, 48, 4, 16
+    d, v, e, fe = 32, 64, 4, 16
     attention = d * 4 * 8 + 2 * d * 2 * 8 + 4 * 8 * d  # q, k and v (2 kv heads), out
     moe_ff = d * e + e * (d * 2 * fe + fe * d)
     per_block = attention + moe_ff + 2 * d

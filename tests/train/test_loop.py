@@ -68,6 +68,10 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     messages = []
     again = run_training(str(tmp_path / "resumed"), m, d, t, log=messages.append)
     assert again["final_step"] == 6 and any("already trained to step 6" in x for x in messages)
+    # kernels.json: one segment per process start that trained; the no-op third start adds none
+    segments = json.loads((tmp_path / "resumed" / "kernels.json").read_text())["segments"]
+    assert [s["start_step"] for s in segments] == [0, 3]
+    assert segments[0]["gmm"] == segments[1]["gmm"] != []
 
 
 def test_sigkill_then_restart_continues_with_identical_losses(tmp_path):
@@ -171,4 +175,13 @@ def test_run_directory_contents(tmp_path):
             assert np.isfinite(layer[key]), key
     evals = load_jsonl(tmp_path / "eval.jsonl")
     assert {r["step"] for r in evals} == {0, 2, 4}
+    # Which kernel each expert matmul ran with. 4 sequences x 32 tokens x top-2 = 256 routed
+    # rows; gate/up fused: d_model 32 -> 2 x d_expert 32; down: 32 -> 32. "auto" on CPU = "cpu".
+    kernels = json.loads((tmp_path / "kernels.json").read_text())
+    assert kernels["format"] == "moejax-kernels/1"
+    (segment,) = kernels["segments"]
+    assert segment["start_step"] == 0 and segment["backend"] == "cpu"
+    assert {(e["problem"]["rows"], e["problem"]["k"], e["problem"]["n"])
+            for e in segment["gmm"]} == {(256, 32, 64), (256, 32, 32)}
+    assert {(e["requested"], e["impl"]) for e in segment["gmm"]} == {("auto", "cpu")}
     assert {r["task"] for r in evals} >= {"moejax_embedded", "moejax_wiki"}
