@@ -17,6 +17,10 @@ export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1 JAX_PLATFORMS=cuda,cpu
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,driver_version --format=csv
 python3 -c "import jax, jaxlib; print('jax', jax.__version__, jax.devices())"
+plot() {  # plot() FILE.jsonl: a PNG next to it, if this machine has matplotlib (else a note)
+  python3 benchmarks/plot_gmm.py "$1" --out "${1%.jsonl}.png" 2>>"$OUT/plot.err" \
+    || echo "no plot of $1 (see $OUT/plot.err)"
+}
 TILES=${TILES:-"64,64,128,4,2 128,64,128,4,3 128,64,128,8,3 128,128,128,8,3 64,128,128,4,3 64,64,64,4,3"}
 CASES=${CASES:-"26 29 32"}   # FULL indices: m65536 d1024 E16 K2 balanced, E128 K8 zipf, d4096 E16
 for what in "$@"; do
@@ -39,6 +43,7 @@ for line in open(sys.argv[1]):
           "vs_ragged", r["ratio_vs_ragged_dot"], "tflops", r["fwdbwd_tflops"],
           "dense", r["dense_fwdbwd_tflops"])
 PY
+      plot "$OUT/tiles.jsonl"
       ;;
     parts)  # each kernel of the step alone, and E = 1 (a plain matmul through the same kernel)
       args=(); for t in $TILES; do args+=(--tiling "pallas_gpu:$t"); done
@@ -68,6 +73,7 @@ for l in sys.stdin:
         | tee -a "$OUT/mosaic_grid.jsonl" | python3 -c "import json,sys
 for l in sys.stdin:
     r=json.loads(l); print(r['case'], r['impl'], r['tiling'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['fwdbwd_tflops'], r['dense_fwdbwd_tflops'], r['errors'])"
+      plot "$OUT/mosaic_grid.jsonl"
       timeout 300 python3 benchmarks/moe_step.py --dtype bfloat16 --reps 5 --vocab 32768 \
         --impl pallas_gpu --impl mosaic_gpu --d-model 2048 --layers 8 --experts 8 --top-k 2 \
         --d-expert 2048 --batch 16 --seq 1024 2>>"$OUT/mosaic.err" | tee -a "$OUT/mosaic_step.jsonl" ;;
@@ -77,13 +83,15 @@ for l in sys.stdin:
         --dtype bfloat16 --reps 10 --ragged-reps 0 2>>"$OUT/tuned.err" \
         | tee -a "$OUT/tuned.jsonl" | python3 -c "import json,sys
 for l in sys.stdin:
-    r=json.loads(l); print(r['case'], r['impl'], r['tuned_choice'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['errors'])" ;;
+    r=json.loads(l); print(r['case'], r['impl'], r['tuned_choice'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['errors'])"
+      plot "$OUT/tuned.jsonl" ;;
     grid)
       timeout 400 python3 benchmarks/gmm.py --full --dtype bfloat16 --reps 10 --ragged-reps 3 \
         --ragged-max-experts 128 ${GRID_ARGS:-} 2>>"$OUT/grid.err" | tee -a "$OUT/grid.jsonl" \
         | python3 -c "import json,sys
 for l in sys.stdin:
-    r=json.loads(l); print(r['case'], r['impl'], r['tiling'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['ratio_vs_ragged_dot'], r['fwdbwd_tflops'], r['dense_fwdbwd_tflops'])" ;;
+    r=json.loads(l); print(r['case'], r['impl'], r['tiling'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['ratio_vs_ragged_dot'], r['fwdbwd_tflops'], r['dense_fwdbwd_tflops'])"
+      plot "$OUT/grid.jsonl" ;;
     step)  # STEP_SPECS: ';'-separated argument lists for benchmarks/moe_step.py
       IFS=';' read -ra specs <<< "${STEP_SPECS:-"--d-model 2048 --layers 8 --experts 8 --top-k 2 --d-expert 2048 --batch 16 --seq 1024"}"
       for spec in "${specs[@]}"; do

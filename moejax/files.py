@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import tempfile
 
@@ -57,3 +58,10 @@ def write_atomic(path: str | os.PathLike, payload: bytes | str) -> None:
         os.fsync(directory_fd)
     finally:
         os.close(directory_fd)
+
+
+def write_figure(path: str | os.PathLike, figure, dpi: int = 120, **savefig_kwargs) -> None:
+    """A matplotlib figure as a PNG at ``path``, atomically (rendered in memory first)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, **savefig_kwargs)
+    write_atomic(path, buffer.getvalue())

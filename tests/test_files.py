@@ -51,3 +51,23 @@ def test_locked_excludes_a_second_writer(tmp_path):
         events.append("first done")
     thread.join(timeout=10)
     assert events == ["first done", "second"]
+
+
+def test_write_figure_writes_a_png_or_nothing(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots()
+    axis.plot([0, 1], [1, 0])
+    path = tmp_path / "curve.png"
+    files.write_figure(path, figure, dpi=50)
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    before = path.read_bytes()
+    # a figure that fails to render (here: an unknown savefig argument) leaves the old PNG and no
+    # temporary file behind
+    with pytest.raises(TypeError):
+        files.write_figure(path, figure, not_an_argument=1)
+    plt.close(figure)
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["curve.png"]

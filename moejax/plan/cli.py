@@ -22,11 +22,11 @@ import dataclasses
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import scipy.optimize
 
+from moejax import files
 from moejax.files import write_atomic
 from moejax.model import accounting
 from moejax.plan.hardware import HARDWARE_PRESETS, serving_cost_per_token
@@ -126,10 +126,8 @@ def _plot(path: Path, rows: list[dict], title: str) -> None:
     ax_size.legend()
     ax_size.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    files.write_figure(path, fig, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _run_joint_moe(args) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from moejax import files
 from moejax.sweep.grid import short_knob
 from moejax.train.loop import last_validation
 from moejax.train.metrics import load_jsonl
@@ -43,9 +44,8 @@ def _plot_curves(root: str, runs: list[dict]) -> str | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(root, "loss_curves.png")
-    fig.savefig(path + ".tmp.png", dpi=110)
+    files.write_figure(path, fig, dpi=110)
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
     return path
 
 

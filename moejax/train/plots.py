@@ -2,13 +2,14 @@
 
 In: ``metrics.jsonl`` and ``eval.jsonl`` of a workdir. Out: ``<workdir>/loss_curve.png`` with the
 training loss (and its cross-entropy part) and every validation task's loss against step, written
-through a temporary file and an atomic rename.
+atomically (``moejax.files``).
 """
 
 from __future__ import annotations
 
 import os
 
+from moejax import files
 from moejax.train.metrics import load_jsonl
 
 
@@ -40,8 +41,6 @@ def plot_loss_curves(workdir: str) -> str | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = os.path.join(workdir, "loss_curve.png")
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    files.write_figure(path, fig, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
