@@ -14,6 +14,7 @@ import os
 
 from moejax import files
 from moejax.sweep.grid import short_knob
+from moejax.train import kernel_log
 from moejax.train.loop import last_validation
 from moejax.train.metrics import load_jsonl
 
@@ -75,15 +76,17 @@ def write_report(root: str, manifest: dict, outcome: dict) -> str:
     knobs = list(dict.fromkeys(k for run in manifest["runs"] for k in run.get("values", {})))
     lines = [f"# Sweep `{manifest['grid']}`", "",
              "| run | " + "".join(f"{short_knob(k)} | " for k in knobs)
-             + "status | minutes | validation loss (mixture) |",
-             "|---|" + "---|" * len(knobs) + "---|---|---|"]
+             + "status | minutes | validation loss (mixture) | expert matmuls |",
+             "|---|" + "---|" * len(knobs) + "---|---|---|---|"]
     for run in manifest["runs"]:
         scores = last_validation(run["dir"])
         mixture = next(iter(scores.values()), None) if scores else None
         loss = f"{mixture:.4f}" if mixture is not None else "—"
         minutes = f"{run['seconds'] / 60:.1f}" if run.get("seconds") else "—"
         values = "".join(f"{run.get('values', {}).get(k, '—')} | " for k in knobs)
-        lines.append(f"| {run['run_id']} | {values}{run['status']} | {minutes} | {loss} |")
+        kernels = kernel_log.describe(run["dir"]) or "—"
+        lines.append(f"| {run['run_id']} | {values}{run['status']} | {minutes} | {loss} | "
+                     f"{kernels} |")
     if manifest.get("dropped"):
         lines += ["", "Dropped by constraints:", ""]
         lines += [f"- {d['values']}: {d['reason']}" for d in manifest["dropped"]]
@@ -97,7 +100,5 @@ def write_report(root: str, manifest: dict, outcome: dict) -> str:
     elif outcome.get("fit_error"):
         lines += ["", f"Fit failed: {outcome['fit_error']}."]
     path = os.path.join(root, "report.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    files.write_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -82,3 +82,16 @@ class KernelLog:
         files.write_atomic(self.path, json.dumps(
             {"format": FORMAT, "segments": self.earlier + [self.segment]}, indent=1) + "\n")
         self._written = len(choices)
+
+
+def describe(workdir: str) -> str | None:
+    """The latest segment's distinct kernel choices, e.g. 'cpu rows 512..16 slab 2' ('none' for
+    a run without grouped matmuls); None if the run has no readable kernels.json."""
+    try:
+        segments = read_segments(os.path.join(workdir, FILENAME))
+    except (OSError, ValueError):
+        return None
+    if not segments:
+        return None
+    choices = [entry.get("choice", "?") for entry in segments[-1].get("gmm", [])]
+    return ", ".join(dict.fromkeys(choices)) or "none"

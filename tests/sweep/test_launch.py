@@ -58,6 +58,8 @@ def test_sweep_trains_scores_reports_and_never_retrains(tmp_path, capsys):
     assert sorted(points["top_k"]) == [1, 2] and set(points["step"]) == {3}
     report = (root / "report.md").read_text()
     assert "done" in report and (root / "loss_curves.png").exists()
+    # each run's kernels.json reached the report: "auto" on CPU runs the "cpu" loops
+    assert report.count("| cpu rows 512..16 slab 2 |") == 2
 
 
 def _finalized_steps(run_dir):
