@@ -74,6 +74,7 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     assert segments[0]["gmm"] == segments[1]["gmm"] != []
 
 
+@pytest.mark.slow  # a 300-step run in a subprocess, killed and restarted: about a minute
 def test_sigkill_then_restart_continues_with_identical_losses(tmp_path):
     bindings = ["TrainConfig.steps = 300", "TrainConfig.checkpoint_every = 10",
                 "TrainConfig.eval_every = 0"]
