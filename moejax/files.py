@@ -4,7 +4,8 @@ In: a path and the whole new content (bytes or text). Out: the file replaced in 
 left as it was if anything failed (the temporary file is removed). ``locked`` serialises writers
 on one machine that read, merge and rewrite a shared file (points files, the gmm tuning table).
 Every step that writes a file a researcher keeps (checkpoints aside: orbax does its own) goes
-through here.
+through here; figures too (``write_figure``). ``move_aside`` keeps an unusable file or checkpoint
+under a new name instead of deleting or overwriting it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import fcntl
 import io
 import os
 import tempfile
+import time
 
 
 @contextlib.contextmanager
@@ -60,8 +62,21 @@ def write_atomic(path: str | os.PathLike, payload: bytes | str) -> None:
         os.close(directory_fd)
 
 
-def write_figure(path: str | os.PathLike, figure, dpi: int = 120, **savefig_kwargs) -> None:
-    """A matplotlib figure as a PNG at ``path``, atomically (rendered in memory first)."""
+def figure_png(figure, dpi: int = 120, **savefig_kwargs) -> bytes:
+    """A matplotlib figure rendered to PNG bytes in memory."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, **savefig_kwargs)
-    write_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_figure(path: str | os.PathLike, figure, dpi: int = 120, **savefig_kwargs) -> None:
+    """A matplotlib figure as a PNG at ``path``, atomically (rendered in memory first)."""
+    write_atomic(path, figure_png(figure, dpi, **savefig_kwargs))
+
+
+def move_aside(path: str, tag: str) -> str:
+    """Rename a file or directory that cannot be used to ``<path>.<tag>-<unix time>`` (kept for
+    inspection, never deleted); returns the new path."""
+    aside = f"{path}.{tag}-{int(time.time())}"
+    os.rename(path, aside)
+    return aside

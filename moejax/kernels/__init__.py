@@ -78,8 +78,7 @@ def choose(impl: str, tiling: Tiling | None,
             impl, tiling = autotune.tuned_choice(problem)
         elif tiling is None:
             tiling = default_tiling(impl)
-        record.note(requested, problem, impl, None if impl == "xla" else tiling,
-                    autotune.describe_choice(impl, tiling))
+        record.note(requested, problem, impl, tiling)
     return impl, tiling
 
 

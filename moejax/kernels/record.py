@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+from moejax.kernels.autotune import describe_choice
+
 _logs: list[list[dict]] = []
 _depth = 0
 
@@ -40,13 +42,14 @@ def choosing():
         _depth -= 1
 
 
-def note(requested: str, problem, impl: str, tiling, description: str) -> None:
-    """Add a choice to every active log (once per distinct entry); no-op inside another choice."""
+def note(requested: str, problem, impl: str, tiling) -> None:
+    """Add a choice to every active log (once per distinct entry); no-op inside another choice.
+    "xla" (ragged_dot) has no tiles: its tiling is recorded as None."""
     if _depth > 1 or not _logs:
         return
-    entry = {"requested": requested, "impl": impl, "choice": description,
+    entry = {"requested": requested, "impl": impl, "choice": describe_choice(impl, tiling),
              "problem": dataclasses.asdict(problem),
-             "tiling": None if tiling is None else dataclasses.asdict(tiling)}
+             "tiling": None if impl == "xla" else dataclasses.asdict(tiling)}
     for log in _logs:
         if entry not in log:
             log.append(entry)

@@ -12,7 +12,6 @@ compute-optimal frontier per expert count), ``iso_loss.png`` (contours of the fi
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
@@ -129,9 +128,7 @@ def render_report(result: FitResult, source: str) -> str:
 
 
 def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    return buffer.getvalue()
+    return files.figure_png(figure, dpi=120, bbox_inches="tight")
 
 
 def make_plots(result: FitResult, points: pd.DataFrame) -> dict[str, bytes]:

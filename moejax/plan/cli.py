@@ -26,8 +26,7 @@ from pathlib import Path
 
 import scipy.optimize
 
-from moejax import files
-from moejax.files import write_atomic
+from moejax.files import write_atomic, write_figure
 from moejax.model import accounting
 from moejax.plan.hardware import HARDWARE_PRESETS, serving_cost_per_token
 from moejax.plan.joint_moe import (JOINT_MOE_TABLE3, inference_aware_optimal,
@@ -126,7 +125,7 @@ def _plot(path: Path, rows: list[dict], title: str) -> None:
     ax_size.legend()
     ax_size.grid(alpha=0.3)
     fig.tight_layout()
-    files.write_figure(path, fig, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
 
 

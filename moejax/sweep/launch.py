@@ -26,8 +26,6 @@ from moejax.sweep.grid import Grid, check_bindings, expand
 MANIFEST = "manifest.json"
 
 
-
-
 def train_command(run_dir: str) -> list[str]:
     return [sys.executable, "-m", "moejax.cli", "train", f"--gin_file={run_dir}/run.gin",
             f"--workdir={run_dir}"]

@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from moejax import files
 
 METADATA_FILE = "_CHECKPOINT_METADATA"
 
@@ -99,8 +100,7 @@ class Checkpointer:
             try:
                 return self.restore(step, abstract_state)
             except CheckpointError as e:
-                aside = os.path.join(self.directory, f"{step}.corrupt-{int(time.time())}")
-                os.rename(os.path.join(self.directory, str(step)), aside)
+                aside = files.move_aside(os.path.join(self.directory, str(step)), "corrupt")
                 log(f"WARNING: {e}; moved it to {aside} and trying the previous checkpoint")
                 self._manager.reload()
         return None

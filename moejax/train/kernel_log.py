@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Callable
 
 import jax
 
 from moejax import files
+from moejax.kernels import autotune
 
 FORMAT = "moejax-kernels/1"
 FILENAME = "kernels.json"
@@ -58,8 +58,7 @@ class KernelLog:
         try:
             earlier = read_segments(self.path)
         except ValueError as error:
-            aside = f"{self.path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
-            os.replace(self.path, aside)
+            aside = files.move_aside(self.path, "unreadable")
             log(f"note: {self.path} is malformed ({error}); moved it to {aside} and starting "
                 "a new one")
             earlier = []
@@ -75,9 +74,8 @@ class KernelLog:
         if len(choices) == self._written:
             return
         for entry in choices[max(self._written, 0):]:
-            p = entry["problem"]
-            self._log(f"expert matmul M={p['rows']} k={p['k']} n={p['n']} "
-                      f"({p['lhs_dtype']}): gmm {entry['requested']} -> {entry['choice']}")
+            problem = autotune.Problem(**entry["problem"]).describe()
+            self._log(f"expert matmul {problem}: gmm {entry['requested']} -> {entry['choice']}")
         self.segment["gmm"] = list(choices)
         files.write_atomic(self.path, json.dumps(
             {"format": FORMAT, "segments": self.earlier + [self.segment]}, indent=1) + "\n")

@@ -6,7 +6,9 @@ import os
 from moejax.train.kernel_log import FILENAME, FORMAT, KernelLog
 
 ENTRY = {"requested": "auto", "impl": "cpu", "choice": "cpu rows 512..16 slab 2",
-         "problem": {"rows": 256, "k": 32, "n": 64, "lhs_dtype": "float32"}, "tiling": None}
+         "problem": {"rows": 256, "k": 32, "n": 64, "local_groups": 4, "num_groups": 4,
+                     "lhs_dtype": "float32", "rhs_dtype": "float32", "out_dtype": "float32"},
+         "tiling": None}
 
 
 def segments(workdir):
