@@ -36,6 +36,7 @@ def _mtimes(run_dir):
     return {name: os.path.getmtime(os.path.join(ckpt, name)) for name in os.listdir(ckpt)}
 
 
+@pytest.mark.slow  # two sweeps of tiny runs in subprocesses, about a minute
 def test_sweep_trains_scores_reports_and_never_retrains(tmp_path, capsys):
     grid = tmp_path / "tiny.gin"
     grid.write_text(GRID)

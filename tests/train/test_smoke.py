@@ -13,6 +13,7 @@ def _run(tmp_path, *bindings):
     return run_training(str(tmp_path), model, data, train)
 
 
+@pytest.mark.slow  # 200 steps of the smoke model, about 40 s; launch/main.sh trains it too
 def test_smoke_config_lowers_validation_loss_quickly(tmp_path):
     summary = _run(tmp_path, "TrainConfig.steps = 40", "TrainConfig.eval_every = 40",
                    "TrainConfig.checkpoint_every = 40")
