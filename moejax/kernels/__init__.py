@@ -44,6 +44,7 @@ import importlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from moejax.kernels import autotune, record
 from moejax.kernels.tiling import Tiling, default_tiling
@@ -96,6 +97,17 @@ def _check(lhs, rhs, group_sizes):
     if rhs.shape[0] > group_sizes.shape[0]:
         raise ValueError(f"gmm: rhs has {rhs.shape[0]} groups, more than the "
                          f"{group_sizes.shape[0]} in group_sizes")
+    if not jnp.issubdtype(group_sizes.dtype, jnp.integer):
+        raise ValueError(f"gmm: group_sizes must be integers, got {group_sizes.dtype}")
+    if isinstance(group_sizes, jax.core.Tracer):
+        return  # traced sizes (under jit) come from the router and are checked by its tests
+    sizes = np.asarray(group_sizes)
+    if (sizes < 0).any():
+        raise ValueError(f"gmm: group_sizes must be >= 0; group {int(np.argmax(sizes < 0))} has "
+                         f"{int(sizes[sizes < 0][0])} rows")
+    if int(sizes.sum()) > lhs.shape[0]:
+        raise ValueError(f"gmm: group_sizes sum to {int(sizes.sum())} rows, more than the "
+                         f"{lhs.shape[0]} rows of lhs")
 
 
 def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "auto",

@@ -163,3 +163,16 @@ def test_bad_arguments_name_the_problem():
         gmm(lhs, jnp.ones((2, 4, 5)), sizes)
     with pytest.raises(ValueError, match="power of two"):
         Tiling(block_m=48)
+
+
+def test_bad_concrete_group_sizes_are_refused_before_any_kernel_runs():
+    lhs, rhs = jnp.ones((4, 3)), jnp.ones((2, 3, 5))
+    with pytest.raises(ValueError, match="sum to 5 rows, more than the 4 rows of lhs"):
+        gmm(lhs, rhs, jnp.array([2, 3]), impl="cpu")
+    with pytest.raises(ValueError, match="group 1 has -1 rows"):
+        gmm(lhs, rhs, np.array([3, -1], np.int32), impl="xla")
+    with pytest.raises(ValueError, match="must be integers, got float32"):
+        gmm(lhs, rhs, jnp.array([2.0, 2.0]), impl="cpu")
+    # Traced sizes cannot be inspected; a valid batch still runs under jit.
+    out = jax.jit(lambda sizes: gmm(lhs, rhs, sizes, impl="cpu"))(jnp.array([1, 2]))
+    np.testing.assert_allclose(out, np.concatenate([np.full((3, 5), 3.0), np.zeros((1, 5))]))
