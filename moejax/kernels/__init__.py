@@ -15,6 +15,10 @@ One call, ``gmm``, several implementations chosen by ``impl``:
 "mosaic_gpu"   ``mosaic_gpu.py``: Hopper kernel (TMA + wgmma, persistent grid), bfloat16/float16
                only. Lowered for CUDA and checked in the Mosaic GPU interpreter here; not yet
                timed on a GPU, so "auto" does not pick it.
+"cudnn"        ``cudnn.py``: forward and input gradient through ragged_dot, which recent XLA
+               runs on cuDNN's grouped matmul on NVIDIA GPUs (cuDNN >= 9.22, or
+               ``XLA_FLAGS=--xla_gpu_experimental_use_ragged_dot_fusion=true``); the weight
+               gradient, which cuDNN does not cover, through the Triton kernel. Not yet timed.
 "xla"          ``xla.py``: ``jax.lax.ragged_dot``, the reference (masked dense compute on CPU
                and, by default, GPU: correct but slow).
 "auto"         cpu -> "cpu", gpu -> "pallas_gpu", tpu -> "pallas_tpu".
@@ -49,7 +53,8 @@ import numpy as np
 from moejax.kernels import autotune, record
 from moejax.kernels.tiling import Tiling, default_tiling
 
-IMPLEMENTATIONS = ("auto", "tuned", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "xla")
+IMPLEMENTATIONS = ("auto", "tuned", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "cudnn",
+                   "xla")
 AUTO_IMPL = {"cpu": "cpu", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
 
 __all__ = ["IMPLEMENTATIONS", "Tiling", "choose", "gmm", "resolve_impl", "tgmm"]
@@ -110,6 +115,15 @@ def _check(lhs, rhs, group_sizes):
                          f"{lhs.shape[0]} rows of lhs")
 
 
+def _check_offset(group_offset, local_groups: int, num_groups: int):
+    if group_offset is None or isinstance(group_offset, jax.core.Tracer):
+        return  # traced offsets (expert parallelism under shard_map) come from the mesh
+    offset = int(np.asarray(group_offset))
+    if offset < 0 or offset + local_groups > num_groups:
+        raise ValueError(f"gmm: group_offset {offset} with {local_groups} local groups reaches "
+                         f"past the {num_groups} groups of group_sizes")
+
+
 def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "auto",
         tiling: Tiling | None = None, group_offset: jax.Array | int | None = None,
         preferred_element_type: jnp.dtype | None = None) -> jax.Array:
@@ -119,7 +133,7 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "
       lhs: (M, k) rows sorted by group id.
       rhs: (G, k, n) weights of groups group_offset .. group_offset+G-1 (G = E without offset).
       group_sizes: (E,) int rows per group, all groups; sum <= M (rows past the sum give zeros).
-      impl: "auto", "tuned", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu" or "xla" (see the
+      impl: "auto", "tuned", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "cudnn" or "xla" (see the
         module docstring).
       tiling: tile sizes; None takes the gin-configured default of the implementation ("tuned":
         must be None).
@@ -135,6 +149,7 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
     impl, tiling = choose(impl, tiling,
                           autotune.Problem.of(lhs, rhs, group_sizes, out_dtype))
+    _check_offset(group_offset, rhs.shape[0], group_sizes.shape[0])
     offset = jnp.asarray(0 if group_offset is None else group_offset, jnp.int32).reshape(())
     return _gmm(lhs, rhs, group_sizes.astype(jnp.int32), offset, impl, tiling, out_dtype)
 

@@ -46,7 +46,7 @@ from moejax.kernels import cpu
 from moejax.kernels.tiling import Tiling, default_tiling
 
 TABLE_FORMAT = "moejax-gmm-tuning/1"
-TUNABLE = ("cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "xla")
+TUNABLE = ("cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "cudnn", "xla")
 
 Choice = tuple[str, Tiling]  # (impl name, its tiles)
 
@@ -140,6 +140,7 @@ def candidates(problem: Problem, backend: str, hopper: bool = False) -> list[Cho
         sixteen_bit = {problem.lhs_dtype, problem.rhs_dtype} <= {"bfloat16", "float16"}
         if hopper and sixteen_bit:
             found.append(("mosaic_gpu", default_tiling("mosaic_gpu")))
+        found.append(("cudnn", default_tiling("cudnn")))
         found.append(("xla", default_tiling("xla")))
     elif backend == "tpu":
         found += [("pallas_tpu", Tiling(block_m=m, block_k=k, block_n=n, min_block_m=1))
@@ -241,6 +242,8 @@ def describe_choice(impl: str, tiling: Tiling) -> str:
     def tiles(t: Tiling) -> str:
         return f"{t.block_m}x{t.block_k}x{t.block_n} w{t.num_warps} s{t.num_stages}"
 
+    if impl == "cudnn":  # ragged_dot (no tiles of ours), then the Triton weight gradient
+        return f"cudnn (tgmm {tiles(tiling.tgmm or tiling)})"
     text = f"{impl} {tiles(tiling)}"
     return text if tiling.tgmm is None else f"{text} (tgmm {tiles(tiling.tgmm)})"
 

@@ -134,7 +134,8 @@ def mosaic_gpu_tiling(block_m: int = 128, block_k: int = 64, block_n: int = 128,
 
 
 _DEFAULTS = {"cpu": cpu_tiling, "pallas_tpu": pallas_tpu_tiling,
-             "pallas_gpu": pallas_gpu_tiling, "mosaic_gpu": mosaic_gpu_tiling}
+             "pallas_gpu": pallas_gpu_tiling, "mosaic_gpu": mosaic_gpu_tiling,
+             "cudnn": pallas_gpu_tiling}  # cudnn: tiles of its Triton weight gradient
 
 
 def default_tiling(impl: str) -> Tiling:

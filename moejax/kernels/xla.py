@@ -2,9 +2,9 @@
 
 In/out as ``moejax.kernels.gmm``. Correct on every backend, but on CPU (and by default on GPU)
 it lowers to masked dense compute over all experts, so it is slow; use it to check, not to train.
-ragged_dot has no group_offset yet, so the local slice is expressed with one extra all-zero
-expert that takes the rows before the local groups; rows after them are past its group-size sum
-and come out zero.
+ragged_dot has no group_offset yet, so a local slice of the experts is expressed with one extra
+all-zero expert that takes the rows before the local groups; rows after them are past its
+group-size sum and come out zero. With all E experts (offset 0) the call is ragged_dot itself.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     if transpose_rhs:
         rhs_GKN = jnp.swapaxes(rhs_GKN, 1, 2)
     num_groups, k, n = rhs_GKN.shape
+    if num_groups == group_sizes_E.shape[0]:  # all groups, so the offset is 0: no extra group
+        out = jax.lax.ragged_dot(lhs_MK, rhs_GKN, group_sizes_E.astype(jnp.int32),
+                                 preferred_element_type=jnp.float32)
+        return out.astype(out_dtype)
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
     # Group 0 of the call: rows before the first local group, multiplied by zeros.
     sizes = jnp.concatenate([bounds.starts_G[:1], bounds.ends_G - bounds.starts_G])

@@ -71,8 +71,8 @@ class MoEConfig:
       gmm_impl: grouped-matmul implementation of the dropless experts (``moejax.kernels.gmm``):
         "auto" (the usual fastest for the backend), "tuned" (measured fastest for each
         problem on this device, kept in the tuning table: ``moejax.kernels.autotune``), "cpu",
-        "pallas_gpu", "mosaic_gpu", "pallas_tpu" or "xla" (``jax.lax.ragged_dot``, the
-        reference).
+        "pallas_gpu", "mosaic_gpu", "cudnn" (ragged_dot on cuDNN, Triton weight gradient),
+        "pallas_tpu" or "xla" (``jax.lax.ragged_dot``, the reference).
       ep_buffer_factor: expert parallelism (dropless, on a mesh with an ``expert`` axis > 1): the
         static receive buffer of each device holds about ep_buffer_factor * K * T_local rows
         (1.0 = the balanced load); assignments beyond it are dropped deterministically and

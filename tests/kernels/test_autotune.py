@@ -133,7 +133,7 @@ def test_candidates_per_backend():
         assert len(found) == len(set(found)) >= 3
         assert all(impl in autotune.TUNABLE and isinstance(t, Tiling) for impl, t in found)
     impls = [impl for impl, _ in autotune.candidates(bf16, "gpu", hopper=True)]
-    assert "mosaic_gpu" in impls and "xla" in impls
+    assert "mosaic_gpu" in impls and "cudnn" in impls and "xla" in impls
     assert "mosaic_gpu" not in [i for i, _ in autotune.candidates(bf16, "gpu", hopper=False)]
     assert "mosaic_gpu" not in [i for i, _ in autotune.candidates(f32, "gpu", hopper=True)]
     # the slab alternative only where the slab can be used (experts of >= 2**18 weights)

@@ -173,6 +173,8 @@ def test_bad_concrete_group_sizes_are_refused_before_any_kernel_runs():
         gmm(lhs, rhs, np.array([3, -1], np.int32), impl="xla")
     with pytest.raises(ValueError, match="must be integers, got float32"):
         gmm(lhs, rhs, jnp.array([2.0, 2.0]), impl="cpu")
+    with pytest.raises(ValueError, match="group_offset 1 with 2 local groups reaches past the 2"):
+        gmm(lhs, rhs, jnp.array([2, 2]), impl="xla", group_offset=1)
     # Traced sizes cannot be inspected; a valid batch still runs under jit.
     out = jax.jit(lambda sizes: gmm(lhs, rhs, sizes, impl="cpu"))(jnp.array([1, 2]))
     np.testing.assert_allclose(out, np.concatenate([np.full((3, 5), 3.0), np.zeros((1, 5))]))

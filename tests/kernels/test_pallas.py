@@ -1,4 +1,5 @@
-"""The Pallas kernels ("pallas_tpu", "pallas_gpu") against ragged_dot, forward and backward.
+"""The Pallas kernels ("pallas_tpu", "pallas_gpu", and "cudnn", whose weight gradient is the Triton
+kernel) against ragged_dot, forward and backward.
 
 Off their own backend they run in Pallas's interpreters (TPU: ``pltpu.InterpretParams``, which
 fills uninitialized memory with NaN, so a block the kernel forgets to write fails loudly; GPU:
@@ -22,6 +23,7 @@ from tests.kernels.reference import Problem, check_problem, problems
 
 TILINGS = {"pallas_tpu": Tiling(block_m=16, block_k=128, block_n=128, min_block_m=1),
            "pallas_gpu": Tiling(block_m=16, block_k=16, block_n=16, min_block_m=1)}
+TILINGS["cudnn"] = TILINGS["pallas_gpu"]
 
 
 @functools.cache
@@ -56,7 +58,7 @@ def _probe_error(impl: str) -> str | None:
                                   grid=(1,), interpret=_interpret(),
                                   compiler_params=_compiler_params(Tiling(), 0))
             result = call(jnp.ones((16, 16)))
-        np.testing.assert_allclose(result, 2.0 if impl == "pallas_gpu" else 1.0)
+        np.testing.assert_allclose(result, 1.0 if impl == "pallas_tpu" else 2.0)
     except Exception as error:  # noqa: BLE001 - any failure means: cannot run Pallas here
         return f"{impl}: this JAX ({jax.__version__}) cannot run the probe kernel: {error!r}"[:500]
     return None
@@ -68,7 +70,7 @@ def _require(impl):
         pytest.skip(reason)
 
 
-IMPLS = ["pallas_tpu", "pallas_gpu"]
+IMPLS = ["pallas_tpu", "pallas_gpu", "cudnn"]  # cudnn: ragged_dot, then the Triton tgmm
 CASES = [  # m, k, n not multiples of the tiles; empty groups; rows past the sum; offsets
     Problem(m=50, k=20, n=24, group_sizes=(12, 0, 20, 9), num_local=4, offset=None,
             dtype="float32", out_dtype=None, seed=0),
@@ -164,7 +166,9 @@ def test_every_tuning_candidate_lowers_for_its_hardware(backend, platform, monke
         if impl == "xla":                                        # own export test covers it
             continue
         module = importlib.import_module(f"moejax.kernels.{impl}")
-        monkeypatch.setattr(module, "_interpret", lambda: False)
+        # "cudnn": ragged_dot, then the Triton weight gradient, whose module decides.
+        kernel = importlib.import_module("moejax.kernels.pallas_gpu") if impl == "cudnn" else module
+        monkeypatch.setattr(kernel, "_interpret", lambda: False)
         for transpose_rhs, operand in ((False, lhs), (True, grad)):
             exported = _export(lambda x, w, s: module.gmm(
                 x, w, s, offset, tiling=tiling, out_dtype=jnp.bfloat16,
@@ -176,4 +180,41 @@ def test_every_tuning_candidate_lowers_for_its_hardware(backend, platform, monke
             out_dtype=jnp.bfloat16), platform, lhs, grad, sizes)
         assert exported.out_avals[0].shape == rhs.shape
         lowered.append(tiling)
-    assert len(lowered) == 3  # the default and two variants, on either backend
+    # the default and two variants on either backend; "cudnn" besides on a GPU
+    assert len(lowered) == {"tpu": 3, "gpu": 4}[backend]
+
+
+def test_cudnn_hands_xla_a_ragged_dot_on_gpu(monkeypatch):
+    """cuDNN can only take the forward and input gradient if JAX lowers them for CUDA as a
+    ragged_dot op (not, as on CPU, a masked dense dot); the weight gradient is Triton's."""
+    from moejax.kernels import cudnn, pallas_gpu
+
+    monkeypatch.setattr(pallas_gpu, "_interpret", lambda: False)
+    lhs, rhs = jnp.zeros((512, 256), jnp.bfloat16), jnp.zeros((4, 256, 128), jnp.bfloat16)
+    sizes, offset = jnp.full((4,), 128, jnp.int32), jnp.int32(0)
+    for transpose_rhs, operand, w in ((False, lhs, rhs), (True, jnp.zeros((512, 128), jnp.bfloat16),
+                                                          rhs)):
+        text = _export(lambda x, w, s: cudnn.gmm(x, w, s, offset, out_dtype=jnp.bfloat16,
+                                                 transpose_rhs=transpose_rhs),
+                       "cuda", operand, w, sizes).mlir_module()
+        assert '"chlo.ragged_dot"' in text and "__gpu$xla.gpu.triton" not in text
+    text = _export(lambda x, dy, s: cudnn.tgmm(x, dy, s, offset, num_groups=4,
+                                               tiling=TILINGS["pallas_gpu"],
+                                               out_dtype=jnp.bfloat16),
+                   "cuda", lhs, jnp.zeros((512, 128), jnp.bfloat16), sizes).mlir_module()
+    assert '"chlo.ragged_dot"' not in text and "__gpu$xla.gpu.triton" in text
+
+
+def test_lowering_summary_reads_cudnn_fusions_and_custom_calls():
+    from moejax.kernels import cudnn
+
+    hlo = ('%f = f32[8,8] fusion(%a, %b), kind=kCustom, calls=%c, backend_config={"fusion_'
+           'backend_config":{"kind":"__cudnn$fusion","cudnn_fusion_config":{"plan_id":"3"}}}\n'
+           '%g = f32[8,8] custom-call(%a), custom_call_target="__cublas$gemm"')
+    summary = cudnn.summarize("chlo.ragged_dot", hlo)
+    assert summary == {"ragged_dot_op": True, "custom_calls": ["__cublas$gemm"],
+                       "fusion_kinds": ["__cudnn$fusion"], "cudnn": True}
+    dense = cudnn.summarize("stablehlo.dot_general", '%d = f32[8,8] dot(%a, %b)')
+    assert not dense["cudnn"] and not dense["ragged_dot_op"]
+    here = cudnn.xla_lowering(jnp.float32)  # this CPU: JAX expands ragged_dot itself
+    assert here["backend"] == "cpu" and not here["ragged_dot_op"] and not here["cudnn"]
