@@ -10,8 +10,8 @@ import os
 def run_environment() -> dict:
     """Backend, device kind, JAX version, date, the 1-minute load average (a shared machine's
     load explains noisy figures), GLIBC_TUNABLES and LD_PRELOAD (huge pages for malloc, or
-    tcmalloc, change CPU timings of large fresh buffers; benchmarks/RESULTS.md), and the flags
-    that choose ragged_dot's GPU lowering (XLA_FLAGS, JAX's Pallas Triton lowering switch)."""
+    tcmalloc, change CPU timings of large fresh buffers; benchmarks/RESULTS.md), and XLA_FLAGS
+    (which choose ragged_dot's GPU lowering)."""
     import jax
 
     return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
@@ -19,7 +19,5 @@ def run_environment() -> dict:
             "loadavg_1m": round(os.getloadavg()[0], 2),
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "ld_preload": os.environ.get("LD_PRELOAD", ""),
-            # how XLA and JAX lower ragged_dot ("xla" and "cudnn" contenders) depends on these
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "jax_ragged_dot_triton": os.environ.get(
-                "JAX_RAGGED_DOT_USE_GPU_PALLAS_TRITON_LOWERING", "")}
+            # how XLA lowers ragged_dot (the "xla" and "cudnn" contenders) depends on these
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}

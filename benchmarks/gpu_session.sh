@@ -7,9 +7,9 @@
 #     (MOSAIC_TILES="--tiling mosaic_gpu:128,64,256,1,4/64,128,128,1,3" adds tile contenders)
 #   bash benchmarks/gpu_session.sh tuned            # gmm_impl="tuned" on the CASES: measures
 #     every candidate (the tuning table lands in $OUT/cache), then times its pick next to auto's
-#   bash benchmarks/gpu_session.sh ragged           # ragged_dot's other GPU lowerings: which one
-#     XLA takes (cuDNN's grouped matmul?), then "cudnn" and "xla" under the cuDNN flag and under
-#     JAX's Pallas Triton lowering, next to pallas_gpu, on the CASES
+#   bash benchmarks/gpu_session.sh ragged           # ragged_dot on cuDNN: which lowering XLA
+#     takes, by default and with the cuDNN flag, then "cudnn" and "xla" under the flag next to
+#     pallas_gpu, on the CASES
 set -u
 OUT=${OUT:-/tmp/moejax_gpu}; mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -92,8 +92,7 @@ for l in sys.stdin:
       python3 -c "from jax._src.lib import cuda_versions as v; print('cudnn', v.cudnn_get_version())" \
         2>&1 | tail -1 | tee "$OUT/ragged_lowering.txt"
       probe='import json; from moejax.kernels import cudnn; print(json.dumps(cudnn.xla_lowering()))'
-      for env in "" "XLA_FLAGS=--xla_gpu_experimental_use_ragged_dot_fusion=true" \
-          "JAX_RAGGED_DOT_USE_GPU_PALLAS_TRITON_LOWERING=1"; do
+      for env in "" "XLA_FLAGS=--xla_gpu_experimental_use_ragged_dot_fusion=true"; do
         echo "${env:-default}: $(env $env timeout 120 python3 -c "$probe" 2>&1 | tail -1)" \
           | tee -a "$OUT/ragged_lowering.txt"
       done
@@ -104,13 +103,7 @@ for l in sys.stdin:
         | tee -a "$OUT/ragged_cudnn_flag.jsonl" | python3 -c "import json,sys
 for l in sys.stdin:
     r=json.loads(l); print(r['case'], r['impl'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['errors'])"
-      JAX_RAGGED_DOT_USE_GPU_PALLAS_TRITON_LOWERING=1 timeout 300 python3 benchmarks/gmm.py \
-        --full $cases --impl xla --dtype bfloat16 --reps 10 --ragged-reps 0 \
-        2>>"$OUT/ragged.err" | tee -a "$OUT/ragged_jax_triton.jsonl" | python3 -c "import json,sys
-for l in sys.stdin:
-    r=json.loads(l); print(r['case'], 'jax triton', r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['errors'])"
-      python3 benchmarks/plot_gmm.py "$OUT/ragged_cudnn_flag.jsonl" "$OUT/ragged_jax_triton.jsonl" \
-        --out "$OUT/ragged.png" 2>>"$OUT/plot.err" || echo "no plot (see $OUT/plot.err)" ;;
+      plot "$OUT/ragged_cudnn_flag.jsonl" ;;
     grid)
       timeout 400 python3 benchmarks/gmm.py --full --dtype bfloat16 --reps 10 --ragged-reps 3 \
         --ragged-max-experts 128 ${GRID_ARGS:-} 2>>"$OUT/grid.err" | tee -a "$OUT/grid.jsonl" \
