@@ -113,13 +113,15 @@ def _export(fn, platform, *args):
     from jax import export
     checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
     # JAX 0.11's Triton lowering asks which GPU it compiles for; off a GPU an abstract device
-    # names it (JAX 0.10 does not ask, and ignores it).
+    # names it (JAX 0.10 does not ask, and ignores it). Auto axes: 0.11 defaults to Explicit,
+    # where ragged_dot wants an out_sharding the model's (Auto) meshes never need.
     target = contextlib.nullcontext()
     if platform == "cuda":
         h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
                                            platform="cuda")
         target = jax.sharding.use_abstract_mesh(
-            jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100))
+            jax.sharding.AbstractMesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,),
+                                      abstract_device=h100))
     with target:
         return export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)(*args)
 
