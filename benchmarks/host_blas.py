@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from common import run_environment  # noqa: E402
+from gmm import timed  # noqa: E402
 from moejax.kernels import gmm  # noqa: E402
 
 CASES = [(8192, 1024, 1024, 128), (8192, 512, 512, 128), (8192, 1024, 2048, 16)]
@@ -73,16 +72,9 @@ def bench(case, reps: int) -> dict:
     # The host loop is checked against XLA's gmm before it is timed.
     np.testing.assert_allclose(np.asarray(fns["callback_gmm"]()), np.asarray(fns["xla_gmm"]()),
                                rtol=1e-3, atol=1e-2)
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()  # compile / warm up
-    for _ in range(reps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    seconds = timed(fns, {name: () for name in fns}, reps)
     flops = 2 * m * k * n
-    gflops = {name: flops / statistics.median(t) / 1e9 for name, t in times.items()}
+    gflops = {name: flops / median / 1e9 for name, median in seconds.items()}
     line = {"case": f"m{m}_k{k}_n{n}_e{experts}_balanced", "rows_per_expert": m // experts,
             **{f"{name}_gflops": round(value, 1) for name, value in gflops.items()},
             **{f"{name}_vs_dense": round(value / gflops["xla_dense"], 3)

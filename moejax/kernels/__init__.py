@@ -93,7 +93,7 @@ def _module(impl: str):
     return importlib.import_module(f"moejax.kernels.{impl}")
 
 
-def _check(lhs, rhs, group_sizes):
+def _check(lhs, rhs, group_sizes, group_offset):
     if lhs.ndim != 2 or rhs.ndim != 3 or group_sizes.ndim != 1:
         raise ValueError(f"gmm wants lhs (M, k), rhs (G, k, n), group_sizes (E,); got "
                          f"{lhs.shape}, {rhs.shape}, {group_sizes.shape}")
@@ -104,24 +104,22 @@ def _check(lhs, rhs, group_sizes):
                          f"{group_sizes.shape[0]} in group_sizes")
     if not jnp.issubdtype(group_sizes.dtype, jnp.integer):
         raise ValueError(f"gmm: group_sizes must be integers, got {group_sizes.dtype}")
+    # Traced offsets (expert parallelism under shard_map) come from the mesh.
+    if group_offset is not None and not isinstance(group_offset, jax.core.Tracer):
+        offset = int(np.asarray(group_offset))
+        if offset < 0 or offset + rhs.shape[0] > group_sizes.shape[0]:
+            raise ValueError(f"gmm: group_offset {offset} with {rhs.shape[0]} local groups "
+                             f"reaches past the {group_sizes.shape[0]} groups of group_sizes")
     if isinstance(group_sizes, jax.core.Tracer):
         return  # traced sizes (under jit) come from the router and are checked by its tests
     sizes = np.asarray(group_sizes)
-    if (sizes < 0).any():
-        raise ValueError(f"gmm: group_sizes must be >= 0; group {int(np.argmax(sizes < 0))} has "
-                         f"{int(sizes[sizes < 0][0])} rows")
+    negative = np.flatnonzero(sizes < 0)
+    if negative.size:
+        raise ValueError(f"gmm: group_sizes must be >= 0; group {negative[0]} has "
+                         f"{sizes[negative[0]]} rows")
     if int(sizes.sum()) > lhs.shape[0]:
         raise ValueError(f"gmm: group_sizes sum to {int(sizes.sum())} rows, more than the "
                          f"{lhs.shape[0]} rows of lhs")
-
-
-def _check_offset(group_offset, local_groups: int, num_groups: int):
-    if group_offset is None or isinstance(group_offset, jax.core.Tracer):
-        return  # traced offsets (expert parallelism under shard_map) come from the mesh
-    offset = int(np.asarray(group_offset))
-    if offset < 0 or offset + local_groups > num_groups:
-        raise ValueError(f"gmm: group_offset {offset} with {local_groups} local groups reaches "
-                         f"past the {num_groups} groups of group_sizes")
 
 
 def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "auto",
@@ -133,8 +131,8 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "
       lhs: (M, k) rows sorted by group id.
       rhs: (G, k, n) weights of groups group_offset .. group_offset+G-1 (G = E without offset).
       group_sizes: (E,) int rows per group, all groups; sum <= M (rows past the sum give zeros).
-      impl: "auto", "tuned", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "cudnn" or "xla" (see the
-        module docstring).
+      impl: "auto", "tuned", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "cudnn" or "xla"
+        (see the module docstring).
       tiling: tile sizes; None takes the gin-configured default of the implementation ("tuned":
         must be None).
       group_offset: scalar int (may be traced), first group this call owns; None = 0.
@@ -145,11 +143,10 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *, impl: str = "
       (M, n) array. Gradients: lhs and rhs get theirs (in their own dtypes, computed from the
       output gradient cast to lhs's dtype); group_sizes and group_offset get none.
     """
-    _check(lhs, rhs, group_sizes)
+    _check(lhs, rhs, group_sizes, group_offset)
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
     impl, tiling = choose(impl, tiling,
                           autotune.Problem.of(lhs, rhs, group_sizes, out_dtype))
-    _check_offset(group_offset, rhs.shape[0], group_sizes.shape[0])
     offset = jnp.asarray(0 if group_offset is None else group_offset, jnp.int32).reshape(())
     return _gmm(lhs, rhs, group_sizes.astype(jnp.int32), offset, impl, tiling, out_dtype)
 

@@ -11,7 +11,7 @@ gradient from the Triton kernel (``pallas_gpu.tgmm``, tiles from ``pallas_gpu_ti
 
 Whether cuDNN actually took the call depends on the XLA build, the cuDNN version and the GPU:
 ``xla_lowering()`` compiles a small ragged_dot and says which custom call XLA chose, and
-``benchmarks/gpu_session.sh cudnn`` records it next to the timings. Off a GPU both halves still
+``benchmarks/gpu_session.sh ragged`` records it next to the timings. Off a GPU both halves still
 run (ragged_dot's dense lowering, the Triton kernel in Pallas's interpreter), which is how the
 tests check them on CPU.
 """
@@ -24,24 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from moejax.kernels import pallas_gpu, xla
-from moejax.kernels.tiling import Tiling
 
-FLAG = "--xla_gpu_experimental_use_ragged_dot_fusion=true"
-
-
-def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
-        group_offset: jax.Array, *, tiling: Tiling | None = None, out_dtype,
-        transpose_rhs: bool = False) -> jax.Array:
-    """Forward and input gradient: ragged_dot (cuDNN where XLA lowers it there)."""
-    return xla.gmm(lhs_MK, rhs_GKN, group_sizes_E, group_offset, tiling=tiling,
-                   out_dtype=out_dtype, transpose_rhs=transpose_rhs)
-
-
-def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
-         group_offset: jax.Array, *, num_groups: int, tiling: Tiling, out_dtype) -> jax.Array:
-    """Weight gradient: the Triton kernel (cuDNN's ragged matmul does not cover it)."""
-    return pallas_gpu.tgmm(lhs_MK, grad_MN, group_sizes_E, group_offset, num_groups=num_groups,
-                           tiling=tiling, out_dtype=out_dtype)
+# The halves: ragged_dot for the forward and the input gradient (cuDNN where XLA lowers it
+# there), the Triton kernel for the weight gradient (cuDNN's ragged matmul does not cover it).
+gmm = xla.gmm
+tgmm = pallas_gpu.tgmm
 
 
 def xla_lowering(dtype=jnp.bfloat16) -> dict:
