@@ -161,8 +161,12 @@ def tgmm(lhs: jax.Array, grad: jax.Array, group_sizes: jax.Array, *, num_groups:
     "tuned" takes the choice of the gmm whose weight gradient this is (lhs (M, k) times a
     (num_groups, k, n) rhs).
     """
+    if lhs.ndim != 2 or grad.ndim != 2 or lhs.shape[0] != grad.shape[0]:
+        raise ValueError(f"tgmm wants lhs (M, k) and grad (M, n) with the same rows; got "
+                         f"{lhs.shape} and {grad.shape}")
     out_dtype = jnp.dtype(out_dtype or lhs.dtype)
     rhs = jax.ShapeDtypeStruct((num_groups, lhs.shape[1], grad.shape[1]), out_dtype)
+    _check(lhs, rhs, group_sizes, group_offset)
     impl, tiling = choose(impl, tiling, autotune.Problem.of(lhs, rhs, group_sizes, grad.dtype))
     offset = jnp.asarray(0 if group_offset is None else group_offset, jnp.int32).reshape(())
     return _module(impl).tgmm(lhs, grad.astype(lhs.dtype), group_sizes.astype(jnp.int32), offset,

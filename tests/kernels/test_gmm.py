@@ -178,3 +178,20 @@ def test_bad_concrete_group_sizes_are_refused_before_any_kernel_runs():
     # Traced sizes cannot be inspected; a valid batch still runs under jit.
     out = jax.jit(lambda sizes: gmm(lhs, rhs, sizes, impl="cpu"))(jnp.array([1, 2]))
     np.testing.assert_allclose(out, np.concatenate([np.full((3, 5), 3.0), np.zeros((1, 5))]))
+
+
+def test_tgmm_refuses_what_gmm_refuses():
+    lhs, grad = jnp.ones((4, 3)), jnp.ones((4, 5))
+    with pytest.raises(ValueError, match="same rows; got \\(4, 3\\) and \\(3, 5\\)"):
+        tgmm(lhs, jnp.ones((3, 5)), jnp.array([2, 2]), num_groups=2, impl="cpu")
+    with pytest.raises(ValueError, match="sum to 5 rows, more than the 4 rows of lhs"):
+        tgmm(lhs, grad, jnp.array([2, 3]), num_groups=2, impl="cpu")
+    with pytest.raises(ValueError, match="group 0 has -2 rows"):
+        tgmm(lhs, grad, jnp.array([-2, 3]), num_groups=2, impl="xla")
+    with pytest.raises(ValueError, match="rhs has 3 groups, more than the 2"):
+        tgmm(lhs, grad, jnp.array([2, 2]), num_groups=3, impl="cpu")
+    with pytest.raises(ValueError, match="group_offset 1 with 2 local groups reaches past the 2"):
+        tgmm(lhs, grad, jnp.array([2, 2]), num_groups=2, impl="cpu", group_offset=1)
+    # Valid: each group's weight gradient is its rows' outer-product sum (2 rows of ones).
+    out = tgmm(lhs, grad, jnp.array([2, 2]), num_groups=2, impl="cpu")
+    np.testing.assert_allclose(out, np.full((2, 3, 5), 2.0))
