@@ -14,6 +14,8 @@ or "zipf" (each token draws K distinct experts with probability ~ 1/rank).
   python benchmarks/gmm.py --impl cpu --impl xla --reps 5
   python benchmarks/gmm.py --full --dtype bfloat16 --tiling pallas_gpu:128,64,128,8,3
       # extra contenders with explicit tiles: impl:block_m,block_k,block_n[,num_warps,num_stages]
+  python benchmarks/gmm.py --full --dtype bfloat16 --impl auto --rival maxtext --rival jax_mgpu
+      # other projects' grouped matmuls beside ours (benchmarks/rivals.py; GPU)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import run_environment  # noqa: E402
+import rivals  # noqa: E402
 from moejax.kernels import Tiling, autotune, choose, gmm, resolve_impl  # noqa: E402
 from moejax.kernels.tiling import default_tiling as moejax_default_tiling  # noqa: E402
 
@@ -73,7 +76,8 @@ def timed(fns: dict, args: dict, reps: int, errors: dict | None = None) -> dict:
         except Exception as error:  # noqa: BLE001 - report and carry on with the others
             if errors is None:
                 raise
-            errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            first_line = (str(error).splitlines() or [""])[0]  # some errors have no message
+            errors[name] = f"{type(error).__name__}: {first_line[:200]}"
             del fns[name]
     times = {name: [] for name in fns}
     for _ in range(reps):
@@ -131,16 +135,23 @@ def bench_case(case, contenders, reps, ragged_reps, dtype):
     useful_flops = 2 * num_rows * d_model * n
 
     def grouped(impl, tiling=None):
+        if impl.startswith("rival:"):  # another project's kernel (benchmarks/rivals.py)
+            return rivals.make(impl.partition(":")[2], sizes)
         return lambda x, w: gmm(x, w, sizes, impl=impl, tiling=tiling)
 
     dense = lambda x, w: x @ w  # noqa: E731
     fns = {"dense_fwd": jax.jit(dense), "dense_fwdbwd": forward_backward(dense)}
     args = {"dense_fwd": (x, w[0]), "dense_fwdbwd": (x, w[0], dy)}
-    for label, impl, tiling in contenders:
-        fns[f"{label}_fwd"] = jax.jit(grouped(impl, tiling))
-        fns[f"{label}_fwdbwd"] = forward_backward(grouped(impl, tiling))
-        args[f"{label}_fwd"], args[f"{label}_fwdbwd"] = (x, w), (x, w, dy)
     errors: dict = {}
+    for label, impl, tiling in contenders:
+        try:
+            matmul = grouped(impl, tiling)
+        except rivals.RivalError as error:  # e.g. tokamax not installed: the others still run
+            errors[f"{label}_fwd"] = errors[f"{label}_fwdbwd"] = f"RivalError: {error}"
+            continue
+        fns[f"{label}_fwd"] = jax.jit(matmul)
+        fns[f"{label}_fwdbwd"] = forward_backward(matmul)
+        args[f"{label}_fwd"], args[f"{label}_fwdbwd"] = (x, w), (x, w, dy)
     seconds = timed(fns, args, reps, errors)
     # ragged_dot is slow: fewer repetitions, timed apart
     if ragged_reps and "xla" not in [impl for _, impl, _ in contenders]:
@@ -169,6 +180,8 @@ def bench_case(case, contenders, reps, ragged_reps, dtype):
                                                    tiling.block_n, tiling.num_warps,
                                                    tiling.num_stages],
             "tuned_choice": picked, "dtype": jnp.dtype(dtype).name,
+            "rival_version": (rivals.version(impl.partition(":")[2])
+                              if impl.startswith("rival:") else None),
             "fwd_tflops": tflops.get(f"{label}_fwd"),
             "fwdbwd_tflops": tflops.get(f"{label}_fwdbwd"),
             "dense_fwd_tflops": tflops["dense_fwd"],
@@ -250,12 +263,23 @@ def main(argv=None):
                         help="time forward, input-gradient and weight-gradient kernels apart")
     parser.add_argument("--tiling", action="append", default=[],
                         help="extra contender impl:block_m,block_k,block_n[,warps,stages]")
+    parser.add_argument("--rival", action="append", default=[],
+                        help=f"another project's grouped matmul as a contender, one of "
+                             f"{rivals.NAMES} (jax_mgpu:block_m,block_k,block_n,stages,"
+                             "grid_block_n sets its tiles); its lines read impl 'rival:NAME'")
     args = parser.parse_args(argv)
+    if args.rival and args.parts:
+        parser.error("--parts times our kernels' three matmuls apart; rivals run whole")
+    try:
+        rival_contenders = [(rivals.label(spec), f"rival:{spec}", None) for spec in args.rival]
+    except rivals.RivalError as error:
+        parser.error(str(error))
     cases = FULL if args.full else QUICK
     if args.shape:
         cases = [(*map(int, spec.split(",")[:5]), spec.split(",")[5]) for spec in args.shape]
-    impls = args.impl or ([] if args.tiling else [resolve_impl("auto")])
-    contenders = [(impl, impl, None) for impl in impls] + [parse_tiling(t) for t in args.tiling]
+    impls = args.impl or ([] if args.tiling or args.rival else [resolve_impl("auto")])
+    contenders = ([(impl, impl, None) for impl in impls] + [parse_tiling(t) for t in args.tiling]
+                  + rival_contenders)
     for index, case in enumerate(cases):
         if args.case and index not in args.case:
             continue

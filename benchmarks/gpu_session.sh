@@ -10,6 +10,9 @@
 #   bash benchmarks/gpu_session.sh ragged           # ragged_dot on cuDNN: which lowering XLA
 #     takes, by default and with the cuDNN flag, then "cudnn" and "xla" under the flag next to
 #     pallas_gpu, on the CASES
+#   bash benchmarks/gpu_session.sh rivals           # other projects' grouped matmuls next to
+#     ours on the CASES: MaxText's (tokamax "mosaic"), tokamax's Triton one, JAX's Hopper
+#     example kernels (benchmarks/rivals.py); first, here: bash benchmarks/rival_wheels.sh
 set -u
 OUT=${OUT:-/tmp/moejax_gpu}; mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -104,6 +107,25 @@ for l in sys.stdin:
 for l in sys.stdin:
     r=json.loads(l); print(r['case'], r['impl'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['errors'])"
       plot "$OUT/ragged_cudnn_flag.jsonl" ;;
+    rivals)
+      if [ -d .whl/rivals ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+          --target /tmp/site_rivals .whl/rivals/*.whl
+      fi
+      env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 -c \
+        "import tokamax; print('tokamax', tokamax.__version__)" 2>&1 | tail -1
+      timeout 240 env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 -m pytest \
+        tests/benchmarks/test_rivals.py -q -p no:cacheprovider 2>&1 | tee "$OUT/rivals_tests.log" \
+        | tail -6
+      cases=$(for c in $CASES; do echo --case $c; done)
+      rivals=${RIVALS:-"maxtext tokamax_triton jax_mgpu jax_mgpu:128,64,128,6,4"}
+      timeout 450 env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 benchmarks/gmm.py --full \
+        $cases --impl pallas_gpu --impl mosaic_gpu $(for r in $rivals; do echo --rival $r; done) \
+        --dtype bfloat16 --reps 10 --ragged-reps 0 2>>"$OUT/rivals.err" | tee -a "$OUT/rivals.jsonl" \
+        | python3 -c "import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print(r['case'], r['impl'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['fwdbwd_tflops'], r['errors'])"
+      plot "$OUT/rivals.jsonl" ;;
     grid)
       timeout 400 python3 benchmarks/gmm.py --full --dtype bfloat16 --reps 10 --ragged-reps 3 \
         --ragged-max-experts 128 ${GRID_ARGS:-} 2>>"$OUT/grid.err" | tee -a "$OUT/grid.jsonl" \
