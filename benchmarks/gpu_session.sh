@@ -10,6 +10,9 @@
 #   bash benchmarks/gpu_session.sh ragged           # ragged_dot on cuDNN: which lowering XLA
 #     takes, by default and with the cuDNN flag, then "cudnn" and "xla" under the flag next to
 #     pallas_gpu, on the CASES
+#   bash benchmarks/gpu_session.sh tests compare    # the short session: native kernel tests,
+#     then every GPU kernel of ours and the rivals on the CASES in one process (cuDNN flag on),
+#     which is what "auto" should follow; rivals need .whl/rivals (see `rivals` below)
 #   bash benchmarks/gpu_session.sh rivals           # other projects' grouped matmuls next to
 #     ours on the CASES: MaxText's (tokamax "mosaic"), tokamax's Triton one, JAX's Hopper
 #     example kernels (benchmarks/rivals.py); first, here: bash benchmarks/rival_wheels.sh
@@ -26,6 +29,17 @@ python3 -c "import jax, jaxlib; print('jax', jax.__version__, jax.devices())"
 plot() {  # plot() FILE.jsonl: a PNG next to it, if this machine has matplotlib (else a note)
   python3 benchmarks/plot_gmm.py "$1" --out "${1%.jsonl}.png" 2>>"$OUT/plot.err" \
     || echo "no plot of $1 (see $OUT/plot.err)"
+}
+install_rivals() {  # tokamax and its needs from .whl/rivals (benchmarks/rival_wheels.sh)
+  if [ -d .whl/rivals ] && [ ! -d /tmp/site_rivals/tokamax ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site_rivals .whl/rivals/*.whl
+  fi
+}
+summary() {  # one line per gmm.py record: case, contender, ratios to dense, errors
+  python3 -c "import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print(r['case'], r['impl'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['fwdbwd_tflops'], r['errors'])"
 }
 TILES=${TILES:-"64,64,128,4,2 128,64,128,4,3 128,64,128,8,3 128,128,128,8,3 64,128,128,4,3 64,64,64,4,3"}
 CASES=${CASES:-"26 29 32"}   # FULL indices: m65536 d1024 E16 K2 balanced, E128 K8 zipf, d4096 E16
@@ -107,11 +121,20 @@ for l in sys.stdin:
 for l in sys.stdin:
     r=json.loads(l); print(r['case'], r['impl'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['errors'])"
       plot "$OUT/ragged_cudnn_flag.jsonl" ;;
+    compare)
+      install_rivals
+      cases=$(for c in $CASES; do echo --case $c; done)
+      flag=--xla_gpu_experimental_use_ragged_dot_fusion=true  # cudnn's lowering (see `ragged`)
+      XLA_FLAGS=$flag python3 -c "import jax.numpy as j; j.ones(1)" 2>/dev/null \
+        || { echo "this XLA does not know $flag: cudnn runs as plain ragged_dot"; flag=; }
+      XLA_FLAGS=$flag timeout 540 \
+        env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 benchmarks/gmm.py --full $cases \
+        --impl pallas_gpu --impl mosaic_gpu --impl cudnn --rival maxtext --rival jax_mgpu \
+        --dtype bfloat16 --reps 10 --ragged-reps 0 2>>"$OUT/compare.err" \
+        | tee -a "$OUT/compare.jsonl" | summary
+      plot "$OUT/compare.jsonl" ;;
     rivals)
-      if [ -d .whl/rivals ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-          --target /tmp/site_rivals .whl/rivals/*.whl
-      fi
+      install_rivals
       env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 -c \
         "import tokamax; print('tokamax', tokamax.__version__)" 2>&1 | tail -1
       timeout 240 env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 -m pytest \
@@ -122,9 +145,7 @@ for l in sys.stdin:
       timeout 450 env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 benchmarks/gmm.py --full \
         $cases --impl pallas_gpu --impl mosaic_gpu $(for r in $rivals; do echo --rival $r; done) \
         --dtype bfloat16 --reps 10 --ragged-reps 0 2>>"$OUT/rivals.err" | tee -a "$OUT/rivals.jsonl" \
-        | python3 -c "import json,sys
-for l in sys.stdin:
-    r=json.loads(l); print(r['case'], r['impl'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['fwdbwd_tflops'], r['errors'])"
+        | summary
       plot "$OUT/rivals.jsonl" ;;
     grid)
       timeout 400 python3 benchmarks/gmm.py --full --dtype bfloat16 --reps 10 --ragged-reps 3 \
