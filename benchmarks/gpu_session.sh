@@ -30,11 +30,14 @@ plot() {  # plot() FILE.jsonl: a PNG next to it, if this machine has matplotlib 
   python3 benchmarks/plot_gmm.py "$1" --out "${1%.jsonl}.png" 2>>"$OUT/plot.err" \
     || echo "no plot of $1 (see $OUT/plot.err)"
 }
-install_rivals() {  # tokamax and its needs from .whl/rivals (benchmarks/rival_wheels.sh)
+with_rivals() {  # with_rivals CMD...: CMD seeing tokamax and its needs from .whl/rivals
+  # (benchmarks/rival_wheels.sh), installed on first use; only CMD sees them, since their flax
+  # and typing_extensions would shadow the image's for the other steps
   if [ -d .whl/rivals ] && [ ! -d /tmp/site_rivals/tokamax ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site_rivals .whl/rivals/*.whl
   fi
+  env PYTHONPATH="/tmp/site_rivals:$PYTHONPATH" "$@"
 }
 summary() {  # one line per gmm.py record: case, contender, ratios to dense, errors
   python3 -c "import json,sys
@@ -122,27 +125,22 @@ for l in sys.stdin:
     r=json.loads(l); print(r['case'], r['impl'], r['ratio_vs_dense_fwd'], r['ratio_vs_dense'], r['errors'])"
       plot "$OUT/ragged_cudnn_flag.jsonl" ;;
     compare)
-      install_rivals
       cases=$(for c in $CASES; do echo --case $c; done)
       flag=--xla_gpu_experimental_use_ragged_dot_fusion=true  # cudnn's lowering (see `ragged`)
       XLA_FLAGS=$flag python3 -c "import jax.numpy as j; j.ones(1)" 2>/dev/null \
         || { echo "this XLA does not know $flag: cudnn runs as plain ragged_dot"; flag=; }
-      XLA_FLAGS=$flag timeout 540 \
-        env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 benchmarks/gmm.py --full $cases \
+      XLA_FLAGS=$flag with_rivals timeout 540 python3 benchmarks/gmm.py --full $cases \
         --impl pallas_gpu --impl mosaic_gpu --impl cudnn --rival maxtext --rival jax_mgpu \
         --dtype bfloat16 --reps 10 --ragged-reps 0 2>>"$OUT/compare.err" \
         | tee -a "$OUT/compare.jsonl" | summary
       plot "$OUT/compare.jsonl" ;;
     rivals)
-      install_rivals
-      env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 -c \
-        "import tokamax; print('tokamax', tokamax.__version__)" 2>&1 | tail -1
-      timeout 240 env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 -m pytest \
-        tests/benchmarks/test_rivals.py -q -p no:cacheprovider 2>&1 | tee "$OUT/rivals_tests.log" \
-        | tail -6
+      with_rivals python3 -c "import tokamax; print('tokamax', tokamax.__version__)" 2>&1 | tail -1
+      with_rivals timeout 240 python3 -m pytest tests/benchmarks/test_rivals.py -q \
+        -p no:cacheprovider 2>&1 | tee "$OUT/rivals_tests.log" | tail -6
       cases=$(for c in $CASES; do echo --case $c; done)
       rivals=${RIVALS:-"maxtext tokamax_triton jax_mgpu jax_mgpu:128,64,128,6,4"}
-      timeout 450 env PYTHONPATH=/tmp/site_rivals:$PYTHONPATH python3 benchmarks/gmm.py --full \
+      with_rivals timeout 450 python3 benchmarks/gmm.py --full \
         $cases --impl pallas_gpu --impl mosaic_gpu $(for r in $rivals; do echo --rival $r; done) \
         --dtype bfloat16 --reps 10 --ragged-reps 0 2>>"$OUT/rivals.err" | tee -a "$OUT/rivals.jsonl" \
         | summary

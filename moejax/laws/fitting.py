@@ -411,7 +411,8 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
         # scipy 1.17: max |gradient| 1.2e-12 against gtol 1e-12, after Newton stopped early
         # because the batch's best had settled).
         newton_here = bool(stage2_converged[picked[best]])
-        gradient_is_noise = float(np.max(np.abs(gradient))) <= _NOISE_GRADIENT * max(abs(best_value), 1.0)
+        gradient_max_abs = float(np.max(np.abs(gradient)))
+        gradient_is_noise = gradient_max_abs <= _NOISE_GRADIENT * max(abs(best_value), 1.0)
         converged = bool(best_result.success) or gradient_is_noise or (
             newton_here and float(best_result.fun) <= float(values[picked[best]]) * (1 + 1e-12))
         convergence = {
@@ -425,7 +426,7 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
             "lbfgs_message": str(best_result.message),
             "lbfgs_iterations": int(best_result.nit),
             "lbfgs_evaluations": int(best_result.nfev),
-            "gradient_max_abs": float(np.max(np.abs(gradient))),
+            "gradient_max_abs": gradient_max_abs,
             "stage_seconds": stage_seconds,
             "selection": "train RMSE + held-out RMSE" if test_log_loss is not None else "objective",
         }
