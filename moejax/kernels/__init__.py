@@ -21,7 +21,8 @@ One call, ``gmm``, several implementations chosen by ``impl``:
                gradient, which cuDNN does not cover, through the Triton kernel. Not yet timed.
 "xla"          ``xla.py``: ``jax.lax.ragged_dot``, the reference (masked dense compute on CPU
                and, by default, GPU: correct but slow).
-"auto"         cpu -> "cpu", gpu -> "pallas_gpu", tpu -> "pallas_tpu".
+"auto"         cpu -> "cpu", gpu -> "pallas_gpu", tpu -> "pallas_tpu"; a GPU older than
+               Ampere (T4, V100: no Triton) -> "xla" (``platform.py``).
 "tuned"        ``autotune.py``: the implementation and tiles measured fastest for this
                problem's shapes on this device, from the tuning table; a problem not in the
                table is measured while the caller is traced (seconds to minutes, once).
@@ -50,24 +51,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moejax.kernels import autotune, record
+from moejax.kernels import autotune, platform, record
 from moejax.kernels.tiling import Tiling, default_tiling
 
 IMPLEMENTATIONS = ("auto", "tuned", "cpu", "pallas_tpu", "pallas_gpu", "mosaic_gpu", "cudnn",
                    "xla")
-AUTO_IMPL = {"cpu": "cpu", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
-
 __all__ = ["IMPLEMENTATIONS", "Tiling", "choose", "gmm", "resolve_impl", "tgmm"]
 
 
 def resolve_impl(impl: str) -> str:
-    """The implementation "auto" stands for on the default backend; other names unchanged
+    """The implementation "auto" stands for on the default device; other names unchanged
     ("tuned" depends on the problem's shapes: see ``choose``)."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"gmm impl = {impl!r} is not available; choose one of {IMPLEMENTATIONS}")
     if impl != "auto":
         return impl
-    return AUTO_IMPL.get(jax.default_backend(), "xla")
+    device = platform.current()
+    return platform.auto_impl(device.backend, device.capability)
+
+
+def _check_runs_here(impl: str):
+    """Refuse, at trace time, a kernel this device cannot compile (a Triton kernel on a T4)."""
+    device = platform.current()
+    why = platform.unsupported(impl, device.backend, device.capability)
+    if why is not None:
+        fallback = platform.auto_impl(device.backend, device.capability)
+        raise ValueError(f"gmm impl = {impl!r} cannot run on this {device.kind}: {why}. "
+                         f"Use gmm_impl = 'auto', which picks {fallback!r} here.")
 
 
 def choose(impl: str, tiling: Tiling | None,
@@ -84,6 +94,7 @@ def choose(impl: str, tiling: Tiling | None,
             impl, tiling = autotune.tuned_choice(problem)
         elif tiling is None:
             tiling = default_tiling(impl)
+        _check_runs_here(impl)
         record.note(requested, problem, impl, tiling)
     return impl, tiling
 

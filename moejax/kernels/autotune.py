@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moejax import files
-from moejax.kernels import cpu
+from moejax.kernels import cpu, platform
 from moejax.kernels.tiling import Tiling, default_tiling
 
 TABLE_FORMAT = "moejax-gmm-tuning/1"
@@ -114,17 +114,13 @@ def problem_key(problem: Problem, device: str) -> str:
     return f"{device}|{problem.describe()}"
 
 
-def is_hopper(device) -> bool:
-    """Mosaic GPU's wgmma kernel needs compute capability 9.x (H100, H200)."""
-    return str(getattr(device, "compute_capability", "")).startswith("9")
-
-
-def candidates(problem: Problem, backend: str, hopper: bool = False) -> list[Choice]:
+def candidates(problem: Problem, backend: str,
+               capability: tuple[int, int] | None = None) -> list[Choice]:
     """The (impl, Tiling) pairs worth timing on a backend, the static "auto" choice first (so the
-    tuned pick is never slower than "auto" but for timing noise), without duplicates."""
-    from moejax.kernels import AUTO_IMPL  # not at the top: the package imports this module
-
-    static = AUTO_IMPL.get(backend, "xla")
+    tuned pick is never slower than "auto" but for timing noise), without duplicates or kernels
+    the device cannot compile (``capability``: an NVIDIA GPU's compute capability, None on
+    other backends and other GPUs)."""
+    static = platform.auto_impl(backend, capability)
     found = [(static, default_tiling(static))]
     if backend == "cpu":
         base = default_tiling("cpu")
@@ -138,7 +134,7 @@ def candidates(problem: Problem, backend: str, hopper: bool = False) -> list[Cho
         found += [("pallas_gpu", dataclasses.replace(base, block_m=64)),
                   ("pallas_gpu", dataclasses.replace(base, block_n=128))]
         sixteen_bit = {problem.lhs_dtype, problem.rhs_dtype} <= {"bfloat16", "float16"}
-        if hopper and sixteen_bit:
+        if sixteen_bit:
             found.append(("mosaic_gpu", default_tiling("mosaic_gpu")))
         found.append(("cudnn", default_tiling("cudnn")))
         found.append(("xla", default_tiling("xla")))
@@ -148,7 +144,7 @@ def candidates(problem: Problem, backend: str, hopper: bool = False) -> list[Cho
         found.append(("xla", default_tiling("xla")))
     unique = []
     for choice in found:
-        if choice not in unique:
+        if choice not in unique and platform.unsupported(choice[0], backend, capability) is None:
             unique.append(choice)
     return unique
 
@@ -324,8 +320,8 @@ def tuned_choice(problem: Problem, settings: TuningSettings | None = None,
     if measure is None:
         def measure(impl, tiling, problem):
             return measure_seconds(impl, tiling, problem, reps=settings.reps)
-    device = jax.devices()[0]
-    entry = tune(problem, candidates(problem, jax.default_backend(), is_hopper(device)), measure)
+    device = platform.current()
+    entry = tune(problem, candidates(problem, device.backend, device.capability), measure)
     try:
         add_entry(settings.table_path, key, entry)
     except OSError as error:  # the choice still holds for this run; only remembering it failed

@@ -1,0 +1,77 @@
+"""Which grouped-matmul implementations a device can run natively, and what "auto" means on it.
+
+In: a backend name ("cpu", "gpu", "tpu") and, on NVIDIA GPUs, the device's compute capability.
+Out: the "auto" implementation, or the reason an implementation cannot run there.
+
+The GPU kernels need recent hardware: Pallas's Triton lowering refuses GPUs older than Ampere
+(compute capability 8.0; XLA says "Triton support is only enabled for Ampere GPUs"), which
+takes out the T4 of a free Colab runtime and the V100; the Mosaic GPU kernel issues Hopper's
+``wgmma`` (9.x only). "cudnn" needs Triton too, for its weight gradient. On such devices "auto"
+falls back to "xla" (``jax.lax.ragged_dot``: slow, but it runs) and an explicit request fails
+while the model is traced, naming the device and what would run, not deep inside a compile.
+
+On other backends the Pallas kernels run in their interpreters (the test suite does this), so
+nothing is refused there. On a GPU that reports no CUDA compute capability (ROCm) the Triton
+kernels are left to its own compiler; the Mosaic GPU kernel is NVIDIA's only.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+
+TRITON_MIN_CAPABILITY = (8, 0)  # Ampere
+MOSAIC_GPU_MAJOR = 9  # Hopper's wgmma; Blackwell (10.x) has another matrix instruction
+
+_AUTO = {"cpu": "cpu", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
+
+
+class Device(NamedTuple):
+    backend: str  # jax.default_backend()
+    kind: str  # device_kind, e.g. "NVIDIA H100 80GB HBM3", "Tesla T4", "cpu"
+    capability: tuple[int, int] | None  # CUDA compute capability; None off NVIDIA GPUs
+
+
+def current() -> Device:
+    """The default device, as far as choosing a kernel goes."""
+    device = jax.devices()[0]
+    return Device(jax.default_backend(), device.device_kind, cuda_capability(device))
+
+
+def cuda_capability(device) -> tuple[int, int] | None:
+    """(major, minor) from a JAX device's ``compute_capability`` ("8.6"), None if it has none."""
+    text = str(getattr(device, "compute_capability", "") or "")
+    major, _, minor = text.partition(".")
+    if not (major.isdigit() and (minor.isdigit() or minor == "")):
+        return None
+    return int(major), int(minor or 0)
+
+
+def auto_impl(backend: str, capability: tuple[int, int] | None = None) -> str:
+    """The implementation "auto" stands for: the backend's own kernel where it can run."""
+    impl = _AUTO.get(backend, "xla")
+    if backend == "gpu" and unsupported(impl, backend, capability) is not None:
+        return "xla"
+    return impl
+
+
+def unsupported(impl: str, backend: str, capability: tuple[int, int] | None) -> str | None:
+    """Why ``impl`` cannot run natively on this device, or None if it can (or may).
+
+    Operand types are the kernels' own checks (Mosaic GPU: bfloat16/float16 only).
+    """
+    if backend != "gpu":
+        return None
+    if capability is None:
+        return ("it is written for NVIDIA Hopper GPUs, and this GPU reports no CUDA compute "
+                "capability" if impl == "mosaic_gpu" else None)
+    version = "%d.%d" % capability
+    if impl in ("pallas_gpu", "cudnn") and capability < TRITON_MIN_CAPABILITY:
+        need = "its weight gradient uses" if impl == "cudnn" else "it is"
+        return (f"{need} a Triton kernel, and Pallas's Triton lowering needs an Ampere or newer "
+                f"GPU (compute capability >= 8.0), this one has {version}")
+    if impl == "mosaic_gpu" and capability[0] != MOSAIC_GPU_MAJOR:
+        return (f"it issues Hopper's wgmma instructions (compute capability 9.x), this GPU has "
+                f"{version}")
+    return None

@@ -1,0 +1,112 @@
+"""Which kernels a device can run: "auto" falls back on GPUs older than Ampere, explicit requests
+for a kernel the device cannot compile fail at trace time naming the device.
+
+The GPUs are faked (``platform.current`` patched); the arrays still live on this CPU, so a call
+that passes the check runs for real and is compared with ``jax.lax.ragged_dot``.
+"""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moejax.kernels import autotune, gmm, platform, record, resolve_impl
+
+T4 = platform.Device("gpu", "Tesla T4", (7, 5))
+V100 = platform.Device("gpu", "Tesla V100-SXM2-16GB", (7, 0))
+A100 = platform.Device("gpu", "NVIDIA A100-SXM4-40GB", (8, 0))
+H100 = platform.Device("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
+B200 = platform.Device("gpu", "NVIDIA B200", (10, 0))
+MI300 = platform.Device("gpu", "AMD Instinct MI300X", None)
+
+
+@pytest.mark.parametrize("reported, expected", [
+    ("7.5", (7, 5)), ("8.6", (8, 6)), ("9.0", (9, 0)), ("10.0", (10, 0)), ("12", (12, 0)),
+    ("", None), (None, None), ("gfx942", None), ("9.0a", None)])
+def test_compute_capability_is_read_from_the_device(reported, expected):
+    device = types.SimpleNamespace(compute_capability=reported)
+    assert platform.cuda_capability(device) == expected
+    assert platform.cuda_capability(types.SimpleNamespace()) is None  # a CPU or TPU device
+
+
+@pytest.mark.parametrize("device, auto", [
+    (T4, "xla"), (V100, "xla"), (A100, "pallas_gpu"), (H100, "pallas_gpu"), (B200, "pallas_gpu"),
+    (MI300, "pallas_gpu"), (platform.Device("cpu", "cpu", None), "cpu"),
+    (platform.Device("tpu", "TPU v5 lite", None), "pallas_tpu"),
+    (platform.Device("METAL", "Apple M2", None), "xla")])
+def test_auto_is_the_backend_kernel_where_it_compiles(monkeypatch, device, auto):
+    assert platform.auto_impl(device.backend, device.capability) == auto
+    monkeypatch.setattr(platform, "current", lambda: device)
+    assert resolve_impl("auto") == auto
+
+
+@pytest.mark.parametrize("impl, device, reason", [
+    ("pallas_gpu", T4, r"Ampere or newer GPU \(compute capability >= 8.0\), this one has 7.5"),
+    ("cudnn", V100, r"its weight gradient uses a Triton kernel.*this one has 7.0"),
+    ("mosaic_gpu", A100, r"Hopper's wgmma.*this GPU has 8.0"),
+    ("mosaic_gpu", B200, r"Hopper's wgmma.*this GPU has 10.0"),
+    ("mosaic_gpu", MI300, r"NVIDIA Hopper GPUs.*no CUDA compute capability")])
+def test_a_kernel_the_gpu_cannot_compile_is_refused_before_tracing_it(monkeypatch, impl, device,
+                                                                      reason):
+    monkeypatch.setattr(platform, "current", lambda: device)
+    lhs, rhs, sizes = jnp.ones((8, 16), jnp.bfloat16), jnp.ones((2, 16, 8), jnp.bfloat16), \
+        jnp.array([3, 5], jnp.int32)
+    fallback = platform.auto_impl(device.backend, device.capability)
+    expected = (rf"gmm impl = '{impl}' cannot run on this {device.kind}: .*{reason}.*"
+                rf"'auto', which picks '{fallback}'")
+    with pytest.raises(ValueError, match=expected):
+        jax.jit(lambda x: gmm(x, rhs, sizes, impl=impl)).lower(lhs)
+
+
+@pytest.mark.parametrize("impl, device", [
+    ("pallas_gpu", A100), ("cudnn", A100), ("pallas_gpu", MI300), ("mosaic_gpu", H100),
+    ("pallas_gpu", B200), ("xla", T4), ("cpu", T4)])
+def test_what_a_gpu_can_compile_is_not_refused(impl, device):
+    assert platform.unsupported(impl, device.backend, device.capability) is None
+
+
+def test_off_gpu_nothing_is_refused():
+    # Elsewhere the Pallas kernels run in their interpreters: the test suite's own case.
+    for impl in ("pallas_gpu", "cudnn", "mosaic_gpu", "pallas_tpu"):
+        for backend in ("cpu", "tpu"):
+            assert platform.unsupported(impl, backend, None) is None
+
+
+def test_on_a_t4_auto_runs_ragged_dot_and_gets_its_gradients(monkeypatch):
+    monkeypatch.setattr(platform, "current", lambda: T4)
+    key = jax.random.split(jax.random.PRNGKey(3), 3)
+    lhs = jax.random.normal(key[0], (24, 16))
+    rhs = jax.random.normal(key[1], (3, 16, 8))
+    sizes = jnp.array([10, 0, 9], jnp.int32)  # an empty group; 5 rows past the sum
+    cotangent = jax.random.normal(key[2], (24, 8))
+
+    def loss(fn):
+        return lambda x, w: jnp.sum(fn(x, w) * cotangent)
+
+    ours = loss(lambda x, w: gmm(x, w, sizes, impl="auto"))
+    reference = loss(lambda x, w: jax.lax.ragged_dot(x, w, sizes))
+    with record.recording() as chosen:
+        np.testing.assert_allclose(gmm(lhs, rhs, sizes), jax.lax.ragged_dot(lhs, rhs, sizes),
+                                   atol=1e-5)
+    assert [(entry["requested"], entry["impl"]) for entry in chosen] == [("auto", "xla")]
+    for got, want in zip(jax.grad(ours, (0, 1))(lhs, rhs), jax.grad(reference, (0, 1))(lhs, rhs)):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_tuning_on_an_old_gpu_times_only_what_it_can_compile(monkeypatch, tmp_path):
+    monkeypatch.setattr(platform, "current", lambda: T4)
+    timed = []
+
+    def measure(impl, tiling, problem):
+        timed.append(impl)
+        return 1.0
+
+    problem = autotune.Problem(rows=256, k=64, n=64, local_groups=4, num_groups=4,
+                               lhs_dtype="bfloat16", rhs_dtype="bfloat16", out_dtype="bfloat16")
+    settings = autotune.TuningSettings(table_path=str(tmp_path / "table.json"), reps=1)
+    impl, _ = autotune.tuned_choice(problem, settings, measure)
+    assert impl == "xla" and timed == ["xla"]
