@@ -30,17 +30,24 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from moejax.kernels import metadata, operands
+from moejax.kernels import metadata, operands, platform
 from moejax.kernels.tiling import Tiling, fit_tile, round_up
 
-# Shared memory per block on Hopper (227 KiB; 163 KiB on A100), minus room for the epilogue.
-_SHARED_MEMORY_BYTES = 160 * 1024
 
-
-def _compiler_params(tiling: Tiling, stage_bytes: int):
+def _compiler_params(tiling: Tiling, stage_bytes: int, knobs: str):
     """Triton parameters (they also select the Triton lowering; without them a pallas_call on GPU
-    is Mosaic GPU), pipelining no deeper than fits: each stage buffers one pair of tiles."""
-    stages = max(1, min(tiling.num_stages, _SHARED_MEMORY_BYTES // max(stage_bytes, 1)))
+    is Mosaic GPU), pipelining no deeper than this GPU's shared memory holds: each stage buffers
+    one pair of tiles (an A10G or L4 allows 99 KiB a block, an H100 227). ``knobs`` names the
+    tiles' gin settings for the error when not even one stage fits."""
+    device = platform.current()
+    limit = platform.shared_memory_per_block(device.capability)
+    if limit is not None and stage_bytes > limit - 1024:
+        raise ValueError(
+            f"pallas_gpu_tiling: {knobs} = {tiling.block_m}, {tiling.block_k}, {tiling.block_n} "
+            f"need {stage_bytes // 1024} KiB of shared memory for one pipeline stage; this "
+            f"{device.kind} allows {limit // 1024} KiB per block. Use smaller tiles.")
+    budget = platform.pipeline_bytes(device.capability)
+    stages = max(1, min(tiling.num_stages, budget // max(stage_bytes, 1)))
     return plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=stages)
 
 
@@ -98,7 +105,8 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
         out_shape=jax.ShapeDtypeStruct((m_pad, n_pad), out_dtype),
         grid=(n_pad // tn, visits.group_V.shape[0]),
         interpret=_interpret(),
-        compiler_params=_compiler_params(tiling, (tm * tk + tk * tn) * lhs.dtype.itemsize),
+        compiler_params=_compiler_params(tiling, (tm * tk + tk * tn) * lhs.dtype.itemsize,
+                                         "block_m, block_k, block_n"),
         name="moejax_gmm_gpu",
     )(visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
       visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
@@ -143,7 +151,8 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
         out_shape=jax.ShapeDtypeStruct((num_groups, k_pad, n_pad), out_dtype),
         grid=(n_pad // tn, k_pad // tk, num_groups),
         interpret=_interpret(),
-        compiler_params=_compiler_params(tiling, (tm * tk + tm * tn) * lhs.dtype.itemsize),
+        compiler_params=_compiler_params(tiling, (tm * tk + tm * tn) * lhs.dtype.itemsize,
+                                         "tgmm_block_m, tgmm_block_k, tgmm_block_n"),
         name="moejax_tgmm_gpu",
     )(bounds.starts_G, bounds.ends_G, lhs, grad)
     return out[:, :k, :n]

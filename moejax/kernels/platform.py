@@ -26,6 +26,15 @@ MOSAIC_GPU_MAJOR = 9  # Hopper's wgmma; Blackwell (10.x) has another matrix inst
 
 _AUTO = {"cpu": "cpu", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
 
+# The most shared memory one thread block may use, KiB, by compute capability (CUDA C++
+# Programming Guide, "Technical Specifications per Compute Capability"). The data-centre parts
+# (A100, H100, B200) allow 163-227 KiB; the A10G, L4 and RTX cards (8.6, 8.9, 12.x) only 99.
+SHARED_MEMORY_PER_BLOCK_KIB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227,
+                               (10, 0): 227, (10, 3): 227, (12, 0): 99, (12, 1): 99}
+# What the Triton defaults were tuned and natively tested under (H100), whatever the GPU allows.
+PIPELINE_BYTES_CAP = 160 * 1024
+_EPILOGUE_ROOM = 3 * 1024
+
 
 class Device(NamedTuple):
     backend: str  # jax.default_backend()
@@ -46,6 +55,22 @@ def cuda_capability(device) -> tuple[int, int] | None:
     if not (major.isdigit() and (minor.isdigit() or minor == "")):
         return None
     return int(major), int(minor or 0)
+
+
+def shared_memory_per_block(capability: tuple[int, int] | None) -> int | None:
+    """Bytes of shared memory one block may use on this NVIDIA GPU (an unlisted capability gets
+    the smallest listed limit), None where unknown (no NVIDIA GPU)."""
+    if capability is None:
+        return None
+    kib = SHARED_MEMORY_PER_BLOCK_KIB.get(capability, min(SHARED_MEMORY_PER_BLOCK_KIB.values()))
+    return kib * 1024
+
+
+def pipeline_bytes(capability: tuple[int, int] | None) -> int:
+    """Shared memory a Triton kernel's pipelined tiles may take: the GPU's per-block limit less
+    room for the epilogue, at most ``PIPELINE_BYTES_CAP`` (also where the limit is unknown)."""
+    limit = shared_memory_per_block(capability)
+    return PIPELINE_BYTES_CAP if limit is None else min(PIPELINE_BYTES_CAP, limit - _EPILOGUE_ROOM)
 
 
 def auto_impl(backend: str, capability: tuple[int, int] | None = None) -> str:

@@ -110,3 +110,57 @@ def test_tuning_on_an_old_gpu_times_only_what_it_can_compile(monkeypatch, tmp_pa
     settings = autotune.TuningSettings(table_path=str(tmp_path / "table.json"), reps=1)
     impl, _ = autotune.tuned_choice(problem, settings, measure)
     assert impl == "xla" and timed == ["xla"]
+
+
+A10G = platform.Device("gpu", "NVIDIA A10G", (8, 6))
+L4 = platform.Device("gpu", "NVIDIA L4", (8, 9))
+
+
+def _stages(monkeypatch, device, tiling, itemsize: int, weight_gradient: bool = False) -> tuple:
+    """(pipeline stages, bytes per stage) pallas_gpu asks Triton for on this device."""
+    from moejax.kernels import pallas_gpu
+
+    monkeypatch.setattr(platform, "current", lambda: device)
+    tiles = tiling.tgmm if weight_gradient else tiling
+    tm, tk, tn = tiles.block_m, tiles.block_k, tiles.block_n
+    stage_bytes = (tm * tk + (tm * tn if weight_gradient else tk * tn)) * itemsize
+    params = pallas_gpu._compiler_params(tiles, stage_bytes, "block_m, block_k, block_n")
+    return params.num_stages, stage_bytes
+
+
+@pytest.mark.parametrize("device", [A10G, L4, A100, H100, B200,
+                                    platform.Device("gpu", "RTX 5090", (12, 0)),
+                                    platform.Device("gpu", "a future GPU", (13, 0))])
+@pytest.mark.parametrize("itemsize", [2, 4])
+@pytest.mark.parametrize("weight_gradient", [False, True])
+def test_the_default_triton_pipeline_fits_the_gpus_shared_memory(monkeypatch, device, itemsize,
+                                                                 weight_gradient):
+    # The H100-tuned forward (128 x 64 x 256, 3 stages) buffers 144 KiB in bfloat16: more than
+    # the 99 KiB an A10G, L4 or RTX card gives a block. Each must get fewer stages, never none.
+    from moejax.kernels.tiling import default_tiling
+
+    stages, stage_bytes = _stages(monkeypatch, device, default_tiling("pallas_gpu"), itemsize,
+                                  weight_gradient)
+    limit_kib = platform.SHARED_MEMORY_PER_BLOCK_KIB.get(device.capability, 99)
+    assert 1 <= stages and stages * stage_bytes <= (limit_kib - 3) * 1024
+
+
+def test_stages_per_gpu_for_the_bfloat16_forward(monkeypatch):
+    from moejax.kernels.tiling import default_tiling
+
+    tiling = default_tiling("pallas_gpu")
+    # unchanged where the defaults were tuned (H100) and on the A100; two on the 99 KiB parts
+    assert [_stages(monkeypatch, device, tiling, 2)[0] for device in (H100, A100, A10G, L4)] \
+        == [3, 3, 2, 2]
+    # off a GPU (interpreted, or exported for an abstract H100) the tuned budget applies
+    assert _stages(monkeypatch, platform.Device("cpu", "cpu", None), tiling, 2)[0] == 3
+
+
+def test_tiles_too_big_for_one_stage_name_their_knobs(monkeypatch):
+    from moejax.kernels.tiling import Tiling
+
+    huge = Tiling(block_m=256, block_k=128, block_n=256, min_block_m=1, num_stages=3)
+    with pytest.raises(ValueError, match=r"block_m, block_k, block_n = 256, 128, 256 need 256 "
+                                         r"KiB .* this NVIDIA L4 allows 99 KiB per block"):
+        _stages(monkeypatch, L4, huge, 4)
+    assert _stages(monkeypatch, H100, huge, 2)[0] == 1  # 128 KiB: one stage on an H100
