@@ -16,7 +16,10 @@ go out as a ladder of power-of-two slices. Store ranges partition the rows, so t
 no zeroing pass afterwards. TMA clips loads and stores at the
 array edge, so m needs no padding (row stores are exact); a ragged k is zero-padded to whole
 tiles, and a ragged n gives a wider output that is sliced (stores of whole tiles only: the
-interpreter drops a partly out-of-bounds store where TMA would clip it).
+interpreter drops a partly out-of-bounds store where TMA would clip it). Every operand's minor
+axis is zero-padded to whole tiles too: TMA's swizzled copies refuse a minor axis wider than the
+swizzle (64 elements) that is not a multiple of it (d_expert = 160, say), which the interpreter
+does not check and ``jax.export`` for CUDA does.
 tgmm: the work list is (group, k tile, n tile) triples; each loops over the row tiles of its
 group (none for an empty group: zeros); in the two tiles that straddle the group's edges the
 rows of other groups are zeroed in shared memory before the product (the Triton kernel masks
@@ -107,12 +110,15 @@ def _row_iota(shape):
     return plgpu.layout_cast(iota, plgpu.Layout.WGMMA) if _interpret() is None else iota
 
 
-def _pad_k(x, axis: int, tk: int):
-    k = x.shape[axis]
-    if k % tk == 0:
+def _pad_to(x, axis: int, tile: int):
+    """Zero-pad one axis of x to whole tiles. Needed for a contraction (k) that is not whole
+    tiles, and for every operand's minor axis: TMA's swizzled copies take a minor axis only if
+    it is a multiple of the swizzle width (64 16-bit elements) or narrower than one."""
+    size = x.shape[axis]
+    if size % tile == 0:
         return x
     widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, round_up(k, tk) - k)
+    widths[axis] = (0, round_up(size, tile) - size)
     return jnp.pad(x, widths)
 
 
@@ -126,8 +132,10 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     n = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n
     _check_tiles(tm, tk, tn, ("block_m", "block_k", "block_n"))
-    lhs = _pad_k(lhs_MK, 1, tk)
-    rhs = _pad_k(rhs_GKN.astype(lhs.dtype), 2 if transpose_rhs else 1, tk)
+    lhs = _pad_to(lhs_MK, 1, tk)
+    rhs = _pad_to(rhs_GKN.astype(lhs.dtype), 2 if transpose_rhs else 1, tk)
+    if not transpose_rhs:  # (G, k, n): n is rhs's minor axis
+        rhs = _pad_to(rhs, 2, tn)
     k_steps = lhs.shape[1] // tk
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
     visits = metadata.covering_visits(bounds, m, tm)
@@ -240,6 +248,7 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
                     tile_smem, out_gmem.at[g, pl.ds(i * tk, tk), pl.ds(j * tn, tn)])
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
+    lhs, grad = _pad_to(lhs_MK, 1, tk), _pad_to(grad_MN.astype(lhs_MK.dtype), 1, tn)
     out = _kernel(body, jax.ShapeDtypeStruct((num_groups, grid_k * tk, grid_n * tn), out_dtype))(
-        bounds.starts_G, bounds.ends_G, lhs_MK, grad_MN.astype(lhs_MK.dtype))
+        bounds.starts_G, bounds.ends_G, lhs, grad)
     return out[:, :k, :n] if (k % tk or n % tn) else out

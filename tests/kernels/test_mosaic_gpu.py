@@ -96,15 +96,22 @@ def test_float32_is_refused_with_the_alternative_named():
 
 
 def test_kernels_lower_for_cuda(monkeypatch):
-    from jax import export
-
     monkeypatch.setattr(mosaic_gpu, "_interpret", lambda: None)  # the real kernel
     tiling = Tiling(block_m=128, block_k=64, block_n=128, min_block_m=1, num_stages=4,
                     tgmm=Tiling(block_m=64, block_k=128, block_n=128, min_block_m=1,
                                 num_stages=3))
-    lhs = jax.ShapeDtypeStruct((1000, 512), jnp.bfloat16)
-    rhs = jax.ShapeDtypeStruct((4, 512, 384), jnp.bfloat16)
     sizes = jax.ShapeDtypeStruct((8,), jnp.int32)
+    # Whole tiles, then k and n wider than TMA's swizzle (64) and not multiples of it, which the
+    # interpreter accepts and a real lowering refuses unless the kernels pad them.
+    for k, n in ((512, 384), (160, 200)):
+        _lower_all(tiling, k, n, sizes)
+
+
+def _lower_all(tiling, k, n, sizes):
+    from jax import export
+
+    lhs = jax.ShapeDtypeStruct((1000, k), jnp.bfloat16)
+    rhs = jax.ShapeDtypeStruct((4, k, n), jnp.bfloat16)
 
     def lower(fn, *args):
         exported = export.export(jax.jit(fn), platforms=["cuda"])(*args)
@@ -114,12 +121,12 @@ def test_kernels_lower_for_cuda(monkeypatch):
     offset = jnp.int32(2)
     out = lower(lambda x, w, s: mosaic_gpu.gmm(x, w, s, offset, tiling=tiling,
                                                out_dtype=jnp.bfloat16), lhs, rhs, sizes)
-    assert out.out_avals[0].shape == (1000, 384)
+    assert out.out_avals[0].shape == (1000, n)
     d_lhs = lower(lambda dy, w, s: mosaic_gpu.gmm(dy, w, s, offset, tiling=tiling,
                                                   out_dtype=jnp.bfloat16, transpose_rhs=True),
-                  jax.ShapeDtypeStruct((1000, 384), jnp.bfloat16), rhs, sizes)
-    assert d_lhs.out_avals[0].shape == (1000, 512)
+                  jax.ShapeDtypeStruct((1000, n), jnp.bfloat16), rhs, sizes)
+    assert d_lhs.out_avals[0].shape == (1000, k)
     d_rhs = lower(lambda x, dy, s: mosaic_gpu.tgmm(x, dy, s, offset, num_groups=4, tiling=tiling,
                                                    out_dtype=jnp.bfloat16),
-                  lhs, jax.ShapeDtypeStruct((1000, 384), jnp.bfloat16), sizes)
-    assert d_rhs.out_avals[0].shape == (4, 512, 384)
+                  lhs, jax.ShapeDtypeStruct((1000, n), jnp.bfloat16), sizes)
+    assert d_rhs.out_avals[0].shape == (4, k, n)

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 
 from moejax.kernels import Tiling
 from tests.kernels.reference import Problem, check_problem, problems
+from tests.lowering import export_for
 
 TILINGS = {"pallas_tpu": Tiling(block_m=16, block_k=128, block_n=128, min_block_m=1),
            "pallas_gpu": Tiling(block_m=16, block_k=16, block_n=16, min_block_m=1)}
@@ -111,24 +112,6 @@ def test_gpu_weight_gradient_with_its_own_tiles():
     check_problem(CASES[0], "pallas_gpu", tiling)
 
 
-def _export(fn, platform, *args):
-    import contextlib
-    from jax import export
-    checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-    # JAX 0.11's Triton lowering asks which GPU it compiles for; off a GPU an abstract device
-    # names it (JAX 0.10 does not ask, and ignores it). Auto axes: 0.11 defaults to Explicit,
-    # where ragged_dot wants an out_sharding the model's (Auto) meshes never need.
-    target = contextlib.nullcontext()
-    if platform == "cuda":
-        h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
-                                           platform="cuda")
-        target = jax.sharding.use_abstract_mesh(
-            jax.sharding.AbstractMesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,),
-                                      abstract_device=h100))
-    with target:
-        return export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)(*args)
-
-
 @pytest.mark.parametrize("impl, platform", [("pallas_tpu", "tpu"), ("pallas_gpu", "cuda")])
 def test_kernels_lower_for_their_hardware(impl, platform, monkeypatch):
     import importlib
@@ -140,9 +123,9 @@ def test_kernels_lower_for_their_hardware(impl, platform, monkeypatch):
     tiling = Tiling(block_m=128, block_k=128, block_n=128)
     offset = jnp.int32(0)
     for transpose_rhs in (False, True):
-        _export(lambda x, w, s: module.gmm(x, w, s, offset, tiling=tiling, out_dtype=jnp.float32,
+        export_for(lambda x, w, s: module.gmm(x, w, s, offset, tiling=tiling, out_dtype=jnp.float32,
                                            transpose_rhs=transpose_rhs), platform, lhs, rhs, sizes)
-    exported = _export(lambda x, dy, s: module.tgmm(x, dy, s, offset, num_groups=4,
+    exported = export_for(lambda x, dy, s: module.tgmm(x, dy, s, offset, num_groups=4,
                                                     tiling=tiling, out_dtype=jnp.float32),
                        platform, lhs, lhs, sizes)
     assert exported.out_avals[0].shape == (4, 256, 256)
@@ -176,12 +159,12 @@ def test_every_tuning_candidate_lowers_for_its_hardware(backend, platform, monke
         kernel = importlib.import_module("moejax.kernels.pallas_gpu") if impl == "cudnn" else module
         monkeypatch.setattr(kernel, "_interpret", lambda: False)
         for transpose_rhs, operand in ((False, lhs), (True, grad)):
-            exported = _export(lambda x, w, s: module.gmm(
+            exported = export_for(lambda x, w, s: module.gmm(
                 x, w, s, offset, tiling=tiling, out_dtype=jnp.bfloat16,
                 transpose_rhs=transpose_rhs), platform, operand, rhs, sizes)
             assert exported.out_avals[0].shape == (
                 problem.rows, problem.k if transpose_rhs else problem.n)
-        exported = _export(lambda x, dy, s: module.tgmm(
+        exported = export_for(lambda x, dy, s: module.tgmm(
             x, dy, s, offset, num_groups=problem.local_groups, tiling=tiling,
             out_dtype=jnp.bfloat16), platform, lhs, grad, sizes)
         assert exported.out_avals[0].shape == rhs.shape
@@ -200,11 +183,11 @@ def test_cudnn_hands_xla_a_ragged_dot_on_gpu(monkeypatch):
     sizes, offset = jnp.full((4,), 128, jnp.int32), jnp.int32(0)
     for transpose_rhs, operand, w in ((False, lhs, rhs), (True, jnp.zeros((512, 128), jnp.bfloat16),
                                                           rhs)):
-        text = _export(lambda x, w, s: cudnn.gmm(x, w, s, offset, out_dtype=jnp.bfloat16,
+        text = export_for(lambda x, w, s: cudnn.gmm(x, w, s, offset, out_dtype=jnp.bfloat16,
                                                  transpose_rhs=transpose_rhs),
                        "cuda", operand, w, sizes).mlir_module()
         assert '"chlo.ragged_dot"' in text and "__gpu$xla.gpu.triton" not in text
-    text = _export(lambda x, dy, s: cudnn.tgmm(x, dy, s, offset, num_groups=4,
+    text = export_for(lambda x, dy, s: cudnn.tgmm(x, dy, s, offset, num_groups=4,
                                                tiling=TILINGS["pallas_gpu"],
                                                out_dtype=jnp.bfloat16),
                    "cuda", lhs, jnp.zeros((512, 128), jnp.bfloat16), sizes).mlir_module()

@@ -1,0 +1,31 @@
+"""Lowering for an accelerator from this CPU-only machine: ``jax.export`` compiles nothing, but it
+runs every lowering rule of the target (Mosaic TPU, Triton, Mosaic GPU), so an op, kernel or
+shape the target cannot take fails here."""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+
+TRITON_CALL = "__gpu$xla.gpu.triton"
+
+
+def export_for(fn, platform: str, *args):
+    """``jax.export`` of ``jax.jit(fn)`` (or of an already jitted fn) for "tpu" or "cuda"."""
+    from jax import export
+
+    checks = [export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
+    # JAX 0.11's Triton lowering asks which GPU it compiles for; off a GPU an abstract device
+    # names it (JAX 0.10 does not ask, and ignores it). Auto axes: 0.11 defaults to Explicit,
+    # where ragged_dot wants an out_sharding the model's (Auto) meshes never need.
+    target = contextlib.nullcontext()
+    if platform == "cuda":
+        h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
+                                           platform="cuda")
+        target = jax.sharding.use_abstract_mesh(
+            jax.sharding.AbstractMesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,),
+                                      abstract_device=h100))
+    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+    with target:
+        return export.export(jitted, platforms=[platform], disabled_checks=checks)(*args)
