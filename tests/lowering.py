@@ -9,13 +9,15 @@ import contextlib
 import jax
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
+# custom calls without jax.export's compatibility guarantee that our programs may hold
+UNGUARANTEED_CALLS = (TRITON_CALL, "ragged_all_to_all")
 
 
 def export_for(fn, platform: str, *args):
     """``jax.export`` of ``jax.jit(fn)`` (or of an already jitted fn) for "tpu" or "cuda"."""
     from jax import export
 
-    checks = [export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
+    checks = [export.DisabledSafetyCheck.custom_call(name) for name in UNGUARANTEED_CALLS]
     # JAX 0.11's Triton lowering asks which GPU it compiles for; off a GPU an abstract device
     # names it (JAX 0.10 does not ask, and ignores it). Auto axes: 0.11 defaults to Explicit,
     # where ragged_dot wants an out_sharding the model's (Auto) meshes never need.
