@@ -14,8 +14,8 @@ tile with its group's weights (a zero visit computes nothing), keeps its own row
 others, and stores rows [store_start, store_end) -- TMA stores need static shapes, so the rows
 go out as a ladder of power-of-two slices. Store ranges partition the rows, so the output needs
 no zeroing pass afterwards. TMA clips loads and stores at the
-array edge, so m needs no padding (row stores are exact); a ragged k is zero-padded to whole
-tiles, and a ragged n gives a wider output that is sliced (stores of whole tiles only: the
+array edge, so m needs no padding to whole row tiles (row stores are exact), only to a multiple
+of 8 (the swizzle tile's rows); a ragged k is zero-padded to whole tiles, and a ragged n gives a wider output that is sliced (stores of whole tiles only: the
 interpreter drops a partly out-of-bounds store where TMA would clip it). Every operand's minor
 axis is zero-padded to whole tiles too: TMA's swizzled copies refuse a minor axis wider than the
 swizzle (64 elements) that is not a multiple of it (d_expert = 160, say), which the interpreter
@@ -47,6 +47,7 @@ from moejax.kernels.tiling import Tiling, round_up
 
 _HOPPER_SMS = 132  # H100/H200 SXM; the program count when no GPU is present to ask
 _DTYPES = (jnp.bfloat16, jnp.float16)
+_TMA_ROWS = 8  # rows of TMA's swizzle tile: a longer row axis must be a multiple of it
 _DETECT_RACES = False  # the interpreter's happens-before race detector (slow; tests switch it on)
 
 
@@ -132,13 +133,14 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     n = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n
     _check_tiles(tm, tk, tn, ("block_m", "block_k", "block_n"))
-    lhs = _pad_to(lhs_MK, 1, tk)
+    lhs = _pad_to(_pad_to(lhs_MK, 1, tk), 0, _TMA_ROWS)
     rhs = _pad_to(rhs_GKN.astype(lhs.dtype), 2 if transpose_rhs else 1, tk)
     if not transpose_rhs:  # (G, k, n): n is rhs's minor axis
         rhs = _pad_to(rhs, 2, tn)
     k_steps = lhs.shape[1] // tk
+    m_rows = lhs.shape[0]  # m, or m padded to whole swizzle rows (the extra rows store zeros)
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
-    visits = metadata.covering_visits(bounds, m, tm)
+    visits = metadata.covering_visits(bounds, m_rows, tm)
     grid_n = pl.cdiv(n, tn)
 
     def body(group_V, tile_V, own_start_V, own_end_V, store_start_V, store_end_V, live,
@@ -180,17 +182,17 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
                 _store_rows(tile_smem, out_gmem, first_row, start, store_end_V[v] - first_row
                             - start, tm, pl.ds(j * tn, tn))
 
-    out = _kernel(body, jax.ShapeDtypeStruct((m, grid_n * tn), out_dtype))(
+    out = _kernel(body, jax.ShapeDtypeStruct((m_rows, grid_n * tn), out_dtype))(
         visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
         visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
-    return out[:, :n] if n % tn else out
+    return out[:m, :n] if (m_rows, grid_n * tn) != (m, n) else out
 
 
 def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
          group_offset: jax.Array, *, num_groups: int, tiling: Tiling, out_dtype) -> jax.Array:
     """(G, K, N): out[g] = lhs[rows of local group g].T @ grad[those rows]; empty groups zero."""
     _check_dtypes(lhs_MK, grad_MN)
-    m, k = lhs_MK.shape
+    k = lhs_MK.shape[1]
     n = grad_MN.shape[1]
     tiling = tiling.tgmm or tiling
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n  # tm: rows per step
@@ -248,7 +250,8 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
                     tile_smem, out_gmem.at[g, pl.ds(i * tk, tk), pl.ds(j * tn, tn)])
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    lhs, grad = _pad_to(lhs_MK, 1, tk), _pad_to(grad_MN.astype(lhs_MK.dtype), 1, tn)
+    lhs = _pad_to(_pad_to(lhs_MK, 1, tk), 0, _TMA_ROWS)  # the padded rows are in no group
+    grad = _pad_to(_pad_to(grad_MN.astype(lhs_MK.dtype), 1, tn), 0, _TMA_ROWS)
     out = _kernel(body, jax.ShapeDtypeStruct((num_groups, grid_k * tk, grid_n * tn), out_dtype))(
         bounds.starts_G, bounds.ends_G, lhs, grad)
     return out[:, :k, :n] if (k % tk or n % tn) else out

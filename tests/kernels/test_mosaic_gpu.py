@@ -101,16 +101,17 @@ def test_kernels_lower_for_cuda(monkeypatch):
                     tgmm=Tiling(block_m=64, block_k=128, block_n=128, min_block_m=1,
                                 num_stages=3))
     sizes = jax.ShapeDtypeStruct((8,), jnp.int32)
-    # Whole tiles, then k and n wider than TMA's swizzle (64) and not multiples of it, which the
-    # interpreter accepts and a real lowering refuses unless the kernels pad them.
-    for k, n in ((512, 384), (160, 200)):
-        _lower_all(tiling, k, n, sizes)
+    # Whole tiles, then rows not a multiple of 8 and k and n wider than TMA's swizzle (64) and
+    # not multiples of it, which the interpreter accepts and a real lowering refuses unless
+    # the kernels pad them.
+    for m, k, n in ((1000, 512, 384), (1001, 160, 200)):
+        _lower_all(tiling, m, k, n, sizes)
 
 
-def _lower_all(tiling, k, n, sizes):
+def _lower_all(tiling, m, k, n, sizes):
     from jax import export
 
-    lhs = jax.ShapeDtypeStruct((1000, k), jnp.bfloat16)
+    lhs = jax.ShapeDtypeStruct((m, k), jnp.bfloat16)
     rhs = jax.ShapeDtypeStruct((4, k, n), jnp.bfloat16)
 
     def lower(fn, *args):
@@ -121,12 +122,12 @@ def _lower_all(tiling, k, n, sizes):
     offset = jnp.int32(2)
     out = lower(lambda x, w, s: mosaic_gpu.gmm(x, w, s, offset, tiling=tiling,
                                                out_dtype=jnp.bfloat16), lhs, rhs, sizes)
-    assert out.out_avals[0].shape == (1000, n)
+    assert out.out_avals[0].shape == (m, n)
     d_lhs = lower(lambda dy, w, s: mosaic_gpu.gmm(dy, w, s, offset, tiling=tiling,
                                                   out_dtype=jnp.bfloat16, transpose_rhs=True),
-                  jax.ShapeDtypeStruct((1000, n), jnp.bfloat16), rhs, sizes)
-    assert d_lhs.out_avals[0].shape == (1000, k)
+                  jax.ShapeDtypeStruct((m, n), jnp.bfloat16), rhs, sizes)
+    assert d_lhs.out_avals[0].shape == (m, k)
     d_rhs = lower(lambda x, dy, s: mosaic_gpu.tgmm(x, dy, s, offset, num_groups=4, tiling=tiling,
                                                    out_dtype=jnp.bfloat16),
-                  lhs, jax.ShapeDtypeStruct((1000, n), jnp.bfloat16), sizes)
+                  lhs, jax.ShapeDtypeStruct((m, n), jnp.bfloat16), sizes)
     assert d_rhs.out_avals[0].shape == (4, k, n)
