@@ -91,7 +91,9 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
                 w = rhs_ref[group, pl.ds(kk * tk, tk), cols]
                 return acc + jnp.dot(x, w, preferred_element_type=jnp.float32)
 
-            k_steps = jnp.where(own_end > own_start, k_pad // tk, 0)  # zero visits: none
+            # Zero visits: no steps. The bounds are int32 arrays, not Python ints: JAX 0.10's
+            # Triton lowering turned jnp.where(c, 16, 0) into a select of two booleans.
+            k_steps = jnp.where(own_end > own_start, jnp.int32(k_pad // tk), jnp.int32(0))
             acc = jax.lax.fori_loop(0, k_steps, k_step, jnp.zeros((tm, tn), jnp.float32))
             # Global row of each output element: the group's rows get products, the other
             # rows of the visit's store range zeros (rows no local group owns).

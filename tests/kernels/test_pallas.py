@@ -207,3 +207,44 @@ def test_lowering_summary_reads_cudnn_fusions_and_custom_calls():
     assert not dense["cudnn"] and not dense["ragged_dot_op"]
     here = cudnn.xla_lowering(jnp.float32)  # this CPU: JAX expands ragged_dot itself
     assert here["backend"] == "cpu" and not here["ragged_dot_op"] and not here["cudnn"]
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_the_triton_modules_jax_builds_are_valid(monkeypatch, dtype):
+    """The Triton IR of each kernel must pass MLIR's verifier: an invalid module lowers and
+    exports without complaint and fails only when a GPU compiles it. JAX 0.10.2 built one from
+    ``jnp.where(cond, 16, 0)`` (Python ints): a select of two boolean ``false``s as a loop
+    bound, so the forward kernel could not have compiled there."""
+    from moejax.kernels import pallas_gpu
+
+    try:
+        from jax._src.pallas.triton import pallas_call_registration as registration
+        lower_module = registration.lowering.lower_jaxpr_to_triton_module
+    except (ImportError, AttributeError) as error:  # a JAX that moved its internals
+        pytest.skip(f"JAX {jax.__version__} has no Triton module to inspect: {error!r}")
+    modules = []
+
+    def keep(*args, **kwargs):
+        result = lower_module(*args, **kwargs)
+        modules.append(result.module)
+        return result
+
+    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", keep)
+    monkeypatch.setattr(pallas_gpu, "_interpret", lambda: False)
+    tiling = Tiling(block_m=64, block_k=32, block_n=64, min_block_m=1)
+    lhs, grad = jnp.zeros((200, 96), dtype), jnp.zeros((200, 80), dtype)
+    rhs, sizes, offset = jnp.zeros((3, 96, 80), dtype), jnp.array([50, 0, 120], jnp.int32), \
+        jnp.int32(0)
+    export_for(lambda x, w, s: pallas_gpu.gmm(x, w, s, offset, tiling=tiling, out_dtype=dtype),
+               "cuda", lhs, rhs, sizes)
+    export_for(lambda dy, w, s: pallas_gpu.gmm(dy, w, s, offset, tiling=tiling, out_dtype=dtype,
+                                               transpose_rhs=True), "cuda", grad, rhs, sizes)
+    export_for(lambda x, dy, s: pallas_gpu.tgmm(x, dy, s, offset, num_groups=3, tiling=tiling,
+                                                out_dtype=dtype), "cuda", lhs, grad, sizes)
+    assert len(modules) == 3
+    for name, module in zip(("gmm", "gmm with rhs transposed", "tgmm"), modules):
+        try:
+            valid = module.operation.verify()
+        except Exception as error:  # noqa: BLE001 - MLIR reports what is wrong by raising
+            valid = str(error).splitlines()[0]
+        assert valid is True, f"{name}: JAX built an invalid Triton module: {valid}"
