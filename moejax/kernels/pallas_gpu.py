@@ -36,8 +36,9 @@ from moejax.kernels.tiling import Tiling, fit_tile, round_up
 
 def _compiler_params(tiling: Tiling, stage_bytes: int, knobs: str):
     """Triton parameters (they also select the Triton lowering; without them a pallas_call on GPU
-    is Mosaic GPU), pipelining no deeper than this GPU's shared memory holds: each stage buffers
-    one pair of tiles (an A10G or L4 allows 99 KiB a block, an H100 227). ``knobs`` names the
+    is Mosaic GPU), pipelining no deeper than this GPU's shared memory holds: each buffered
+    stage holds one pair of tiles (``platform.pipeline_buffers``; an A10G or L4 allows 99 KiB a
+    block, an H100 227). ``knobs`` names the
     tiles' gin settings for the error when not even one stage fits."""
     device = platform.current()
     limit = platform.shared_memory_per_block(device.capability)
@@ -47,7 +48,10 @@ def _compiler_params(tiling: Tiling, stage_bytes: int, knobs: str):
             f"need {stage_bytes // 1024} KiB of shared memory for one pipeline stage; this "
             f"{device.kind} allows {limit // 1024} KiB per block. Use smaller tiles.")
     budget = platform.pipeline_bytes(device.capability)
-    stages = max(1, min(tiling.num_stages, budget // max(stage_bytes, 1)))
+    stages = tiling.num_stages
+    while stages > 1 and (platform.pipeline_buffers(stages, device.capability) * stage_bytes
+                          > budget):
+        stages -= 1
     return plgpu.CompilerParams(num_warps=tiling.num_warps, num_stages=stages)
 
 

@@ -7,6 +7,8 @@ that passes the check runs for real and is compared with ``jax.lax.ragged_dot``.
 
 from __future__ import annotations
 
+import json
+import os
 import types
 
 import jax
@@ -135,25 +137,61 @@ def _stages(monkeypatch, device, tiling, itemsize: int, weight_gradient: bool = 
 @pytest.mark.parametrize("weight_gradient", [False, True])
 def test_the_default_triton_pipeline_fits_the_gpus_shared_memory(monkeypatch, device, itemsize,
                                                                  weight_gradient):
-    # The H100-tuned forward (128 x 64 x 256, 3 stages) buffers 144 KiB in bfloat16: more than
-    # the 99 KiB an A10G, L4 or RTX card gives a block. Each must get fewer stages, never none.
     from moejax.kernels.tiling import default_tiling
 
     stages, stage_bytes = _stages(monkeypatch, device, default_tiling("pallas_gpu"), itemsize,
                                   weight_gradient)
     limit_kib = platform.SHARED_MEMORY_PER_BLOCK_KIB.get(device.capability, 99)
-    assert 1 <= stages and stages * stage_bytes <= (limit_kib - 3) * 1024
+    buffers = platform.pipeline_buffers(stages, device.capability)
+    assert 1 <= stages and buffers * stage_bytes <= (limit_kib - 3) * 1024
 
 
-def test_stages_per_gpu_for_the_bfloat16_forward(monkeypatch):
-    from moejax.kernels.tiling import default_tiling
+def test_stages_per_gpu(monkeypatch):
+    from moejax.kernels.tiling import Tiling, default_tiling
 
     tiling = default_tiling("pallas_gpu")
-    # unchanged where the defaults were tuned (H100) and on the A100; two on the 99 KiB parts
-    assert [_stages(monkeypatch, device, tiling, 2)[0] for device in (H100, A100, A10G, L4)] \
-        == [3, 3, 2, 2]
+    gpus = (H100, A100, A10G, L4)
+    # The bf16 forward keeps its 3 stages everywhere: 144 KiB on Hopper, 96 on Ampere, where a
+    # stage fewer is buffered.
+    assert [_stages(monkeypatch, gpu, tiling, 2)[0] for gpu in gpus] == [3, 3, 3, 3]
+    # float32 (96 KiB a stage): one on an H100 (the tested 160 KiB cap), two on Ampere (96 KiB)
+    assert [_stages(monkeypatch, gpu, tiling, 4)[0] for gpu in gpus] == [1, 2, 2, 2]
+    # A deeper pipeline set by hand, 5 stages of 32 KiB: a fixed 160 KiB budget gave an A10G
+    # all 5, 4 x 32 = 128 KiB as Triton compiles it for 8.6, past its 99. Now 4 (96 KiB).
+    deep = Tiling(block_m=128, block_k=64, block_n=128, min_block_m=1, num_stages=5)
+    assert [_stages(monkeypatch, gpu, deep, 2)[0] for gpu in gpus] == [5, 5, 4, 4]
     # off a GPU (interpreted, or exported for an abstract H100) the tuned budget applies
     assert _stages(monkeypatch, platform.Device("cpu", "cpu", None), tiling, 2)[0] == 3
+
+
+COMPILED = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "results",
+                        "triton-smem-2026-11-23", "shared_memory.jsonl")
+
+
+def test_the_stages_picked_fit_each_gpu_as_triton_compiled_them(monkeypatch):
+    """Against an independent record: the shared memory Triton 3.9 compiled our kernels into,
+    per GPU and stage count (benchmarks/triton_shared_memory.py, default tiles, bf16 and f32).
+    For each kernel and GPU the stage count picked now must be one whose compiled kernel fits
+    the GPU's block limit, and the rule's estimate must not undercount a kernel it picks."""
+    from moejax.kernels.tiling import default_tiling
+
+    with open(COMPILED) as f:
+        record = [json.loads(line) for line in f]
+    compiled = {(r["kernel"], r["dtype"], r["arch"], r["num_stages"]): r for r in record}
+    checked = 0
+    for kernel, dtype, arch in sorted({key[:3] for key in compiled}):
+        capability = (arch // 10, arch % 10)
+        gpu = platform.Device("gpu", f"sm_{arch}", capability)
+        stages, stage_bytes = _stages(monkeypatch, gpu, default_tiling("pallas_gpu"),
+                                      jnp.dtype(dtype).itemsize, kernel == "tgmm")
+        line = compiled[(kernel, dtype, arch, stages)]
+        assert line["stage_bytes"] == stage_bytes
+        assert line["shared_bytes"] <= platform.shared_memory_per_block(capability), line
+        if capability < (9, 0) or stages > 1:  # Hopper's 1-stage f32 epilogue is the exception
+            assert line["shared_bytes"] <= platform.pipeline_buffers(stages, capability) \
+                * stage_bytes, line
+        checked += 1
+    assert checked == 16  # 2 kernels x 2 dtypes x 4 GPUs
 
 
 def test_tiles_too_big_for_one_stage_name_their_knobs(monkeypatch):
