@@ -4,7 +4,7 @@ In/out as ``moejax.kernels.gmm`` / ``tgmm``; 16-bit operands (bfloat16 or float1
 accumulation. Why a second GPU kernel: the Triton one ("pallas_gpu") reached only 0.68-0.80 of
 cuBLAS even on a single group on an H100 (benchmarks/RESULTS.md; with a zeroing pass after the
 kernel, since removed). Compiled for sm_90 (by the ``triton`` package, 3.9:
-benchmarks/triton_shared_memory.py), the Triton kernels do multiply with ``wgmma``, but they
+benchmarks/triton_compile.py), the Triton kernels do multiply with ``wgmma``, but they
 load their tiles with per-thread ``cp.async`` copies from pointer arithmetic: no TMA, no
 mbarriers. Here every tile is moved by TMA into swizzled
 shared memory and multiplied by ``wgmma`` on a warpgroup, with several k steps in flight

@@ -76,7 +76,7 @@ def pipeline_bytes(capability: tuple[int, int] | None) -> int:
 def pipeline_buffers(stages: int, capability: tuple[int, int] | None) -> int:
     """Tile pairs a Triton k loop of ``stages`` stages keeps in shared memory. Hopper's TMA
     pipeline keeps one per stage; Ampere's cp.async pipeline one fewer (one at least, for the
-    dot's operands). Read off Triton's compiled kernels (benchmarks/triton_shared_memory.py):
+    dot's operands). Read off Triton's compiled kernels (benchmarks/triton_compile.py):
     the bf16 forward takes 48 / 48 / 96 KiB at 1 / 2 / 3 stages on 8.x, 48 / 96 / 144 on 9.0.
     Unknown devices are counted as Hopper (the larger)."""
     if capability is not None and capability < (9, 0):
