@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from moejax.kernels import metadata, mosaic_gpu_interpret
+from moejax.kernels import metadata, mosaic_gpu_interpret, platform
 from moejax.kernels.tiling import Tiling, round_up
 
 _HOPPER_SMS = 132  # H100/H200 SXM; the program count when no GPU is present to ask
@@ -61,7 +61,7 @@ def _num_programs() -> int:
 
 def _interpret():
     """None on a GPU; elsewhere the Mosaic GPU interpreter's parameters (mosaic_gpu_interpret)."""
-    if jax.default_backend() == "gpu":
+    if platform.current().backend == "gpu":
         return None
     return mosaic_gpu_interpret.params(detect_races=_DETECT_RACES)
 

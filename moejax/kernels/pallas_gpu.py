@@ -56,7 +56,7 @@ def _compiler_params(tiling: Tiling, stage_bytes: int, knobs: str):
 
 
 def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
+    return platform.current().backend != "gpu"
 
 
 def _tiles(tiling: Tiling, m: int, k: int, n: int) -> tuple[int, int, int]:

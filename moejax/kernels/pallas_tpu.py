@@ -24,14 +24,14 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from moejax.kernels import metadata, operands
+from moejax.kernels import metadata, operands, platform
 from moejax.kernels.tiling import Tiling, fit_tile, round_up
 
 
 def _interpret():
     """Run natively on TPU; elsewhere in the TPU interpreter (uninitialized memory is NaN, so a
     kernel that forgets to write a block fails the tests loudly)."""
-    return False if jax.default_backend() == "tpu" else pltpu.InterpretParams()
+    return False if platform.current().backend == "tpu" else pltpu.InterpretParams()
 
 
 def _tiles(tiling: Tiling, m: int, k: int, n: int) -> tuple[int, int, int]:

@@ -17,6 +17,7 @@ kernels are left to its own compiler; the Mosaic GPU kernel is NVIDIA's only.
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import jax
@@ -42,10 +43,39 @@ class Device(NamedTuple):
     capability: tuple[int, int] | None  # CUDA compute capability; None off NVIDIA GPUs
 
 
+_targets: list[Device] = []
+
+
 def current() -> Device:
-    """The default device, as far as choosing a kernel goes."""
+    """The device kernels are chosen and built for: the default device, or the one named by an
+    enclosing ``targeting`` (lowering for an accelerator from a machine without it)."""
+    if _targets:
+        return _targets[-1]
     device = jax.devices()[0]
     return Device(jax.default_backend(), device.device_kind, cuda_capability(device))
+
+
+@contextlib.contextmanager
+def targeting(device: Device):
+    """Choose and build kernels for ``device`` inside: "auto" picks its kernel, the kernels
+    lower for its hardware instead of their interpreters, the expert-parallel exchange is its
+    own. For ``jax.export`` to that platform; a program built so cannot run here."""
+    _targets.append(device)
+    try:
+        yield device
+    finally:
+        _targets.pop()
+
+
+def target_device(platform_name: str, capability: tuple[int, int] | None = None) -> Device:
+    """The Device ``targeting`` takes for an export platform: "tpu", or "cuda" with a compute
+    capability (default 9.0, an H100)."""
+    if platform_name == "tpu":
+        return Device("tpu", "TPU (lowering target)", None)
+    if platform_name == "cuda":
+        capability = capability or (9, 0)
+        return Device("gpu", "NVIDIA GPU sm_%d%d (lowering target)" % capability, capability)
+    raise ValueError(f"lowering target {platform_name!r}: one of 'tpu', 'cuda'")
 
 
 def cuda_capability(device) -> tuple[int, int] | None:

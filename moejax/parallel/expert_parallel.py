@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from moejax.errors import ConfigError
+from moejax.kernels import platform
 from moejax.model import dispatch
 from moejax.model.config import EP_EXCHANGES as EXCHANGES
 from moejax.model.experts import swiglu_experts
@@ -298,7 +299,7 @@ def resolve_exchange(name: str) -> str:
     """"auto" is "ragged" on GPU and TPU (where XLA implements it) and "dense" elsewhere."""
     if name != "auto":
         return name
-    return "ragged" if jax.default_backend() in ("gpu", "tpu") else "dense"
+    return "ragged" if platform.current().backend in ("gpu", "tpu") else "dense"
 
 
 def make_exchange(name: str, *, num_tokens: int, top_k: int, num_shards: int,

@@ -16,11 +16,16 @@ import sys
 from moejax.ginconf import GinConfigError, parse_gin
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
+    """--gin_file and --gin_bindings, as every command that reads a run's config takes them."""
     parser.add_argument("--gin_file", action="append", default=[],
                         help="gin file (path, or name under configs/); repeatable, applied in order")
     parser.add_argument("--gin_bindings", action="append", default=[],
                         help="a gin binding such as 'TrainConfig.steps = 100'; repeatable")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_gin_arguments(parser)
     parser.add_argument("--workdir", required=True,
                         help="run directory: checkpoints, metrics, config; resumed if it exists")
 

@@ -1,0 +1,154 @@
+"""A run's training step lowered for TPU or an NVIDIA GPU on this machine, no accelerator needed.
+
+In: the model, data and train configs and the mesh of a run (as ``moejax train`` reads them from
+gin), a target ("tpu", "cuda") and enough devices here to stand for the target's (fake CPU
+devices: ``--xla_force_host_platform_device_count``). Out: the step exported with ``jax.export``
+for that platform, and a summary of it (``LoweringSummary``).
+
+Lowering runs every lowering rule of the target: the accelerator kernels are built as they
+would be there (Mosaic TPU, Triton, Mosaic GPU: not their interpreters), shapes and shardings
+are checked, and the collectives are placed. What it cannot show is past the target's own
+compiler: speed, the activations' memory, register and shared-memory allocation. The summary
+gives what lowering does know: the program's custom calls and collectives, the kernel each
+expert matmul resolved to, and the bytes of parameters and optimizer state each device holds
+under the run's shardings (activations come on top).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+
+from moejax.errors import ConfigError
+from moejax.kernels import platform, record
+from moejax.model.functional import build_model
+from moejax.parallel import sharding
+from moejax.parallel.mesh import MeshConfig, make_mesh, resolve_mesh_shape
+from moejax.parallel.rules import sharding_rules
+from moejax.train.loop import validate_all
+from moejax.train.optim import make_optimizer, make_schedule
+
+TARGETS = ("tpu", "cuda")
+# Custom calls that carry no jax.export compatibility guarantee and that our programs may hold.
+_UNGUARANTEED_CALLS = ("__gpu$xla.gpu.triton", "ragged_all_to_all")
+_COLLECTIVES = ("all_to_all", "all_gather", "reduce_scatter", "all_reduce", "collective_permute")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoweringSummary:
+    """What a lowered training step holds. ``state_bytes_per_device``: the largest shard of
+    parameters, optimizer state and buffers any device holds."""
+
+    target: str
+    device: str
+    devices: int
+    mesh: dict
+    parameters: int
+    state_bytes: int
+    state_bytes_per_device: int
+    custom_calls: dict
+    collectives: dict
+    kernels: list
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _per_device_bytes(abstract_state) -> tuple[int, int]:
+    """(total bytes, bytes of the largest per-device shard) of a state of ShapeDtypeStructs
+    carrying their shardings."""
+    total = per_device = 0
+    for leaf in jax.tree.leaves(abstract_state):
+        itemsize = jnp.dtype(leaf.dtype).itemsize
+        total += math.prod(leaf.shape) * itemsize
+        per_device += math.prod(leaf.sharding.shard_shape(leaf.shape)) * itemsize
+    return total, per_device
+
+
+def _abstract_batch(batch_size: int, seq_len: int, batch_sharding) -> dict:
+    def spec(dtype):
+        return jax.ShapeDtypeStruct((batch_size, seq_len), dtype, sharding=batch_sharding)
+
+    return {"inputs": spec(jnp.int32), "targets": spec(jnp.int32),
+            "loss_weights": spec(jnp.float32), "segment_ids": spec(jnp.int32),
+            "positions": spec(jnp.int32)}
+
+
+def count_ops(text: str) -> tuple[dict, dict]:
+    """(custom call targets, collectives) of a StableHLO module's text, with their counts."""
+    calls = collections.Counter(re.findall(r"stablehlo\.custom_call @([\w$.]+)\(", text))
+    collectives = {name: len(re.findall(rf'"?stablehlo\.{name}"?[( ]', text))
+                   for name in _COLLECTIVES}
+    collectives["ragged_all_to_all"] = calls.get("ragged_all_to_all", 0)
+    return dict(sorted(calls.items())), {k: v for k, v in collectives.items() if v}
+
+
+def devices_needed(mesh_config: MeshConfig | None, requested: int | None) -> int:
+    """How many devices the lowering stands in for: ``requested``, else the mesh's product (a
+    mesh with a -1 axis needs ``requested``), else 1 (no mesh: one device)."""
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"--devices {requested}: must be >= 1")
+        return requested
+    if mesh_config is None:
+        return 1
+    sizes = mesh_config.sizes()
+    if any(size == -1 for size in sizes.values()):
+        raise ConfigError(f"the mesh {sizes} leaves an axis at -1 (all the remaining devices): "
+                          "give the target's device count with --devices N")
+    return math.prod(sizes.values())
+
+
+def lower_train_step(model_config, data_config, train_config, mesh_config: MeshConfig | None,
+                     target: str, num_devices: int = 1,
+                     capability: tuple[int, int] | None = None, rules=None):
+    """(jax.export.Exported, LoweringSummary) of the run's training step for ``target`` on
+    ``num_devices`` devices (the first ones here stand for the target's).
+
+    ``mesh_config`` None: one device, as ``moejax train`` runs without a mesh.
+    """
+    from jax import export
+
+    device = platform.target_device(target, capability)
+    model_config = validate_all(model_config, data_config, train_config)
+    here = jax.devices()
+    if len(here) < num_devices:
+        raise ConfigError(f"lowering for {num_devices} devices needs as many here; this process "
+                          f"has {len(here)} ({here[0].platform}). moejax lower starts JAX with "
+                          "fake CPU devices itself: run it in a fresh process")
+    devices = here[:num_devices]
+    mesh_config = mesh_config if mesh_config is not None else MeshConfig(data=1)
+    resolve_mesh_shape(mesh_config, len(devices))  # a ConfigError names the mismatch
+    mesh = make_mesh(mesh_config, devices)
+    rules = rules if rules is not None else sharding_rules()
+    model = build_model(model_config)
+    tx = make_optimizer(train_config)
+    setup = sharding.setup_sharded_training(model, tx, mesh, rules,
+                                            batch_size=data_config.batch_size,
+                                            grad_accum_steps=train_config.grad_accum_steps)
+    step = sharding.make_sharded_train_step(model, tx, make_schedule(train_config), mesh, rules,
+                                            setup.state_shardings,
+                                            grad_accum_steps=train_config.grad_accum_steps)
+    state = sharding.abstract_sharded_state(model, tx, setup.state_shardings)
+    batch = _abstract_batch(data_config.batch_size, data_config.seq_len, setup.batch_sharding)
+    checks = [export.DisabledSafetyCheck.custom_call(name) for name in _UNGUARANTEED_CALLS]
+    with platform.targeting(device), record.recording() as kernels:
+        exported = export.export(step, platforms=[target], disabled_checks=checks)(state, batch)
+    custom_calls, collectives = count_ops(exported.mlir_module())
+    total, per_device = _per_device_bytes(state)
+    summary = LoweringSummary(
+        target=target, device=device.kind, devices=exported.nr_devices,
+        mesh=dict(mesh.shape), parameters=sum(math.prod(p.shape)
+                                              for p in jax.tree.leaves(state.params)),
+        state_bytes=total, state_bytes_per_device=per_device, custom_calls=custom_calls,
+        collectives=collectives,
+        kernels=[{"requested": entry["requested"], "impl": entry["impl"],
+                  "choice": entry["choice"],
+                  "rows_k_n": [entry["problem"][k] for k in ("rows", "k", "n")]}
+                 for entry in kernels])
+    return exported, summary
