@@ -11,7 +11,8 @@ falls back to "xla" (``jax.lax.ragged_dot``: slow, but it runs) and an explicit 
 while the model is traced, naming the device and what would run, not deep inside a compile.
 
 On other backends the Pallas kernels run in their interpreters (the test suite does this), so
-nothing is refused there. On a GPU that reports no CUDA compute capability (ROCm) the Triton
+nothing is refused there. ``targeting(device)`` makes all of this follow another device than the
+one here: kernels are chosen and built for it (``moejax lower`` exports a training step so). On a GPU that reports no CUDA compute capability (ROCm) the Triton
 kernels are left to its own compiler; the Mosaic GPU kernel is NVIDIA's only.
 """
 
@@ -104,9 +105,9 @@ def pipeline_bytes(capability: tuple[int, int] | None) -> int:
 
 
 def pipeline_buffers(stages: int, capability: tuple[int, int] | None) -> int:
-    """Tile pairs a Triton k loop of ``stages`` stages keeps in shared memory. Hopper's TMA
-    pipeline keeps one per stage; Ampere's cp.async pipeline one fewer (one at least, for the
-    dot's operands). Read off Triton's compiled kernels (benchmarks/triton_compile.py):
+    """Tile pairs a Triton k loop of ``stages`` stages keeps in shared memory: one per stage on
+    Hopper, one fewer on Ampere and Ada (one at least, for the dot's operands), both loading
+    with cp.async. Read off Triton's compiled kernels (benchmarks/triton_compile.py):
     the bf16 forward takes 48 / 48 / 96 KiB at 1 / 2 / 3 stages on 8.x, 48 / 96 / 144 on 9.0.
     Unknown devices are counted as Hopper (the larger)."""
     if capability is not None and capability < (9, 0):
