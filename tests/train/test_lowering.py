@@ -10,7 +10,6 @@ with shapes or dtypes it cannot take, or a silent fall back to ``ragged_dot``.
 
 from __future__ import annotations
 
-import importlib
 import re
 
 import jax
@@ -52,13 +51,8 @@ def _batch(size: int, seq: int, vocab: int):
 
 
 @pytest.mark.parametrize("impl", sorted(TARGETS))
-def test_the_moe_train_step_lowers_with_the_accelerator_kernel(impl, monkeypatch):
+def test_the_moe_train_step_lowers_with_the_accelerator_kernel(impl):
     target, device, kernel_call = TARGETS[impl]
-    kernel = importlib.import_module(f"moejax.kernels.{impl}")
-    # the compiled kernel, not its interpreter; choose() and the Triton stage budget see the
-    # target device, not this CPU
-    monkeypatch.setattr(kernel, "_interpret", lambda: None if impl == "mosaic_gpu" else False)
-    monkeypatch.setattr(platform, "current", lambda: device)
     # bfloat16 compute as configs/accelerator.gin sets it (Mosaic GPU's only type); widths the
     # Hopper kernel's 64-wide tiles cut raggedly; 8 experts, top-2, a shared expert beside them
     config = ModelConfig(vocab_size=512, d_model=192, n_layers=2, n_heads=2, d_ff=256,
@@ -72,7 +66,10 @@ def test_the_moe_train_step_lowers_with_the_accelerator_kernel(impl, monkeypatch
     step = make_train_step(model, tx, make_schedule(train))
     batch = jax.eval_shape(lambda: _batch(4, 64, config.vocab_size))
 
-    exported = export_for(step, target, state, batch)
+    # the compiled kernel, not its interpreter; choose() and the Triton stage budget see the
+    # target device, not this CPU
+    with platform.targeting(device):
+        exported = export_for(step, target, state, batch)
 
     assert exported.platforms == (target,)
     _check_kernel_calls(exported.mlir_module(), kernel_call)
@@ -88,17 +85,14 @@ def test_the_moe_train_step_lowers_with_the_accelerator_kernel(impl, monkeypatch
     pytest.param("pallas_gpu", marks=pytest.mark.skipif(
         jax.__version_info__ >= (0, 11),
         reason="JAX 0.11's Triton lowering asks which GPU it targets; a CPU mesh names none"))])
-def test_the_expert_parallel_train_step_lowers_with_the_ragged_exchange(impl, monkeypatch):
+def test_the_expert_parallel_train_step_lowers_with_the_ragged_exchange(impl):
     from jax import export
 
     target, device, kernel_call = TARGETS[impl]
-    monkeypatch.setattr(importlib.import_module(f"moejax.kernels.{impl}"), "_interpret",
-                        lambda: False)
-    monkeypatch.setattr(platform, "current", lambda: device)
     config = ModelConfig(vocab_size=512, d_model=256, n_layers=2, n_heads=2, d_ff=256,
                          compute_dtype="bfloat16", moe_every=1,
-                         moe=MoEConfig(num_experts=8, top_k=2, d_expert=128, gmm_impl=impl,
-                                       ep_exchange="ragged"))
+                         # ep_exchange "auto": the ragged one on the target, dense here
+                         moe=MoEConfig(num_experts=8, top_k=2, d_expert=128, gmm_impl=impl))
     model = build_model(config)
     train = TrainConfig(steps=10, warmup_steps=2)
     tx = make_optimizer(train)
@@ -111,8 +105,10 @@ def test_the_expert_parallel_train_step_lowers_with_the_ragged_exchange(impl, mo
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=setup.batch_sharding),
         jax.eval_shape(lambda: _batch(8, 64, config.vocab_size)))
 
-    exported = export.export(step, platforms=[target], disabled_checks=[
-        export.DisabledSafetyCheck.custom_call(name) for name in UNGUARANTEED_CALLS])(state, batch)
+    with platform.targeting(device):  # its kernels and its (ragged) exchange
+        exported = export.export(step, platforms=[target], disabled_checks=[
+            export.DisabledSafetyCheck.custom_call(name)
+            for name in UNGUARANTEED_CALLS])(state, batch)
 
     assert exported.platforms == (target,) and exported.nr_devices == 8
     calls = _check_kernel_calls(exported.mlir_module(), kernel_call)
