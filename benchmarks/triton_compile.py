@@ -68,23 +68,21 @@ def lower_kernel(kernel: str, dtype, shape: tuple[int, int, int], tiling,
                              capability)
     offset, sizes = jnp.int32(0), jax.ShapeDtypeStruct((8,), jnp.int32)
     x = jax.ShapeDtypeStruct((m, k), dtype)
-    saved = (platform.current, pallas_gpu._compiler_params, pallas_gpu._interpret,
-             registration.lowering.lower_jaxpr_to_triton_module)
-    platform.current, pallas_gpu._compiler_params = (lambda: device), keep_params
-    pallas_gpu._interpret = lambda: False
+    saved = (pallas_gpu._compiler_params, registration.lowering.lower_jaxpr_to_triton_module)
+    pallas_gpu._compiler_params = keep_params
     registration.lowering.lower_jaxpr_to_triton_module = keep_module
     try:
-        if kernel == "gmm":
-            export_for(lambda a, w, s: pallas_gpu.gmm(a, w, s, offset, tiling=tiling,
-                                                      out_dtype=dtype),
-                       "cuda", x, jax.ShapeDtypeStruct((8, k, n), dtype), sizes)
-        else:
-            export_for(lambda a, dy, s: pallas_gpu.tgmm(a, dy, s, offset, num_groups=8,
-                                                        tiling=tiling, out_dtype=dtype),
-                       "cuda", x, jax.ShapeDtypeStruct((m, n), dtype), sizes)
+        with platform.targeting(device):  # the kernel for that GPU, not the interpreter
+            if kernel == "gmm":
+                export_for(lambda a, w, s: pallas_gpu.gmm(a, w, s, offset, tiling=tiling,
+                                                          out_dtype=dtype),
+                           "cuda", x, jax.ShapeDtypeStruct((8, k, n), dtype), sizes)
+            else:
+                export_for(lambda a, dy, s: pallas_gpu.tgmm(a, dy, s, offset, num_groups=8,
+                                                            tiling=tiling, out_dtype=dtype),
+                           "cuda", x, jax.ShapeDtypeStruct((m, n), dtype), sizes)
     finally:
-        (platform.current, pallas_gpu._compiler_params, pallas_gpu._interpret,
-         registration.lowering.lower_jaxpr_to_triton_module) = saved
+        pallas_gpu._compiler_params, registration.lowering.lower_jaxpr_to_triton_module = saved
     return found["ir"], found["params"]
 
 

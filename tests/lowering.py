@@ -8,9 +8,9 @@ import contextlib
 
 import jax
 
-TRITON_CALL = "__gpu$xla.gpu.triton"
-# custom calls without jax.export's compatibility guarantee that our programs may hold
-UNGUARANTEED_CALLS = (TRITON_CALL, "ragged_all_to_all")
+from moejax.kernels.platform import EXPORT_UNGUARANTEED_CALLS as UNGUARANTEED_CALLS
+
+TRITON_CALL = UNGUARANTEED_CALLS[0]  # "__gpu$xla.gpu.triton"
 
 
 def export_for(fn, platform: str, *args):

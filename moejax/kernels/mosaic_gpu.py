@@ -17,8 +17,9 @@ others, and stores rows [store_start, store_end) -- TMA stores need static shape
 go out as a ladder of power-of-two slices. Store ranges partition the rows, so the output needs
 no zeroing pass afterwards. TMA clips loads and stores at the
 array edge, so m needs no padding to whole row tiles (row stores are exact), only to a multiple
-of 8 (the swizzle tile's rows); a ragged k is zero-padded to whole tiles, and a ragged n gives a wider output that is sliced (stores of whole tiles only: the
-interpreter drops a partly out-of-bounds store where TMA would clip it). Every operand's minor
+of 8 (the swizzle tile's rows); a ragged k is zero-padded to whole tiles, and a ragged n gives a
+wider output that is sliced (stores of whole tiles only: the interpreter drops a partly
+out-of-bounds store where TMA would clip it). Every operand's minor
 axis is zero-padded to whole tiles too: TMA's swizzled copies refuse a minor axis wider than the
 swizzle (64 elements) that is not a multiple of it (d_expert = 160, say), which the interpreter
 does not check and ``jax.export`` for CUDA does.

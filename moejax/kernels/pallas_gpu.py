@@ -38,8 +38,8 @@ def _compiler_params(tiling: Tiling, stage_bytes: int, knobs: str):
     """Triton parameters (they also select the Triton lowering; without them a pallas_call on GPU
     is Mosaic GPU), pipelining no deeper than this GPU's shared memory holds: each buffered
     stage holds one pair of tiles (``platform.pipeline_buffers``; an A10G or L4 allows 99 KiB a
-    block, an H100 227). ``knobs`` names the
-    tiles' gin settings for the error when not even one stage fits."""
+    block, an H100 227). ``knobs`` names the tiles' gin settings for the error when not even
+    one stage fits."""
     device = platform.current()
     limit = platform.shared_memory_per_block(device.capability)
     if limit is not None and stage_bytes > limit - 1024:

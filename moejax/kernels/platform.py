@@ -11,9 +11,10 @@ falls back to "xla" (``jax.lax.ragged_dot``: slow, but it runs) and an explicit 
 while the model is traced, naming the device and what would run, not deep inside a compile.
 
 On other backends the Pallas kernels run in their interpreters (the test suite does this), so
-nothing is refused there. ``targeting(device)`` makes all of this follow another device than the
-one here: kernels are chosen and built for it (``moejax lower`` exports a training step so). On a GPU that reports no CUDA compute capability (ROCm) the Triton
+nothing is refused there. On a GPU that reports no CUDA compute capability (ROCm) the Triton
 kernels are left to its own compiler; the Mosaic GPU kernel is NVIDIA's only.
+``targeting(device)`` makes all of this follow another device than the one here: kernels are
+chosen and built for it (``moejax lower`` exports a training step so).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ SHARED_MEMORY_PER_BLOCK_KIB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99,
 # What the Triton defaults were tuned and natively tested under (H100), whatever the GPU allows.
 PIPELINE_BYTES_CAP = 160 * 1024
 _EPILOGUE_ROOM = 3 * 1024
+# Custom calls a program built for a target may hold that carry no jax.export compatibility
+# guarantee (``DisabledSafetyCheck.custom_call``): the Triton kernels, the ragged all-to-all.
+EXPORT_UNGUARANTEED_CALLS = ("__gpu$xla.gpu.triton", "ragged_all_to_all")
 
 
 class Device(NamedTuple):
@@ -79,13 +83,17 @@ def target_device(platform_name: str, capability: tuple[int, int] | None = None)
     raise ValueError(f"lowering target {platform_name!r}: one of 'tpu', 'cuda'")
 
 
-def cuda_capability(device) -> tuple[int, int] | None:
-    """(major, minor) from a JAX device's ``compute_capability`` ("8.6"), None if it has none."""
-    text = str(getattr(device, "compute_capability", "") or "")
-    major, _, minor = text.partition(".")
+def parse_capability(text: str) -> tuple[int, int] | None:
+    """(major, minor) from a compute capability written "8.6" (or "12"), None if it is not one."""
+    major, _, minor = str(text).partition(".")
     if not (major.isdigit() and (minor.isdigit() or minor == "")):
         return None
     return int(major), int(minor or 0)
+
+
+def cuda_capability(device) -> tuple[int, int] | None:
+    """(major, minor) from a JAX device's ``compute_capability``, None if it has none."""
+    return parse_capability(getattr(device, "compute_capability", "") or "")
 
 
 def shared_memory_per_block(capability: tuple[int, int] | None) -> int | None:

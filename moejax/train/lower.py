@@ -24,18 +24,16 @@ import re
 import jax
 import jax.numpy as jnp
 
+from moejax.data.pipeline import BATCH_KEYS
 from moejax.errors import ConfigError
 from moejax.kernels import platform, record
 from moejax.model.functional import build_model
 from moejax.parallel import sharding
-from moejax.parallel.mesh import MeshConfig, make_mesh, resolve_mesh_shape
+from moejax.parallel.mesh import MeshConfig, make_mesh
 from moejax.parallel.rules import sharding_rules
 from moejax.train.loop import validate_all
 from moejax.train.optim import make_optimizer, make_schedule
 
-TARGETS = ("tpu", "cuda")
-# Custom calls that carry no jax.export compatibility guarantee and that our programs may hold.
-_UNGUARANTEED_CALLS = ("__gpu$xla.gpu.triton", "ragged_all_to_all")
 _COLLECTIVES = ("all_to_all", "all_gather", "reduce_scatter", "all_reduce", "collective_permute")
 
 
@@ -60,8 +58,8 @@ class LoweringSummary:
 
 
 def _per_device_bytes(abstract_state) -> tuple[int, int]:
-    """(total bytes, bytes of the largest per-device shard) of a state of ShapeDtypeStructs
-    carrying their shardings."""
+    """(total bytes, bytes one device holds: a shard of every leaf) of a state of
+    ShapeDtypeStructs carrying their shardings."""
     total = per_device = 0
     for leaf in jax.tree.leaves(abstract_state):
         itemsize = jnp.dtype(leaf.dtype).itemsize
@@ -71,12 +69,11 @@ def _per_device_bytes(abstract_state) -> tuple[int, int]:
 
 
 def _abstract_batch(batch_size: int, seq_len: int, batch_sharding) -> dict:
-    def spec(dtype):
-        return jax.ShapeDtypeStruct((batch_size, seq_len), dtype, sharding=batch_sharding)
-
-    return {"inputs": spec(jnp.int32), "targets": spec(jnp.int32),
-            "loss_weights": spec(jnp.float32), "segment_ids": spec(jnp.int32),
-            "positions": spec(jnp.int32)}
+    """The training batch's keys (the data pipeline's), int32 but the float32 loss weights."""
+    return {key: jax.ShapeDtypeStruct((batch_size, seq_len),
+                                      jnp.float32 if key == "loss_weights" else jnp.int32,
+                                      sharding=batch_sharding)
+            for key in BATCH_KEYS.values()}
 
 
 def count_ops(text: str) -> tuple[dict, dict]:
@@ -123,8 +120,7 @@ def lower_train_step(model_config, data_config, train_config, mesh_config: MeshC
                           "fake CPU devices itself: run it in a fresh process")
     devices = here[:num_devices]
     mesh_config = mesh_config if mesh_config is not None else MeshConfig(data=1)
-    resolve_mesh_shape(mesh_config, len(devices))  # a ConfigError names the mismatch
-    mesh = make_mesh(mesh_config, devices)
+    mesh = make_mesh(mesh_config, devices)  # a ConfigError names a mismatch
     rules = rules if rules is not None else sharding_rules()
     model = build_model(model_config)
     tx = make_optimizer(train_config)
@@ -136,7 +132,8 @@ def lower_train_step(model_config, data_config, train_config, mesh_config: MeshC
                                             grad_accum_steps=train_config.grad_accum_steps)
     state = sharding.abstract_sharded_state(model, tx, setup.state_shardings)
     batch = _abstract_batch(data_config.batch_size, data_config.seq_len, setup.batch_sharding)
-    checks = [export.DisabledSafetyCheck.custom_call(name) for name in _UNGUARANTEED_CALLS]
+    checks = [export.DisabledSafetyCheck.custom_call(name)
+              for name in platform.EXPORT_UNGUARANTEED_CALLS]
     with platform.targeting(device), record.recording() as kernels:
         exported = export.export(step, platforms=[target], disabled_checks=checks)(state, batch)
     custom_calls, collectives = count_ops(exported.mlir_module())

@@ -23,12 +23,14 @@ import sys
 
 from moejax.ginconf import GinConfigError
 
+TARGETS = ("tpu", "cuda")  # the platforms platform.target_device knows
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moejax.train.cli import add_gin_arguments
 
     add_gin_arguments(parser)
-    parser.add_argument("--target", choices=("tpu", "cuda"), required=True,
+    parser.add_argument("--target", choices=TARGETS, required=True,
                         help="the platform to lower for")
     parser.add_argument("--gpu", default="9.0",
                         help="with --target=cuda: the GPU's compute capability (9.0 H100, 8.0 "
@@ -42,10 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_capability(text: str) -> tuple[int, int]:
-    major, _, minor = text.partition(".")
-    if not (major.isdigit() and (minor.isdigit() or not minor)):
+    from moejax.kernels.platform import parse_capability
+
+    capability = parse_capability(text)
+    if capability is None:
         raise ValueError(f"--gpu {text!r}: a compute capability such as 9.0 or 8.6")
-    return int(major), int(minor or 0)
+    return capability
 
 
 def _start_jax_with(num_devices: int) -> None:
