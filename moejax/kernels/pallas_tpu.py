@@ -18,6 +18,7 @@ Letters: M rows, K contraction, N output columns, G local groups, V visits; tm, 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,23 @@ def _interpret():
     """Run natively on TPU; elsewhere in the TPU interpreter (uninitialized memory is NaN, so a
     kernel that forgets to write a block fails the tests loudly)."""
     return False if platform.current().backend == "tpu" else pltpu.InterpretParams()
+
+
+def _compiler_params(semantics: tuple[str, ...], blocks, scratch_shape) -> pltpu.CompilerParams:
+    """Mosaic's parameters, with a VMEM limit raised for tiles the default scope cannot hold.
+
+    ``blocks``: (shape, dtype) of each pipelined block, double-buffered by Pallas;
+    ``scratch_shape``: the float32 accumulator's."""
+    need = 2 * sum(math.prod(shape) * jnp.dtype(dtype).itemsize for shape, dtype in blocks)
+    need += math.prod(scratch_shape) * 4
+    try:
+        limit = platform.tpu_vmem_limit(need, platform.current().kind)
+    except ValueError as error:
+        tiles = ", ".join("x".join(map(str, shape)) + f" {jnp.dtype(dtype).name}"
+                          for shape, dtype in blocks)
+        raise ValueError(f"gmm impl 'pallas_tpu' with blocks {tiles}: {error}; choose smaller "
+                         "tiles (pallas_tpu_tiling.block_m / block_k / block_n)") from None
+    return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=limit)
 
 
 def _tiles(tiling: Tiling, m: int, k: int, n: int) -> tuple[int, int, int]:
@@ -99,8 +117,10 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
             out_specs=pl.BlockSpec((tm, tn), out_index),
             scratch_shapes=[pltpu.VMEM((tm, tn), jnp.float32)],
         ),
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "arbitrary", "arbitrary")),
+        compiler_params=_compiler_params(
+            ("parallel", "arbitrary", "arbitrary"),
+            [((tm, tk), lhs.dtype), (rhs_block[1:], rhs.dtype), ((tm, tn), out_dtype)],
+            (tm, tn)),
         interpret=_interpret(),
         name="moejax_gmm",
     )
@@ -170,8 +190,9 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
             out_specs=pl.BlockSpec((None, tk, tn), out_index),
             scratch_shapes=[pltpu.VMEM((tk, tn), jnp.float32)],
         ),
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "arbitrary")),
+        compiler_params=_compiler_params(
+            ("parallel", "parallel", "arbitrary"),
+            [((tm, tk), lhs.dtype), ((tm, tn), grad.dtype), ((tk, tn), out_dtype)], (tk, tn)),
         interpret=_interpret(),
         name="moejax_tgmm",
     )

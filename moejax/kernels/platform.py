@@ -37,6 +37,15 @@ SHARED_MEMORY_PER_BLOCK_KIB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99,
 # What the Triton defaults were tuned and natively tested under (H100), whatever the GPU allows.
 PIPELINE_BYTES_CAP = 160 * 1024
 _EPILOGUE_ROOM = 3 * 1024
+
+_MIB = 1 << 20
+# VMEM of one TensorCore, and the scoped share a Mosaic kernel gets unless it asks for more
+# (``vmem_limit_bytes``), MiB, by device kind. Read off XLA:TPU's own compiles on libtpu's
+# compile-only devices (benchmarks/tpu_compile.py): a v4 core refuses more than 16 MiB whatever
+# the limit, a v5p core 64 MiB; v5e and v6e took 88 MiB (their published VMEM is 128 MiB).
+# Without a limit, v4, v5e and v5p kernels stop at 16 MiB, v6e at 32.
+TPU_VMEM_MIB = {"TPU v4": (16, 16), "TPU v5 lite": (128, 16), "TPU v5": (64, 16),
+                "TPU v6 lite": (128, 32)}
 # Custom calls a program built for a target may hold that carry no jax.export compatibility
 # guarantee (``DisabledSafetyCheck.custom_call``): the Triton kernels, the ragged all-to-all.
 EXPORT_UNGUARANTEED_CALLS = ("__gpu$xla.gpu.triton", "ragged_all_to_all")
@@ -121,6 +130,24 @@ def pipeline_buffers(stages: int, capability: tuple[int, int] | None) -> int:
     if capability is not None and capability < (9, 0):
         return max(stages - 1, 1)
     return stages
+
+
+def tpu_vmem_limit(need_bytes: int, kind: str) -> int | None:
+    """``vmem_limit_bytes`` for a Mosaic TPU kernel whose pipelined blocks and scratch take
+    ``need_bytes``: None (the compiler's default scope) where that scope holds them with half
+    again to spare (Mosaic's own buffers: a v5p weight gradient took 1.31x the blocks) or the
+    TPU generation is not known; else the need with that room, at most the core's VMEM. A
+    ValueError when even the whole VMEM of a known core is too small, so that the tiles, not a
+    compile deep in XLA, are named."""
+    known = TPU_VMEM_MIB.get(kind)
+    if known is None:
+        return None
+    capacity, scoped = (mib * _MIB for mib in known)
+    if need_bytes > capacity:
+        raise ValueError(f"the tiles' buffers take {need_bytes / _MIB:.1f} MiB of VMEM, and a "
+                         f"{kind} core has {capacity // _MIB} MiB")
+    wanted = need_bytes + max(need_bytes // 2, 4 * _MIB)
+    return None if wanted <= scoped else min(wanted, capacity)
 
 
 def auto_impl(backend: str, capability: tuple[int, int] | None = None) -> str:

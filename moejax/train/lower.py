@@ -12,6 +12,11 @@ compiler: speed, the activations' memory, register and shared-memory allocation.
 gives what lowering does know: the program's custom calls and collectives, the kernel each
 expert matmul resolved to, and the bytes of parameters and optimizer state each device holds
 under the run's shardings (activations come on top).
+
+For TPU, ``compile_train_step`` goes past lowering: on the compile-only devices of a TPU
+topology (libtpu, ``moejax.parallel.topology``) XLA:TPU and Mosaic compile the step as they
+would on that slice, so the Pallas kernels' VMEM is checked and the HBM each device needs,
+activations included, comes from the compiler itself.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import collections
 import dataclasses
 import math
 import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +34,7 @@ from moejax.data.pipeline import BATCH_KEYS
 from moejax.errors import ConfigError
 from moejax.kernels import platform, record
 from moejax.model.functional import build_model
-from moejax.parallel import sharding
+from moejax.parallel import sharding, topology
 from moejax.parallel.mesh import MeshConfig, make_mesh
 from moejax.parallel.rules import sharding_rules
 from moejax.train.loop import validate_all
@@ -52,6 +58,7 @@ class LoweringSummary:
     custom_calls: dict
     collectives: dict
     kernels: list
+    compiled: dict | None = None  # compile_train_step: topology, seconds, memory_of(...)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,6 +108,40 @@ def devices_needed(mesh_config: MeshConfig | None, requested: int | None) -> int
     return math.prod(sizes.values())
 
 
+def _training_program(model_config, data_config, train_config, mesh_config, devices, rules):
+    """(jitted step, abstract state, abstract batch, mesh) of a run on ``devices``."""
+    mesh_config = mesh_config if mesh_config is not None else MeshConfig(data=1)
+    mesh = make_mesh(mesh_config, devices)  # a ConfigError names a mismatch
+    rules = rules if rules is not None else sharding_rules()
+    model = build_model(model_config)
+    tx = make_optimizer(train_config)
+    setup = sharding.setup_sharded_training(model, tx, mesh, rules,
+                                            batch_size=data_config.batch_size,
+                                            grad_accum_steps=train_config.grad_accum_steps)
+    step = sharding.make_sharded_train_step(model, tx, make_schedule(train_config), mesh, rules,
+                                            setup.state_shardings,
+                                            grad_accum_steps=train_config.grad_accum_steps)
+    state = sharding.abstract_sharded_state(model, tx, setup.state_shardings)
+    batch = _abstract_batch(data_config.batch_size, data_config.seq_len, setup.batch_sharding)
+    return step, state, batch, mesh
+
+
+def _summary(target, device_kind, num_devices, mesh, state, text, kernels,
+             compiled=None) -> LoweringSummary:
+    custom_calls, collectives = count_ops(text)
+    total, per_device = _per_device_bytes(state)
+    return LoweringSummary(
+        target=target, device=device_kind, devices=num_devices, mesh=dict(mesh.shape),
+        parameters=sum(math.prod(p.shape) for p in jax.tree.leaves(state.params)),
+        state_bytes=total, state_bytes_per_device=per_device, custom_calls=custom_calls,
+        collectives=collectives,
+        kernels=[{"requested": entry["requested"], "impl": entry["impl"],
+                  "choice": entry["choice"],
+                  "rows_k_n": [entry["problem"][k] for k in ("rows", "k", "n")]}
+                 for entry in kernels],
+        compiled=compiled)
+
+
 def lower_train_step(model_config, data_config, train_config, mesh_config: MeshConfig | None,
                      target: str, num_devices: int = 1,
                      capability: tuple[int, int] | None = None, rules=None):
@@ -118,34 +159,70 @@ def lower_train_step(model_config, data_config, train_config, mesh_config: MeshC
         raise ConfigError(f"lowering for {num_devices} devices needs as many here; this process "
                           f"has {len(here)} ({here[0].platform}). moejax lower starts JAX with "
                           "fake CPU devices itself: run it in a fresh process")
-    devices = here[:num_devices]
-    mesh_config = mesh_config if mesh_config is not None else MeshConfig(data=1)
-    mesh = make_mesh(mesh_config, devices)  # a ConfigError names a mismatch
-    rules = rules if rules is not None else sharding_rules()
-    model = build_model(model_config)
-    tx = make_optimizer(train_config)
-    setup = sharding.setup_sharded_training(model, tx, mesh, rules,
-                                            batch_size=data_config.batch_size,
-                                            grad_accum_steps=train_config.grad_accum_steps)
-    step = sharding.make_sharded_train_step(model, tx, make_schedule(train_config), mesh, rules,
-                                            setup.state_shardings,
-                                            grad_accum_steps=train_config.grad_accum_steps)
-    state = sharding.abstract_sharded_state(model, tx, setup.state_shardings)
-    batch = _abstract_batch(data_config.batch_size, data_config.seq_len, setup.batch_sharding)
+    step, state, batch, mesh = _training_program(model_config, data_config, train_config,
+                                                 mesh_config, here[:num_devices], rules)
     checks = [export.DisabledSafetyCheck.custom_call(name)
               for name in platform.EXPORT_UNGUARANTEED_CALLS]
     with platform.targeting(device), record.recording() as kernels:
         exported = export.export(step, platforms=[target], disabled_checks=checks)(state, batch)
-    custom_calls, collectives = count_ops(exported.mlir_module())
-    total, per_device = _per_device_bytes(state)
-    summary = LoweringSummary(
-        target=target, device=device.kind, devices=exported.nr_devices,
-        mesh=dict(mesh.shape), parameters=sum(math.prod(p.shape)
-                                              for p in jax.tree.leaves(state.params)),
-        state_bytes=total, state_bytes_per_device=per_device, custom_calls=custom_calls,
-        collectives=collectives,
-        kernels=[{"requested": entry["requested"], "impl": entry["impl"],
-                  "choice": entry["choice"],
-                  "rows_k_n": [entry["problem"][k] for k in ("rows", "k", "n")]}
-                 for entry in kernels])
+    summary = _summary(target, device.kind, exported.nr_devices, mesh, state,
+                       exported.mlir_module(), kernels)
     return exported, summary
+
+
+def memory_of(compiled, device_kind: str) -> dict:
+    """Bytes one device needs for a compiled program, from XLA's own analysis: its arguments
+    (parameters, optimizer state, batch), outputs less those written over donated arguments,
+    temporaries (activations, gradients, collectives' buffers) and code; and whether that fits
+    the device's HBM (None where the kind's HBM is not known)."""
+    stats = compiled.memory_analysis()
+    parts = {"argument_bytes": stats.argument_size_in_bytes,
+             "output_bytes": stats.output_size_in_bytes,
+             "alias_bytes": stats.alias_size_in_bytes,
+             "temp_bytes": stats.temp_size_in_bytes,
+             "code_bytes": stats.generated_code_size_in_bytes}
+    need = (parts["argument_bytes"] + parts["output_bytes"] - parts["alias_bytes"]
+            + parts["temp_bytes"] + parts["code_bytes"])
+    hbm = topology.hbm_bytes(device_kind)
+    return {**parts, "total_bytes": need, "hbm_bytes": hbm,
+            "fits": None if hbm is None else need <= hbm}
+
+
+class DoesNotFit(Exception):
+    """XLA:TPU refused the step for want of HBM; the message is its own, with the sizes."""
+
+
+def compile_train_step(model_config, data_config, train_config, mesh_config: MeshConfig | None,
+                       topology_name: str, num_devices: int | None = None, rules=None):
+    """(jax.stages.Compiled, LoweringSummary) of the run's training step compiled by XLA:TPU for
+    the first ``num_devices`` devices of TPU topology ``topology_name`` (default: all of them
+    where the mesh has a -1 axis, else the mesh's product; one without a mesh). The summary's
+    ``compiled`` holds the compile time and ``memory_of`` the program. ``DoesNotFit`` when the
+    compiler finds the step too big for the devices' HBM."""
+    devices = topology.compile_only_devices(topology_name)
+    if num_devices is None:
+        sizes = mesh_config.sizes() if mesh_config is not None else {}
+        num_devices = devices_needed(mesh_config, len(devices) if -1 in sizes.values() else None)
+    if num_devices > len(devices):
+        raise ConfigError(f"the mesh needs {num_devices} devices; TPU topology {topology_name!r} "
+                          f"has {len(devices)}")
+    kind = devices[0].device_kind
+    model_config = validate_all(model_config, data_config, train_config)
+    step, state, batch, mesh = _training_program(model_config, data_config, train_config,
+                                                 mesh_config, devices[:num_devices], rules)
+    start = time.perf_counter()
+    with platform.targeting(platform.Device("tpu", kind, None)), \
+            record.recording() as kernels:
+        lowered = step.lower(state, batch)
+        try:
+            compiled = lowered.compile()
+        except Exception as error:  # noqa: BLE001 - only the HBM verdict is ours to name
+            if "RESOURCE_EXHAUSTED" in str(error) and "HBM" in str(error):
+                raise DoesNotFit(f"the step needs more HBM than a {kind} device has: "
+                                 f"{error}") from None
+            raise
+    seconds = time.perf_counter() - start
+    summary = _summary("tpu", kind, num_devices, mesh, state, lowered.as_text(), kernels,
+                       compiled={"topology": topology_name, "seconds": round(seconds, 1),
+                                 **memory_of(compiled, kind)})
+    return compiled, summary

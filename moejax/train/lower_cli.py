@@ -6,12 +6,18 @@ accelerator.
     moejax lower --gin_file=... --gin_file=mesh/tpu_v5e_16.gin --target=tpu --devices=16 \
         --out=runs/lowered
     moejax lower --gin_file=configs/smoke.gin --target=cuda --gpu=8.6   # an A10G or RTX 30
+    moejax lower --gin_file=... --gin_file=mesh/tpu_v5e_16.gin --topology=v5e:4x4
+
+``--topology`` compiles for TPU instead of only lowering: XLA:TPU itself, on libtpu's
+compile-only devices of that slice (``moejax.parallel.topology``; ``launch/setup.sh dev``
+installs libtpu), reports the HBM each device needs, activations included, and whether it fits.
 
 The same gin files and bindings as ``moejax train``. JAX starts here on CPU with as many fake
 devices as the mesh has (``--devices`` when an axis is -1). Prints a summary (JSON with
 ``--json``); ``--out`` also writes ``lowering.json`` and the program (``train_step.mlir``).
-Exit 0 when the step lowered, 2 on a config error, 1 when the lowering failed (its error is
-printed: that is what the target would have refused).
+Exit 0 when the step lowered (compiled), 2 on a config error, 1 when the lowering or compile
+failed (its error is printed: that is what the target would have refused), 3 when it compiled
+but needs more HBM than a device of the topology has.
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moejax.train.cli import add_gin_arguments
 
     add_gin_arguments(parser)
-    parser.add_argument("--target", choices=TARGETS, required=True,
-                        help="the platform to lower for")
+    parser.add_argument("--target", choices=TARGETS, default=None,
+                        help="the platform to lower for (tpu with --topology)")
+    parser.add_argument("--topology", default=None,
+                        help="compile for this TPU slice with XLA:TPU (e.g. v5e:2x2, v5e:4x4, "
+                             "v6e:2x4, v5p:2x2x1): HBM per device, activations included")
     parser.add_argument("--gpu", default="9.0",
                         help="with --target=cuda: the GPU's compute capability (9.0 H100, 8.0 "
                              "A100, 8.6 A10G, 8.9 L4, 7.5 T4); 'auto' and the kernels follow it")
@@ -68,8 +77,22 @@ def _start_jax_with(num_devices: int) -> None:
 
 def _print_summary(summary) -> None:
     gib = 2.0 ** 30
-    print(f"lowered the training step for {summary.target} ({summary.device}) on "
-          f"{summary.devices} device(s), mesh {summary.mesh}")
+    compiled = summary.compiled
+    if compiled is None:
+        print(f"lowered the training step for {summary.target} ({summary.device}) on "
+              f"{summary.devices} device(s), mesh {summary.mesh}")
+    else:
+        print(f"compiled the training step with XLA:TPU for {summary.device} (topology "
+              f"{compiled['topology']}) on {summary.devices} device(s) in {compiled['seconds']} "
+              f"s, mesh {summary.mesh}")
+        hbm = compiled["hbm_bytes"]
+        verdict = ("HBM not known for this TPU" if hbm is None else
+                   f"of {hbm / gib:.0f} GiB: " + ("fits" if compiled["fits"] else "DOES NOT FIT"))
+        print(f"  HBM per device:    {compiled['total_bytes'] / gib:.3f} GiB {verdict} "
+              f"(arguments {compiled['argument_bytes'] / gib:.3f}, outputs "
+              f"{(compiled['output_bytes'] - compiled['alias_bytes']) / gib:.3f} beyond the "
+              f"donated state, temporaries {compiled['temp_bytes'] / gib:.3f}, code "
+              f"{compiled['code_bytes'] / gib:.3f})")
     print(f"  parameters:        {summary.parameters:,}")
     print(f"  state per device:  {summary.state_bytes_per_device / gib:.3f} GiB of "
           f"{summary.state_bytes / gib:.3f} GiB (parameters, optimizer state, buffers; "
@@ -87,39 +110,62 @@ def run(args: argparse.Namespace) -> int:
     from moejax.errors import ConfigError
 
     try:
+        if args.topology is not None and args.target not in (None, "tpu"):
+            raise ValueError(f"--topology compiles for TPU; --target={args.target} asks for "
+                             "another platform")
+        if args.topology is None and args.target is None:
+            raise ValueError("give --target (tpu, cuda) or a TPU --topology")
         capability = _parse_capability(args.gpu) if args.target == "cuda" else None
         from moejax.parallel.mesh import configured_mesh
         from moejax.train.cli import load_configs
-        from moejax.train.lower import devices_needed, lower_train_step
+        from moejax.train.lower import (DoesNotFit, compile_train_step, devices_needed,
+                                        lower_train_step)
 
         model, data, train = load_configs(args.gin_file, args.gin_bindings)
         mesh_config = configured_mesh()
-        num_devices = devices_needed(mesh_config, args.devices)
-        _start_jax_with(num_devices)
+        if args.topology is None:
+            num_devices = devices_needed(mesh_config, args.devices)
+            _start_jax_with(num_devices)
+        else:
+            _start_jax_with(1)  # the devices are the topology's
     except (GinConfigError, ConfigError, ValueError, FileNotFoundError) as error:
         print(f"moejax lower: error: {error}", file=sys.stderr)
         return 2
+    target = args.target or "tpu"
     try:
-        exported, summary = lower_train_step(model, data, train, mesh_config, args.target,
-                                             num_devices, capability)
+        if args.topology is None:
+            exported, summary = lower_train_step(model, data, train, mesh_config, target,
+                                                 num_devices, capability)
+            program = exported.mlir_module()
+        else:
+            compiled, summary = compile_train_step(model, data, train, mesh_config,
+                                                   args.topology, args.devices)
+            program = compiled.as_text()
     except (ConfigError, FileNotFoundError) as error:
         print(f"moejax lower: error: {error}", file=sys.stderr)
         return 2
+    except DoesNotFit as error:
+        print(f"moejax lower: does not fit on {args.topology}: {error}", file=sys.stderr)
+        return 3
     except Exception as error:  # noqa: BLE001 - the target refused the program: say why
-        print(f"moejax lower: the step does not lower for {args.target}: "
+        print(f"moejax lower: the step does not {'compile' if args.topology else 'lower'} for "
+              f"{args.topology or target}: "
               f"{type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    # the program: StableHLO as exported, or the HLO XLA:TPU compiled
+    program_file = "train_step.mlir" if args.topology is None else "train_step.hlo"
     if args.out:
         from moejax import files
 
         os.makedirs(args.out, exist_ok=True)
         files.write_atomic(os.path.join(args.out, "lowering.json"),
                            json.dumps(summary.to_json(), indent=1) + "\n")
-        files.write_atomic(os.path.join(args.out, "train_step.mlir"), exported.mlir_module())
+        files.write_atomic(os.path.join(args.out, program_file), program)
     if args.json:
         print(json.dumps(summary.to_json()))
     else:
         _print_summary(summary)
         if args.out:
-            print(f"  written:           {args.out}/lowering.json, {args.out}/train_step.mlir")
-    return 0
+            print(f"  written:           {args.out}/lowering.json, {args.out}/{program_file}")
+    compiled = summary.compiled
+    return 3 if compiled is not None and compiled["fits"] is False else 0

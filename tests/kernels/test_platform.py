@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from moejax.kernels import autotune, gmm, platform, record, resolve_impl
+from moejax.kernels.tiling import Tiling
 
 T4 = platform.Device("gpu", "Tesla T4", (7, 5))
 V100 = platform.Device("gpu", "Tesla V100-SXM2-16GB", (7, 0))
@@ -203,3 +204,39 @@ def test_tiles_too_big_for_one_stage_name_their_knobs(monkeypatch):
                                          r"KiB .* this NVIDIA L4 allows 99 KiB per block"):
         _stages(monkeypatch, L4, huge, 4)
     assert _stages(monkeypatch, H100, huge, 2)[0] == 1  # 128 KiB: one stage on an H100
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize("need_mib, kind, expected_mib", [
+    (4, "TPU v5 lite", None),  # 4 + 4 of room fits the 16 MiB default scope
+    (12, "TPU v5 lite", 18),  # 12 + 6 does not
+    (20, "TPU v5 lite", 30),  # half again on top
+    (20, "TPU v6 lite", None),  # v6e's default scope is 32 MiB
+    (40, "TPU v5", 60),
+    (50, "TPU v5", 64),  # at most the v5p core's 64 MiB
+    (100, "TPU (lowering target)", None),  # generation unknown: the compiler decides
+    (100, "cpu", None),
+])
+def test_the_tpu_vmem_limit_covers_the_blocks_with_room_up_to_the_core(need_mib, kind,
+                                                                        expected_mib):
+    limit = platform.tpu_vmem_limit(need_mib * MIB, kind)
+    assert limit == (None if expected_mib is None else expected_mib * MIB)
+
+
+def test_tiles_past_a_cores_whole_vmem_fail_before_compiling_naming_the_tiles():
+    lhs = jax.ShapeDtypeStruct((4096, 1024), jnp.float32)
+    rhs = jax.ShapeDtypeStruct((4, 1024, 1024), jnp.float32)
+    sizes = jax.ShapeDtypeStruct((4,), jnp.int32)
+    big = Tiling(block_m=1024, block_k=1024, block_n=1024, min_block_m=1)
+    # blocks: 2 x (4 + 4 + 4) MiB + a 4 MiB accumulator = 28 MiB; a v4 core has 16, a v5p 64
+    with platform.targeting(platform.Device("tpu", "TPU v4", None)):
+        with pytest.raises(ValueError, match=r"1024x1024 float32.*28\.0 MiB.*TPU v4 core has "
+                                             r"16 MiB.*pallas_tpu_tiling"):
+            jax.eval_shape(lambda x, w, s: gmm(x, w, s, impl="pallas_tpu", tiling=big),
+                           lhs, rhs, sizes)
+    with platform.targeting(platform.Device("tpu", "TPU v5", None)):
+        out = jax.eval_shape(lambda x, w, s: gmm(x, w, s, impl="pallas_tpu", tiling=big),
+                             lhs, rhs, sizes)
+    assert out.shape == (4096, 1024)

@@ -1,0 +1,133 @@
+"""Compile-only TPU devices (libtpu): XLA:TPU itself compiles the kernels and the training step.
+
+Independent checks: the compiler's own verdicts (a VMEM overflow without the raised limit, an
+HBM refusal for a batch too big), the memory parts adding up to the total and the parameters'
+bytes found among the arguments, and the kernel and exchange counts from the model's MoE
+layers. Without libtpu (not Linux x86_64) these are skipped, saying why; the name parsing and
+the missing-libtpu message are checked everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moejax.cli import main
+from moejax.errors import ConfigError
+from moejax.kernels import gmm, platform
+from moejax.kernels.tiling import Tiling
+from moejax.parallel import topology
+
+needs_libtpu = pytest.mark.skipif(
+    topology.libtpu_path() is None,
+    reason="libtpu not installed (launch/setup.sh dev installs it on Linux x86_64)")
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+SMOKE = f"--gin_file={os.path.join(CONFIGS, 'smoke.gin')}"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("v5e:2x2", ("v5e", (2, 2))), ("v5p:2x2x1", ("v5p", (2, 2, 1))),
+    (" v6e:4x8 ", ("v6e", (4, 8))), ("v4:2x2x2", ("v4", (2, 2, 2)))])
+def test_topology_names_parse(name, expected):
+    assert topology.parse_name(name) == expected
+
+
+@pytest.mark.parametrize("name", ["v5e", "v5e:2", "tpu:2x2", "v5e:2x2x2x2", "v5e:0x2", "2x2"])
+def test_a_malformed_topology_name_is_refused_with_the_form(name):
+    with pytest.raises(ConfigError, match="<generation>:<chips per axis>|at least one chip"):
+        topology.parse_name(name)
+
+
+def test_without_libtpu_the_error_gives_the_install_command(monkeypatch):
+    monkeypatch.setattr(topology, "libtpu_path", lambda: None)
+    with pytest.raises(ConfigError, match=r"needs libtpu.*pip install --target .*libtpu-aot "
+                                          r"'libtpu"):
+        topology.compile_only_devices("v5e:2x2")
+
+
+def test_the_libtpu_requirement_is_jaxs_own_pin():
+    assert topology.libtpu_requirement().startswith("libtpu")
+
+
+@needs_libtpu
+def test_devices_of_several_generations_and_sizes():
+    for name, count, kind in [("v5e:2x2", 4, "TPU v5 lite"), ("v5e:1x1", 1, "TPU v5 lite"),
+                              ("v6e:2x4", 8, "TPU v6 lite"), ("v5p:2x2x1", 4, "TPU v5")]:
+        devices = topology.compile_only_devices(name)
+        assert len(devices) == count and devices[0].device_kind == kind
+    assert "TPU_LIBRARY_PATH" not in os.environ or os.environ["TPU_LIBRARY_PATH"] != \
+        topology.libtpu_path()  # not left for child processes
+    with pytest.raises(ConfigError, match="libtpu refused it.*v5e:3x3"):
+        topology.compile_only_devices("v5e:3x3")
+
+
+@needs_libtpu
+def test_large_float32_tiles_compile_on_v5e_only_with_the_raised_vmem_limit():
+    device = topology.compile_only_devices("v5e:2x2")[0]
+    sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array([device]), ("x",)),
+                                          jax.sharding.PartitionSpec())
+    args = (jax.ShapeDtypeStruct((2048, 1024), jnp.float32, sharding=sharding),
+            jax.ShapeDtypeStruct((4, 1024, 1024), jnp.float32, sharding=sharding),
+            jax.ShapeDtypeStruct((4,), jnp.int32, sharding=sharding))
+    tiles = Tiling(block_m=512, block_k=1024, block_n=1024, min_block_m=1)
+
+    def compile_forward_backward():  # a new function each time: nothing cached between them
+        def forward_backward(x, w, sizes):
+            out, vjp = jax.vjp(lambda a, b: gmm(a, b, sizes, impl="pallas_tpu", tiling=tiles),
+                               x, w)
+            return vjp(out)
+        return jax.jit(forward_backward).lower(*args).compile()
+
+    with platform.targeting(platform.Device("tpu", device.device_kind, None)):
+        compiled = compile_forward_backward()
+        assert compiled.as_text().count("tpu_custom_call") >= 3  # gmm, its transpose, tgmm
+        with mock.patch.dict(platform.TPU_VMEM_MIB, clear=True):  # the compiler's 16 MiB scope
+            with pytest.raises(Exception, match="(?i)vmem"):
+                compile_forward_backward()
+
+
+@needs_libtpu
+def test_the_expert_parallel_smoke_step_compiles_for_a_v5e_slice(capsys, tmp_path):
+    status = main(["lower", SMOKE, "--gin_bindings=MeshConfig.expert = 4",
+                   "--topology=v5e:2x2", "--json", f"--out={tmp_path}"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    summary = json.loads(out.out)
+    assert summary["device"] == "TPU v5 lite" and summary["devices"] == 4
+    assert summary["mesh"]["expert"] == 4
+    memory = summary["compiled"]
+    assert memory["topology"] == "v5e:2x2" and memory["fits"] is True
+    assert memory["hbm_bytes"] == 16 << 30
+    assert memory["total_bytes"] == (memory["argument_bytes"] + memory["output_bytes"]
+                                     - memory["alias_bytes"] + memory["temp_bytes"]
+                                     + memory["code_bytes"])
+    # the arguments are this device's state shard and its batch shard
+    assert memory["argument_bytes"] >= summary["state_bytes_per_device"]
+    assert memory["alias_bytes"] > 0  # the state is donated and written over
+    moe_layers = summary["custom_calls"]["ragged_all_to_all"] // 4
+    assert moe_layers >= 1 and summary["custom_calls"]["tpu_custom_call"] == 6 * moe_layers
+    assert {k["impl"] for k in summary["kernels"]} == {"pallas_tpu"}
+    with open(tmp_path / "train_step.hlo") as f:
+        assert "tpu_custom_call" in f.read()
+
+
+@needs_libtpu
+def test_a_step_too_big_for_hbm_exits_3_with_the_compilers_figures(capsys):
+    status = main(["lower", SMOKE, "--gin_bindings=DataConfig.batch_size = 16384",
+                   "--topology=v5e:1x1"])
+    err = capsys.readouterr().err
+    assert status == 3, err
+    assert "does not fit on v5e:1x1" in err and "HBM" in err
+
+
+def test_topology_and_another_target_are_refused_together(capsys):
+    assert main(["lower", SMOKE, "--target=cuda", "--topology=v5e:2x2"]) == 2
+    assert "--topology compiles for TPU" in capsys.readouterr().err
+    assert main(["lower", SMOKE]) == 2
+    assert "give --target" in capsys.readouterr().err
