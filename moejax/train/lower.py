@@ -200,9 +200,9 @@ def compile_train_step(model_config, data_config, train_config, mesh_config: Mes
     ``compiled`` holds the compile time and ``memory_of`` the program. ``DoesNotFit`` when the
     compiler finds the step too big for the devices' HBM."""
     devices = topology.compile_only_devices(topology_name)
-    if num_devices is None:
-        sizes = mesh_config.sizes() if mesh_config is not None else {}
-        num_devices = devices_needed(mesh_config, len(devices) if -1 in sizes.values() else None)
+    if num_devices is None and mesh_config is not None and -1 in mesh_config.sizes().values():
+        num_devices = len(devices)
+    num_devices = devices_needed(mesh_config, num_devices)
     if num_devices > len(devices):
         raise ConfigError(f"the mesh needs {num_devices} devices; TPU topology {topology_name!r} "
                           f"has {len(devices)}")

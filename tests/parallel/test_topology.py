@@ -131,3 +131,11 @@ def test_topology_and_another_target_are_refused_together(capsys):
     assert "--topology compiles for TPU" in capsys.readouterr().err
     assert main(["lower", SMOKE]) == 2
     assert "give --target" in capsys.readouterr().err
+
+
+@needs_libtpu
+def test_more_devices_than_the_slice_has_is_a_config_error(capsys):
+    assert main(["lower", SMOKE, "--topology=v5e:2x2", "--devices=8"]) == 2
+    assert "needs 8 devices; TPU topology 'v5e:2x2' has 4" in capsys.readouterr().err
+    assert main(["lower", SMOKE, "--topology=v5e:2x2", "--devices=0"]) == 2
+    assert "--devices 0: must be >= 1" in capsys.readouterr().err
