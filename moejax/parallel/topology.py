@@ -31,9 +31,12 @@ HBM_GIB = {"TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32}
 
 _NAME = re.compile(r"^(v\d+[a-z]*):(\d+(?:x\d+){1,2})$")
 _HOST_BOUNDS = (2, 2, 1)  # libtpu's default chips per host
-# libtpu reads these when it is loaded; without them it asks the metadata server of a TPU VM.
+# libtpu reads these when it is loaded; without them it asks the metadata server of a TPU VM,
+# and a second process loading it (a test run beside a sweep's preflight) finds the lock file
+# of the first and stops: compile-only devices hold no TPU, so several processes may share.
 _QUIET = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
-          "TPU_WORKER_ID": "0", "TPU_ACCELERATOR_TYPE": "v5litepod-4"}
+          "TPU_WORKER_ID": "0", "TPU_ACCELERATOR_TYPE": "v5litepod-4",
+          "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def libtpu_path() -> str | None:

@@ -4,6 +4,7 @@
         [--launcher=local|print|tpu_vm] [--only='MoEConfig.num_experts=4'] [--dry_run]
     moejax sweep --grid=configs/grids/joint_moe.gin --root=runs/joint_moe --launcher=tpu_vm \\
         --tpu=my-v4 --zone=us-central2-b [--project=P] [--create [--queued]] [--dry_run]
+    moejax sweep --grid=configs/grids/joint_moe.gin --root=runs/joint_moe --preflight=v5e:4x4
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ them, score every finished run (points.jsonl), fit the grid's law (fit/) and wri
 Re-running the same command skips finished runs and resumes partial ones. Launchers: local (here,
 one run after another; a failed run is reported and the others go on), print (print the train
 commands), tpu_vm (gcloud: sync the code, install, run moejax train on every worker of a TPU VM,
-logs per worker back in each run directory; --dry_run prints the exact gcloud commands)."""
+logs per worker back in each run directory; --dry_run prints the exact gcloud commands).
+--preflight=TOPOLOGY trains nothing: it compiles every run for that TPU slice with XLA:TPU here
+(no TPU needed) and reports the HBM each device needs and whether it fits (preflight.json)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry_run", action="store_true",
                         help="write run directories and the manifest only; with tpu_vm, print the "
                              "gcloud commands instead of running them")
+    parser.add_argument("--preflight", default=None, metavar="TOPOLOGY",
+                        help="compile every run for this TPU slice (e.g. v5e:4x4) instead of "
+                             "training: HBM per device and fit, in preflight.json; exit 3 if a "
+                             "run does not fit, 1 if one does not compile")
     tpu = parser.add_argument_group("tpu_vm launcher")
     tpu.add_argument("--tpu", help="TPU VM (node) name")
     tpu.add_argument("--zone", help="GCP zone, e.g. us-central2-b")
@@ -86,6 +93,15 @@ def run(args: argparse.Namespace) -> int:
           f"-> {args.root}/manifest.json")
     for d in dropped:
         print(f"  dropped {d['values']}: {d['reason']}")
+    if args.preflight:
+        from moejax.sweep.preflight import exit_status, preflight
+
+        try:
+            records = preflight(args.root, manifest, args.preflight)
+        except ConfigError as e:
+            print(f"moejax sweep: error: {e}", file=sys.stderr)
+            return 2
+        return exit_status(records)
     if args.launcher == "tpu_vm":
         from moejax.sweep.tpu_vm import run_tpu_vm
 

@@ -174,3 +174,19 @@ def test_every_tiny_model_variant_compiles_for_v5e_and_its_state_matches_the_acc
     if resolved.moe is not None and resolved.moe.capacity_factor is None:  # dropless: gmm
         assert {k["impl"] for k in summary.kernels} == {"pallas_tpu"}
         assert summary.custom_calls["tpu_custom_call"] % 3 == 0  # forward and both gradients
+
+
+@needs_libtpu
+def test_a_second_process_can_compile_while_this_one_holds_libtpu():
+    """libtpu locks a file for the process that loads it; compile-only devices hold no TPU, so
+    a test run beside a sweep's preflight must both work (ALLOW_MULTIPLE_LIBTPU_LOAD)."""
+    import subprocess
+    import sys
+
+    topology.compile_only_devices("v5e:2x2")  # this process holds libtpu now
+    done = subprocess.run([sys.executable, "-m", "moejax.cli", "lower", SMOKE,
+                           "--topology=v5e:1x1", "--json"], capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in os.environ.items()
+                                            if k != "XLA_FLAGS"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["compiled"]["fits"] is True
