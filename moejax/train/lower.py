@@ -58,7 +58,8 @@ class LoweringSummary:
     custom_calls: dict
     collectives: dict
     kernels: list
-    compiled: dict | None = None  # compile_train_step: topology, seconds, memory_of(...)
+    # compile_train_step: topology, seconds, memory_of(...), compiled_collectives(...)
+    compiled: dict | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -170,6 +171,18 @@ def lower_train_step(model_config, data_config, train_config, mesh_config: MeshC
     return exported, summary
 
 
+_HLO_COLLECTIVE = re.compile(r"\s(all-gather|all-reduce|reduce-scatter|all-to-all|"
+                             r"collective-permute|ragged-all-to-all)(?:-start)?\(")
+
+
+def compiled_collectives(hlo_text: str) -> dict:
+    """Collectives of a compiled (partitioned) HLO module with their counts: those the SPMD
+    partitioner added (FSDP's all-gathers, say) as well as the program's own; an async pair
+    counts once."""
+    found = collections.Counter(m.group(1) for m in _HLO_COLLECTIVE.finditer(hlo_text))
+    return dict(sorted(found.items()))
+
+
 def memory_of(compiled, device_kind: str) -> dict:
     """Bytes one device needs for a compiled program, from XLA's own analysis: its arguments
     (parameters, optimizer state, batch), outputs less those written over donated arguments,
@@ -224,5 +237,6 @@ def compile_train_step(model_config, data_config, train_config, mesh_config: Mes
     seconds = time.perf_counter() - start
     summary = _summary("tpu", kind, num_devices, mesh, state, lowered.as_text(), kernels,
                        compiled={"topology": topology_name, "seconds": round(seconds, 1),
-                                 **memory_of(compiled, kind)})
+                                 **memory_of(compiled, kind),
+                                 "collectives": compiled_collectives(compiled.as_text())})
     return compiled, summary

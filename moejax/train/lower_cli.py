@@ -104,6 +104,9 @@ def _print_summary(summary) -> None:
                                              in summary.custom_calls.items()) or "none"))
     print("  collectives:       " + (", ".join(f"{name} x{count}" for name, count
                                              in summary.collectives.items()) or "none"))
+    if compiled is not None:
+        print("  compiled, with the partitioner's: " + (", ".join(
+            f"{name} x{count}" for name, count in compiled["collectives"].items()) or "none"))
 
 
 def run(args: argparse.Namespace) -> int:

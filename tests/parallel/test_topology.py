@@ -112,6 +112,9 @@ def test_the_expert_parallel_smoke_step_compiles_for_a_v5e_slice(capsys, tmp_pat
     assert memory["alias_bytes"] > 0  # the state is donated and written over
     moe_layers = summary["custom_calls"]["ragged_all_to_all"] // 4
     assert moe_layers >= 1 and summary["custom_calls"]["tpu_custom_call"] == 6 * moe_layers
+    # every exchange of the program survives into the compiled module, one op each
+    exchanges = summary["custom_calls"]["ragged_all_to_all"]
+    assert memory["collectives"]["ragged-all-to-all"] == exchanges
     assert {k["impl"] for k in summary["kernels"]} == {"pallas_tpu"}
     with open(tmp_path / "train_step.hlo") as f:
         assert "tpu_custom_call" in f.read()
@@ -190,3 +193,15 @@ def test_a_second_process_can_compile_while_this_one_holds_libtpu():
                                             if k != "XLA_FLAGS"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["compiled"]["fits"] is True
+
+
+@needs_libtpu
+def test_fsdp_gathers_appear_only_after_xla_partitions_the_step(capsys):
+    fsdp = f"--gin_file={os.path.join(CONFIGS, 'mesh', 'fsdp_all.gin')}"
+    assert main(["lower", SMOKE, fsdp, "--topology=v5e:2x4", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mesh"]["fsdp"] == 8
+    # the program as written has no gathers (sharding annotations only); the partitioner adds
+    # one per use of a sharded parameter
+    assert "all_gather" not in summary["collectives"]
+    assert summary["compiled"]["collectives"]["all-gather"] > 0
