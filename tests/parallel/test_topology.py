@@ -205,3 +205,30 @@ def test_fsdp_gathers_appear_only_after_xla_partitions_the_step(capsys):
     # one per use of a sharded parameter
     assert "all_gather" not in summary["collectives"]
     assert summary["compiled"]["collectives"]["all-gather"] > 0
+
+
+MESHES = {"cpu8_data.gin": "v5e:2x4", "cpu8_expert.gin": "v5e:2x4",
+          "cpu8_fsdp_expert_tensor.gin": "v5e:2x4", "fsdp_all.gin": "v5e:2x4",
+          "all_data.gin": "v5e:2x4", "tpu_v5e_16.gin": "v5e:4x4"}
+
+
+def test_every_shipped_mesh_has_a_slice_here():
+    assert set(MESHES) == set(os.listdir(os.path.join(CONFIGS, "mesh")))
+
+
+@needs_libtpu
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh_gin", sorted(MESHES))
+def test_every_shipped_mesh_compiles_the_smoke_step_for_a_v5e_slice(mesh_gin, capsys):
+    mesh = f"--gin_file={os.path.join(CONFIGS, 'mesh', mesh_gin)}"
+    status = main(["lower", SMOKE, mesh, "--gin_bindings=MoEConfig.num_experts = 8",
+                   f"--topology={MESHES[mesh_gin]}", "--json"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    summary = json.loads(out.out)
+    assert summary["compiled"]["fits"] is True
+    assert summary["devices"] == int(np.prod(list(summary["mesh"].values())))
+    # an expert axis exchanges tokens with the ragged all-to-all, once per use, compiled
+    exchanges = summary["custom_calls"].get("ragged_all_to_all", 0)
+    assert (exchanges > 0) == (summary["mesh"]["expert"] > 1)
+    assert summary["compiled"]["collectives"].get("ragged-all-to-all", 0) == exchanges
