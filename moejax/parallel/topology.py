@@ -1,4 +1,9 @@
-"""TPU devices without a TPU: libtpu's compile-only topologies, for XLA:TPU's own compiler.
+"""Accelerators without the accelerator: compile-only devices, for the target's own compiler.
+
+A name is a TPU slice ("v5e:4x4", below) or NVIDIA GPUs ("h100", "h100:8": XLA:GPU's
+deviceless compile, ``moejax.parallel.gpu_topology``); ``compile_only_devices`` takes either.
+
+TPU devices come from libtpu's compile-only topologies, for XLA:TPU's own compiler.
 
 In: a Cloud TPU topology name, "<generation>:<chips per axis>" ("v5e:2x2", "v5e:4x4",
 "v5p:2x2x1", "v6e:2x4", "v4:2x2x2"). Out: its devices. Nothing runs on them, but
@@ -21,6 +26,7 @@ import re
 import sys
 
 from moejax.errors import ConfigError
+from moejax.parallel import gpu_topology
 
 LIBTPU_DIR = "libtpu-aot"  # under the virtual environment (sys.prefix)
 
@@ -70,8 +76,10 @@ def parse_name(name: str) -> tuple[str, tuple[int, ...]]:
     """("v5e", (2, 2)) from "v5e:2x2"; a ConfigError naming the form otherwise."""
     match = _NAME.match(name.strip())
     if match is None:
-        raise ConfigError(f"TPU topology {name!r}: write it as <generation>:<chips per axis>, "
-                          "e.g. v5e:2x2, v5e:4x4, v6e:2x4, v5p:2x2x1, v4:2x2x2")
+        raise ConfigError(f"topology {name!r}: write a TPU slice as <generation>:<chips per "
+                          "axis>, e.g. v5e:2x2, v5e:4x4, v6e:2x4, v5p:2x2x1, v4:2x2x2, or GPUs "
+                          f"as <gpu>[:<count>], <gpu> one of {', '.join(gpu_topology.GPUS)} "
+                          "(h100, h100:8)")
     dims = tuple(int(d) for d in match.group(2).split("x"))
     if min(dims) < 1:
         raise ConfigError(f"TPU topology {name!r}: every axis needs at least one chip")
@@ -79,7 +87,9 @@ def parse_name(name: str) -> tuple[str, tuple[int, ...]]:
 
 
 def compile_only_devices(name: str) -> list:
-    """The devices of TPU topology ``name``, for compiling (not running) programs."""
+    """The devices of TPU topology or GPU ``name``, for compiling (not running) programs."""
+    if gpu_topology.is_gpu_name(name):
+        return gpu_topology.compile_only_devices(name)
     _, dims = parse_name(name)
     path = libtpu_path()
     if path is None:
@@ -112,6 +122,7 @@ def compile_only_devices(name: str) -> list:
 
 
 def hbm_bytes(device_kind: str) -> int | None:
-    """HBM of one device of this kind, None where not known."""
+    """Memory a program may hold on one device of this kind, None where not known: a TPU's HBM;
+    on a GPU, the share of it JAX's allocator takes (``gpu_topology.usable_bytes``)."""
     gib = HBM_GIB.get(device_kind)
-    return None if gib is None else gib << 30
+    return gpu_topology.usable_bytes(device_kind) if gib is None else gib << 30

@@ -34,7 +34,7 @@ from moejax.data.pipeline import BATCH_KEYS
 from moejax.errors import ConfigError
 from moejax.kernels import platform, record
 from moejax.model.functional import build_model
-from moejax.parallel import sharding, topology
+from moejax.parallel import gpu_topology, sharding, topology
 from moejax.parallel.mesh import MeshConfig, make_mesh
 from moejax.parallel.rules import sharding_rules
 from moejax.train.loop import validate_all
@@ -205,27 +205,39 @@ class DoesNotFit(Exception):
     """XLA:TPU refused the step for want of HBM; the message is its own, with the sizes."""
 
 
+def _target_of(device) -> tuple[str, platform.Device]:
+    """The export platform ("tpu", "cuda") of a compile-only device, and the kernels' target."""
+    kind = device.device_kind
+    if device.platform == "tpu":
+        return "tpu", platform.Device("tpu", kind, None)
+    spec = gpu_topology.spec_of(kind)
+    capability = spec.capability if spec else platform.cuda_capability(device)
+    return "cuda", platform.Device("gpu", kind, capability)
+
+
 def compile_train_step(model_config, data_config, train_config, mesh_config: MeshConfig | None,
                        topology_name: str, num_devices: int | None = None, rules=None):
-    """(jax.stages.Compiled, LoweringSummary) of the run's training step compiled by XLA:TPU for
-    the first ``num_devices`` devices of TPU topology ``topology_name`` (default: all of them
-    where the mesh has a -1 axis, else the mesh's product; one without a mesh). The summary's
-    ``compiled`` holds the compile time and ``memory_of`` the program. ``DoesNotFit`` when the
-    compiler finds the step too big for the devices' HBM."""
+    """(jax.stages.Compiled, LoweringSummary) of the run's training step compiled by the
+    target's own compiler (XLA:TPU and Mosaic; XLA:GPU and Triton) for the first
+    ``num_devices`` compile-only devices of ``topology_name`` (a TPU slice "v5e:4x4" or GPUs
+    "h100:8"; default: all of them where the mesh has a -1 axis, else the mesh's product; one
+    without a mesh). The summary's ``compiled`` holds the compile time and ``memory_of`` the
+    program. ``DoesNotFit`` when XLA:TPU finds the step too big for the devices' HBM (XLA:GPU
+    does not refuse; ``compiled["fits"]`` says it)."""
     devices = topology.compile_only_devices(topology_name)
     if num_devices is None and mesh_config is not None and -1 in mesh_config.sizes().values():
         num_devices = len(devices)
     num_devices = devices_needed(mesh_config, num_devices)
     if num_devices > len(devices):
-        raise ConfigError(f"the mesh needs {num_devices} devices; TPU topology {topology_name!r} "
+        raise ConfigError(f"the mesh needs {num_devices} devices; topology {topology_name!r} "
                           f"has {len(devices)}")
     kind = devices[0].device_kind
+    target, device = _target_of(devices[0])
     model_config = validate_all(model_config, data_config, train_config)
     step, state, batch, mesh = _training_program(model_config, data_config, train_config,
                                                  mesh_config, devices[:num_devices], rules)
     start = time.perf_counter()
-    with platform.targeting(platform.Device("tpu", kind, None)), \
-            record.recording() as kernels:
+    with platform.targeting(device), record.recording() as kernels:
         lowered = step.lower(state, batch)
         try:
             compiled = lowered.compile()
@@ -235,7 +247,7 @@ def compile_train_step(model_config, data_config, train_config, mesh_config: Mes
                                  f"{error}") from None
             raise
     seconds = time.perf_counter() - start
-    summary = _summary("tpu", kind, num_devices, mesh, state, lowered.as_text(), kernels,
+    summary = _summary(target, kind, num_devices, mesh, state, lowered.as_text(), kernels,
                        compiled={"topology": topology_name, "seconds": round(seconds, 1),
                                  **memory_of(compiled, kind),
                                  "collectives": compiled_collectives(compiled.as_text())})

@@ -7,17 +7,20 @@ accelerator.
         --out=runs/lowered
     moejax lower --gin_file=configs/smoke.gin --target=cuda --gpu=8.6   # an A10G or RTX 30
     moejax lower --gin_file=... --gin_file=mesh/tpu_v5e_16.gin --topology=v5e:4x4
+    moejax lower --gin_file=configs/models/moe_base.gin --topology=h100
 
-``--topology`` compiles for TPU instead of only lowering: XLA:TPU itself, on libtpu's
-compile-only devices of that slice (``moejax.parallel.topology``; ``launch/setup.sh dev``
-installs libtpu), reports the HBM each device needs, activations included, and whether it fits.
+``--topology`` compiles instead of only lowering, with the target's own compiler on its
+compile-only devices (``moejax.parallel.topology``; ``launch/setup.sh dev`` installs what they
+need): XLA:TPU for a TPU slice (libtpu), XLA:GPU and jaxlib's Triton for NVIDIA GPUs ("h100",
+"h100:8"; JAX's CUDA plugin, no GPU or CUDA libraries). It reports the memory each device needs,
+activations included, and whether it fits (on a GPU: in the share JAX's allocator takes).
 
 The same gin files and bindings as ``moejax train``. JAX starts here on CPU with as many fake
 devices as the mesh has (``--devices`` when an axis is -1). Prints a summary (JSON with
 ``--json``); ``--out`` also writes ``lowering.json`` and the program (``train_step.mlir``).
 Exit 0 when the step lowered (compiled), 2 on a config error, 1 when the lowering or compile
 failed (its error is printed: that is what the target would have refused), 3 when it compiled
-but needs more HBM than a device of the topology has.
+but needs more memory than a device of the topology has.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_gin_arguments(parser)
     parser.add_argument("--target", choices=TARGETS, default=None,
-                        help="the platform to lower for (tpu with --topology)")
+                        help="the platform to lower for (implied by --topology)")
     parser.add_argument("--topology", default=None,
-                        help="compile for this TPU slice with XLA:TPU (e.g. v5e:2x2, v5e:4x4, "
-                             "v6e:2x4, v5p:2x2x1): HBM per device, activations included")
+                        help="compile for this TPU slice (v5e:2x2, v5e:4x4, v6e:2x4, "
+                             "v5p:2x2x1) or these GPUs (h100, h100:8, h200, a100-80gb:8, l4) "
+                             "with the target's compiler: memory per device, activations "
+                             "included")
     parser.add_argument("--gpu", default="9.0",
                         help="with --target=cuda: the GPU's compute capability (9.0 H100, 8.0 "
                              "A100, 8.6 A10G, 8.9 L4, 7.5 T4); 'auto' and the kernels follow it")
@@ -82,13 +87,16 @@ def _print_summary(summary) -> None:
         print(f"lowered the training step for {summary.target} ({summary.device}) on "
               f"{summary.devices} device(s), mesh {summary.mesh}")
     else:
-        print(f"compiled the training step with XLA:TPU for {summary.device} (topology "
+        compiler = "XLA:TPU" if summary.target == "tpu" else "XLA:GPU"
+        print(f"compiled the training step with {compiler} for {summary.device} (topology "
               f"{compiled['topology']}) on {summary.devices} device(s) in {compiled['seconds']} "
               f"s, mesh {summary.mesh}")
         hbm = compiled["hbm_bytes"]
-        verdict = ("HBM not known for this TPU" if hbm is None else
-                   f"of {hbm / gib:.0f} GiB: " + ("fits" if compiled["fits"] else "DOES NOT FIT"))
-        print(f"  HBM per device:    {compiled['total_bytes'] / gib:.3f} GiB {verdict} "
+        usable = "" if summary.target == "tpu" else " usable by JAX"
+        verdict = ("memory not known for this device" if hbm is None else
+                   f"of {hbm / gib:.1f} GiB{usable}: "
+                   + ("fits" if compiled["fits"] else "DOES NOT FIT"))
+        print(f"  memory per device: {compiled['total_bytes'] / gib:.3f} GiB {verdict} "
               f"(arguments {compiled['argument_bytes'] / gib:.3f}, outputs "
               f"{(compiled['output_bytes'] - compiled['alias_bytes']) / gib:.3f} beyond the "
               f"donated state, temporaries {compiled['temp_bytes'] / gib:.3f}, code "
@@ -113,11 +121,15 @@ def run(args: argparse.Namespace) -> int:
     from moejax.errors import ConfigError
 
     try:
-        if args.topology is not None and args.target not in (None, "tpu"):
-            raise ValueError(f"--topology compiles for TPU; --target={args.target} asks for "
-                             "another platform")
+        if args.topology is not None and args.target is not None:
+            from moejax.parallel.gpu_topology import is_gpu_name
+
+            implied = "cuda" if is_gpu_name(args.topology) else "tpu"
+            if args.target != implied:
+                raise ValueError(f"--topology={args.topology} compiles for {implied}; "
+                                 f"--target={args.target} asks for another platform")
         if args.topology is None and args.target is None:
-            raise ValueError("give --target (tpu, cuda) or a TPU --topology")
+            raise ValueError("give --target (tpu, cuda) or a --topology (v5e:4x4, h100:8)")
         capability = _parse_capability(args.gpu) if args.target == "cuda" else None
         from moejax.parallel.mesh import configured_mesh
         from moejax.train.cli import load_configs
@@ -134,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     except (GinConfigError, ConfigError, ValueError, FileNotFoundError) as error:
         print(f"moejax lower: error: {error}", file=sys.stderr)
         return 2
-    target = args.target or "tpu"
+    target = args.target or "the topology"
     try:
         if args.topology is None:
             exported, summary = lower_train_step(model, data, train, mesh_config, target,
@@ -155,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
               f"{args.topology or target}: "
               f"{type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    # the program: StableHLO as exported, or the HLO XLA:TPU compiled
+    # the program: StableHLO as exported, or the HLO XLA compiled
     program_file = "train_step.mlir" if args.topology is None else "train_step.hlo"
     if args.out:
         from moejax import files
