@@ -126,12 +126,22 @@ def install_command() -> str:
 _plugin_loaded = False
 
 
+def _cuda_topologies_known() -> bool:
+    """Whether this JAX already has a CUDA plugin (jax[cuda] installed): that one describes GPUs
+    as well, and a second could not register."""
+    import jax
+    from jax._src import xla_bridge
+
+    jax.devices()  # plugins are discovered as the backends start
+    return "cuda" in getattr(xla_bridge, "_topology_factories", {})
+
+
 def _load_plugin() -> None:
     """Register the CUDA plugin with this process's JAX, once, without starting a CUDA backend:
     the process's own backends are started first, so the plugin only adds its topologies, its
     custom calls and its Triton compiler."""
     global _plugin_loaded
-    if _plugin_loaded:
+    if _plugin_loaded or _cuda_topologies_known():
         return
     init = os.path.join(plugin_dir(), "jax_plugins", "xla_cuda12", "__init__.py")
     if not os.path.isfile(init):
@@ -178,6 +188,12 @@ def _load_plugin() -> None:
 def compile_only_devices(name: str) -> list:
     """The compile-only devices of GPU ``name`` ("h100:8": eight of them)."""
     spec, hosts, per_host = parse_name(name)
+    return devices_of(spec, hosts, per_host, label=name)
+
+
+def devices_of(spec: GpuSpec, hosts: int = 1, per_host: int = 1, label: str = "") -> list:
+    """Compile-only devices of ``hosts`` x ``per_host`` GPUs described by ``spec`` (one not in
+    ``GPUS`` too: benchmarks/gpu_compile.py shrinks the shared memory to read a kernel's)."""
     _load_plugin()
     from jax.experimental import topologies
 
@@ -185,7 +201,8 @@ def compile_only_devices(name: str) -> list:
         topology = topologies.get_topology_desc(platform="cuda", topology=f"1x{hosts}x{per_host}",
                                                 target_config=target_config(spec))
     except Exception as error:  # noqa: BLE001 - the plugin's own words on the description
-        raise ConfigError(f"GPU {name!r}: the CUDA plugin refused it: {error}") from None
+        raise ConfigError(f"GPU {label or spec.kind!r}: the CUDA plugin refused it: "
+                          f"{error}") from None
     return list(topology.devices)
 
 
