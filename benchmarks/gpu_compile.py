@@ -14,9 +14,20 @@ shows the headroom left and whether the count of bytes holds one stage further.
 Prints one JSON line per case: requested bytes, the GPU's limit, whether it compiled,
 whether it is the count picked, the bytes of one stage as ``pallas_gpu`` counts them.
 
+``--impl mosaic_gpu`` does the same for the Hopper kernels (H100, H200): XLA:GPU compiles a
+Mosaic GPU kernel all the way to sm_90a machine code with the plugin's own ptxas, which reports
+registers and spills (``MOSAIC_GPU_DUMP_PTXAS``), and Mosaic GPU names the shared memory it
+allocates when that passes the limit (its own for the compute capability, not the described
+GPU's, so there is no 1 KiB probe). One line per (GPU, kernel, tiling): compiled or the
+error, shared memory, registers per thread, spill bytes, and how many waits and arrives ptxas
+inserted around wgmma (each ``warpgroup.wait`` it adds makes the warpgroup wait for its matrix
+products before it goes on: what pipelining is meant to avoid).
+
   python benchmarks/gpu_compile.py                      # a100-80gb, l4, h100; bf16 and f32
   python benchmarks/gpu_compile.py --gpus h100 --shape 65536,4096,4096 \
       --tiling pallas_gpu:128,64,256,8,3/64,128,128,8,3
+  python benchmarks/gpu_compile.py --impl mosaic_gpu --gpus h100 \
+      --tiling mosaic_gpu:128,64,256,4,4/64,128,128,3,3
 
 Needs the CUDA plugin in the virtual environment (``launch/setup.sh dev`` puts it in
 ``.venv/cuda-aot``). Kernels: "gmm" (forward), "gmm_t" (input gradient: rhs transposed),
@@ -31,6 +42,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 
 import jax
@@ -40,12 +52,53 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import run_environment  # noqa: E402
 from gmm import parse_tiling  # noqa: E402
 from jax.experimental.pallas import triton as plgpu  # noqa: E402
-from moejax.kernels import pallas_gpu, platform  # noqa: E402
+from moejax.kernels import mosaic_gpu, pallas_gpu, platform  # noqa: E402
 from moejax.kernels.tiling import default_tiling  # noqa: E402
 from moejax.parallel import gpu_topology  # noqa: E402
 
 KERNELS = ("gmm", "gmm_t", "tgmm")
-_REQUESTED = re.compile(r"Shared memory size limit exceeded: requested (\d+), available: (\d+)")
+_REQUESTED = re.compile(r"Shared memory size limit exceeded: requested (\d+), available: (\d+)"
+                        r"|exceeds available shared memory: smem_bytes=(\d+)")
+_PTXAS = re.compile(r"Used (\d+) registers.*?\n|(\d+) bytes spill stores, (\d+) bytes spill loads"
+                    r"|\(C7517\) warpgroup\.wait|\(C7519\) warpgroup\.arrive")
+IMPLS = {"pallas_gpu": pallas_gpu, "mosaic_gpu": mosaic_gpu}
+
+
+@contextlib.contextmanager
+def output_captured():
+    """What is written to file descriptors 1 and 2 inside (ptxas reports on 1, from C++)."""
+    with tempfile.TemporaryFile() as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        found = {}
+        try:
+            yield found
+        finally:
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+            log.seek(0)
+            found["text"] = log.read().decode(errors="replace")
+
+
+def ptxas_report(text: str) -> dict:
+    """Registers (the most any function uses), spill bytes (summed) and the waits and arrives
+    ptxas inserted around wgmma, from ``ptxas -v`` output."""
+    registers, spills, waits, arrives = [], 0, 0, 0
+    for match in _PTXAS.finditer(text):
+        if match.group(1):
+            registers.append(int(match.group(1)))
+        elif match.group(2):
+            spills += int(match.group(2)) + int(match.group(3))
+        elif "C7517" in match.group(0):
+            waits += 1
+        else:
+            arrives += 1
+    return {"registers": max(registers) if registers else None, "spill_bytes": spills,
+            "inserted_waits": waits, "inserted_arrives": arrives, "functions": len(registers)}
 
 
 @contextlib.contextmanager
@@ -70,8 +123,10 @@ def stages_seen(force_stages: int | None):
 
 
 def compile_kernel(device, target: platform.Device, kernel: str, dtype, shape, tiling,
-                   groups: int, force_stages: int | None) -> tuple[str | None, list]:
-    """Compile one kernel for ``device``: (None or the compiler's error, stages seen)."""
+                   groups: int, force_stages: int | None, impl=pallas_gpu
+                   ) -> tuple[str | None, list]:
+    """Compile one kernel of ``impl`` for ``device``: (None or the compiler's error, stages
+    seen: pallas_gpu only)."""
     from jax.sharding import SingleDeviceSharding
 
     m, k, n = shape
@@ -80,14 +135,14 @@ def compile_kernel(device, target: platform.Device, kernel: str, dtype, shape, t
     sizes, offset = spec(groups, dt=jnp.int32), spec(dt=jnp.int32)
     if kernel == "tgmm":
         args = (spec(m, k), spec(m, n), sizes, offset)
-        fn = lambda a, dy, s, o: pallas_gpu.tgmm(a, dy, s, o, num_groups=groups,  # noqa: E731
-                                                 tiling=tiling, out_dtype=dtype)
+        fn = lambda a, dy, s, o: impl.tgmm(a, dy, s, o, num_groups=groups,  # noqa: E731
+                                           tiling=tiling, out_dtype=dtype)
     else:
         transpose = kernel == "gmm_t"
         rhs = spec(groups, n, k) if transpose else spec(groups, k, n)
         args = (spec(m, k), rhs, sizes, offset)
-        fn = lambda a, w, s, o: pallas_gpu.gmm(a, w, s, o, tiling=tiling,  # noqa: E731
-                                               out_dtype=dtype, transpose_rhs=transpose)
+        fn = lambda a, w, s, o: impl.gmm(a, w, s, o, tiling=tiling,  # noqa: E731
+                                         out_dtype=dtype, transpose_rhs=transpose)
     with platform.targeting(target), stages_seen(force_stages) as seen:
         try:
             jax.jit(fn).lower(*args).compile()
@@ -125,29 +180,60 @@ def measure(name: str, kernel: str, dtype, shape, label: str, tiling, groups: in
     return lines
 
 
+def measure_mosaic(name: str, kernel: str, dtype, shape, label: str, tiling,
+                   groups: int) -> list[dict]:
+    """Mosaic GPU checks shared memory against the compute capability's own limit, not the
+    described GPU's, so there is no probe here; a kernel over the limit fails to compile with
+    the bytes in its error (``requested_bytes``)."""
+    spec, _, _ = gpu_topology.parse_name(name)
+    real = gpu_topology.devices_of(spec, label=name)[0]
+    target = platform.Device("gpu", spec.kind, spec.capability)
+    with output_captured() as ptxas:
+        error, _ = compile_kernel(real, target, kernel, dtype, shape, tiling, groups, None,
+                                  mosaic_gpu)
+    found = _REQUESTED.search(error or "")
+    return [{"benchmark": "gpu_compile", "impl": "mosaic_gpu", "gpu": name, "kind": spec.kind,
+             "capability": "%d.%d" % spec.capability, "kernel": kernel,
+             "dtype": jnp.dtype(dtype).name, "shape": list(shape), "groups": groups,
+             "tiling": label, "compiled": error is None,
+             "error": None if error is None else error[:300],
+             "requested_bytes": int(found.group(3)) if found and found.group(3) else None,
+             "limit_bytes": spec.shared_per_block_kib * 1024, **ptxas_report(ptxas["text"])}]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpus", default="a100-80gb,l4,h100",
-                        help=f"comma-separated, of {', '.join(gpu_topology.GPUS)}")
+    parser.add_argument("--impl", choices=sorted(IMPLS), default="pallas_gpu")
+    parser.add_argument("--gpus", default=None,
+                        help="comma-separated, of "
+                             f"{', '.join(gpu_topology.GPUS)} (default a100-80gb,l4,h100; "
+                             "h100 with --impl mosaic_gpu)")
     parser.add_argument("--kernels", default=",".join(KERNELS))
-    parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--dtypes", default=None,
+                        help="default bfloat16,float32 (bfloat16 with --impl mosaic_gpu)")
     parser.add_argument("--shape", default="8192,1024,1024", help="M,K,N")
     parser.add_argument("--groups", type=int, default=16)
     parser.add_argument("--tiling", action="append", default=[],
                         help="pallas_gpu:bm,bk,bn,warps,stages[/tgmm tiles]; default tiles "
                              "always run")
     args = parser.parse_args(argv)
-    tilings = [("default", default_tiling("pallas_gpu"))]
+    mosaic = args.impl == "mosaic_gpu"
+    if mosaic:
+        os.environ["MOSAIC_GPU_DUMP_PTXAS"] = "1"  # ptxas -v, read as each kernel compiles
+    gpus = args.gpus or ("h100" if mosaic else "a100-80gb,l4,h100")
+    dtypes = args.dtypes or ("bfloat16" if mosaic else "bfloat16,float32")
+    tilings = [("default", default_tiling(args.impl))]
     tilings += [parse_tiling(spec)[::2] for spec in args.tiling]
+    measure_one = measure_mosaic if mosaic else measure
     shape = tuple(int(v) for v in args.shape.split(","))
     env = run_environment()
     start = time.perf_counter()
-    for name in args.gpus.split(","):
+    for name in gpus.split(","):
         for label, tiling in tilings:
-            for dtype in args.dtypes.split(","):
+            for dtype in dtypes.split(","):
                 for kernel in args.kernels.split(","):
-                    for line in measure(name, kernel, jnp.dtype(dtype), shape, label, tiling,
-                                        args.groups):
+                    for line in measure_one(name, kernel, jnp.dtype(dtype), shape, label, tiling,
+                                            args.groups):
                         print(json.dumps({**line, **env}), flush=True)
     print(f"# {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0

@@ -86,6 +86,22 @@ def _check_tiles(m_rows: int, contraction: int, cols: int, knobs: tuple[str, str
             raise ValueError(f"mosaic_gpu_tiling.{knob} = {value}: must be {rule}")
 
 
+def _check_shared_memory(stages: int, pair_elements: int, itemsize: int, knobs: str):
+    """The pipeline keeps ``stages`` (at least 2) pairs of operand tiles in shared memory: more
+    than the target GPU gives one block fails in Mosaic GPU's compile, far from the tiles. Read
+    off that compile (benchmarks/gpu_compile.py): 4 stages of 128 x 128 + 128 x 128 bf16 tiles
+    asked 262,176 bytes, the pairs' 262,144 and 32 for barriers."""
+    device = platform.current()
+    limit = platform.shared_memory_per_block(device.capability)
+    need = max(2, stages) * pair_elements * itemsize
+    if limit is not None and need > limit - 1024:
+        raise ValueError(
+            f"mosaic_gpu_tiling: {knobs} need {need // 1024} KiB of shared memory "
+            f"({max(2, stages)} steps in flight of {pair_elements * itemsize // 1024} KiB); "
+            f"this {device.kind} allows {limit // 1024} KiB per block. Use fewer stages or "
+            "smaller tiles.")
+
+
 def _kernel(body, out_type):
     return plgpu.kernel(body, out_type=out_type, grid=(_num_programs(),), grid_names=("sm",),
                         compiler_params=plgpu.CompilerParams(
@@ -136,6 +152,8 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     n = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n
     _check_tiles(tm, tk, tn, ("block_m", "block_k", "block_n"))
+    _check_shared_memory(tiling.num_stages, tm * tk + tk * tn, lhs_MK.dtype.itemsize,
+                         "block_m, block_k, block_n, num_stages")
     lhs = _pad_to(_pad_to(lhs_MK, 1, tk), 0, _TMA_ROWS)
     rhs = _pad_to(rhs_GKN.astype(lhs.dtype), 2 if transpose_rhs else 1, tk)
     if not transpose_rhs:  # (G, k, n): n is rhs's minor axis
@@ -201,6 +219,8 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n  # tm: rows per step
     # The product is lhs_tile.T (tk, tm) @ grad_tile (tm, tn): tk are its wgmma rows.
     _check_tiles(tk, tm, tn, ("tgmm_block_k", "tgmm_block_m", "tgmm_block_n"))
+    _check_shared_memory(tiling.num_stages, tm * tk + tm * tn, lhs_MK.dtype.itemsize,
+                         "tgmm_block_m, tgmm_block_k, tgmm_block_n, tgmm_num_stages")
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
     grid_k, grid_n = pl.cdiv(k, tk), pl.cdiv(n, tn)
 

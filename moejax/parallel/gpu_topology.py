@@ -22,6 +22,7 @@ JAX's allocator takes a fraction of it (``memory_fraction``: 0.75 unless set), a
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import re
@@ -182,6 +183,12 @@ def _load_plugin() -> None:
             raise ConfigError(f"the CUDA plugin in {plugin_dir()} did not load ({error}"
                               f"{'; it said: ' + said if said else ''}); reinstall it: "
                               f"{install_command()}") from None
+    # Mosaic GPU kernels are compiled (to sm_90a code, by the plugin's own ptxas) as XLA compiles
+    # the program, and the host code that launches them is linked then: against this library's
+    # symbols, which a GPU process loads with the plugin's extension
+    runtime = os.path.join(plugin_dir(), "jax_cuda12_plugin", "libmosaic_gpu_runtime.so")
+    if os.path.isfile(runtime):
+        ctypes.CDLL(runtime, mode=os.RTLD_GLOBAL)
     _plugin_loaded = True
 
 

@@ -90,6 +90,26 @@ def test_tiles_wgmma_cannot_take_name_their_knob(tiles, knob):
             jnp.array([64]), impl="mosaic_gpu", tiling=tiles)
 
 
+def test_tiles_past_the_gpus_shared_memory_name_their_knobs():
+    """4 steps of 128 x 128 + 128 x 128 bf16 tiles: 256 KiB, an H100 block has 227 (Mosaic GPU's
+    compile refuses them too: tests/parallel/test_gpu_topology.py)."""
+    from moejax.kernels import platform
+
+    big = Tiling(block_m=128, block_k=128, block_n=128, min_block_m=1, num_stages=4,
+                 tgmm=Tiling(block_m=64, block_k=128, block_n=128, min_block_m=1, num_stages=3))
+    args = (jax.ShapeDtypeStruct((1024, 512), jnp.bfloat16),
+            jax.ShapeDtypeStruct((4, 512, 512), jnp.bfloat16), jax.ShapeDtypeStruct((4,), jnp.int32))
+    h100 = platform.Device("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
+    with platform.targeting(h100), pytest.raises(
+            ValueError, match=r"block_m, block_k, block_n, num_stages need 256 KiB .*227 KiB"):
+        jax.eval_shape(lambda x, w, s: mosaic_gpu.gmm(x, w, s, jnp.int32(0), tiling=big,
+                                                      out_dtype=jnp.bfloat16), *args)
+    fits = Tiling(block_m=128, block_k=128, block_n=128, min_block_m=1, num_stages=3)
+    with platform.targeting(h100):  # 3 steps: 192 KiB
+        jax.eval_shape(lambda x, w, s: mosaic_gpu.gmm(x, w, s, jnp.int32(0), tiling=fits,
+                                                      out_dtype=jnp.bfloat16), *args)
+
+
 def test_float32_is_refused_with_the_alternative_named():
     with pytest.raises(NotImplementedError, match="pallas_gpu"):
         gmm(jnp.zeros((8, 64)), jnp.zeros((1, 64, 64)), jnp.array([8]), impl="mosaic_gpu")

@@ -221,3 +221,50 @@ def test_a_step_too_big_for_the_gpu_exits_3(capsys):
     assert "DOES NOT FIT" in out.out and "usable by JAX" in out.out
     total = float(re.search(r"memory per device: ([\d.]+) GiB", out.out).group(1))
     assert total > np.float64(23034 * 0.75 / 1024)
+
+
+def _mosaic_forward_backward(tiling):
+    from moejax.kernels import gmm
+
+    device = topology.compile_only_devices("h100")[0]
+    where = jax.sharding.SingleDeviceSharding(device)
+    arg = lambda *shape, dt=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dt, sharding=where)  # noqa
+
+    def loss(x, w, sizes):
+        return gmm(x, w, sizes, impl="mosaic_gpu", tiling=tiling).astype(jnp.float32).sum()
+
+    with platform.targeting(platform.Device("gpu", device.device_kind, (9, 0))):
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(
+            arg(2048, 512), arg(4, 512, 512), arg(4, dt=jnp.int32)).compile()
+
+
+@needs_plugin
+def test_the_hopper_kernels_compile_to_machine_code_without_spilling(capfd, monkeypatch):
+    """XLA:GPU compiles Mosaic GPU kernels to sm_90a code with the plugin's ptxas, whose report
+    (MOSAIC_GPU_DUMP_PTXAS) names each kernel's registers and spills: three kernels (forward,
+    input and weight gradients), none spilling at the default tiles."""
+    monkeypatch.setenv("MOSAIC_GPU_DUMP_PTXAS", "1")
+    compiled = _mosaic_forward_backward(default_tiling("mosaic_gpu"))
+    report = capfd.readouterr().out
+    assert compiled.as_text().count('custom_call_target="mosaic_gpu_v2"') == 3
+    assert report.count("for 'sm_90a'") == 3, report[-2000:]
+    registers = [int(r) for r in re.findall(r"Used (\d+) registers", report)]
+    assert len(registers) == 3 and max(registers) <= 255
+    assert report.count("0 bytes spill stores, 0 bytes spill loads") == 3
+
+
+@needs_plugin
+def test_mosaic_gpus_compile_refuses_the_tiles_our_check_refuses(monkeypatch):
+    """Without moejax's shared-memory check, 4 steps of 128 x 128 + 128 x 128 bf16 tiles reach
+    Mosaic GPU's compile, which refuses them with the bytes the check counts (+32 barriers)."""
+    from moejax.kernels import mosaic_gpu
+    from moejax.kernels.tiling import Tiling
+
+    big = Tiling(block_m=128, block_k=128, block_n=128, min_block_m=1, num_stages=4,
+                 tgmm=Tiling(block_m=64, block_k=128, block_n=128, min_block_m=1, num_stages=3))
+    with pytest.raises(ValueError, match="256 KiB"):
+        _mosaic_forward_backward(big)
+    monkeypatch.setattr(mosaic_gpu, "_check_shared_memory", lambda *args: None)
+    with pytest.raises(Exception, match=r"exceeds available shared memory: "
+                                        r"smem_bytes=262176 > max_smem_bytes=232448"):
+        _mosaic_forward_backward(big)
