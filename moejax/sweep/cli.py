@@ -5,6 +5,7 @@
     moejax sweep --grid=configs/grids/joint_moe.gin --root=runs/joint_moe --launcher=tpu_vm \\
         --tpu=my-v4 --zone=us-central2-b [--project=P] [--create [--queued]] [--dry_run]
     moejax sweep --grid=configs/grids/joint_moe.gin --root=runs/joint_moe --preflight=v5e:4x4
+    moejax sweep --grid=configs/grids/joint_moe.gin --root=runs/joint_moe --preflight=h100:8
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ Re-running the same command skips finished runs and resumes partial ones. Launch
 one run after another; a failed run is reported and the others go on), print (print the train
 commands), tpu_vm (gcloud: sync the code, install, run moejax train on every worker of a TPU VM,
 logs per worker back in each run directory; --dry_run prints the exact gcloud commands).
---preflight=TOPOLOGY trains nothing: it compiles every run for that TPU slice with XLA:TPU here
-(no TPU needed) and reports the HBM each device needs and whether it fits (preflight.json)."""
+--preflight=TOPOLOGY trains nothing: it compiles every run for that TPU slice (v5e:4x4) or those
+NVIDIA GPUs (h100:8) with the target's own compiler here (no accelerator needed) and reports the
+memory each device needs and whether it fits (preflight.json)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write run directories and the manifest only; with tpu_vm, print the "
                              "gcloud commands instead of running them")
     parser.add_argument("--preflight", default=None, metavar="TOPOLOGY",
-                        help="compile every run for this TPU slice (e.g. v5e:4x4) instead of "
-                             "training: HBM per device and fit, in preflight.json; exit 3 if a "
-                             "run does not fit, 1 if one does not compile")
+                        help="compile every run for this TPU slice (e.g. v5e:4x4) or these "
+                             "GPUs (h100:8) instead of training: memory per device and fit, in "
+                             "preflight.json; exit 3 if a run does not fit, 1 if one does not "
+                             "compile")
     tpu = parser.add_argument_group("tpu_vm launcher")
     tpu.add_argument("--tpu", help="TPU VM (node) name")
     tpu.add_argument("--zone", help="GCP zone, e.g. us-central2-b")
