@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_session.sh tests compare    # the short session: native kernel tests,
 #     then every GPU kernel of ours and the rivals on the CASES in one process (cuDNN flag on),
 #     which is what "auto" should follow; rivals need .whl/rivals (see `rivals` below)
+#   bash benchmarks/gpu_session.sh memory           # the memory moejax lower --topology=h100
+#     predicts without a GPU (benchmarks/step_memory.py) against the GPU's peak, 4 configs
 #   bash benchmarks/gpu_session.sh rivals           # other projects' grouped matmuls next to
 #     ours on the CASES: MaxText's (tokamax "mosaic"), tokamax's Triton one, JAX's Hopper
 #     example kernels (benchmarks/rivals.py); first, here: bash benchmarks/rival_wheels.sh
@@ -160,5 +162,21 @@ for l in sys.stdin:
         timeout 300 python3 benchmarks/moe_step.py --dtype bfloat16 --reps 5 --vocab 32768 $spec \
           2>>"$OUT/step.err" | tee -a "$OUT/step.jsonl"
       done ;;
+    memory)  # the deviceless compile's memory prediction (moejax lower --topology) against the
+      # GPU's: XLA's analysis on the GPU and the allocator's peak over 3 steps, a process a case
+      for c in 0 1 2 3; do
+        timeout 240 python3 benchmarks/step_memory.py --case "$c" 2>>"$OUT/memory.err" \
+          | tee -a "$OUT/step_memory.jsonl"
+      done
+      python3 - "$OUT/step_memory.jsonl" \
+        benchmarks/results/gpu-compile-2026-11-24/step_memory_predicted.jsonl <<'PY'
+import json, sys
+measured, predicted = ({r["case"]: r for r in map(json.loads, open(p))} for p in sys.argv[1:])
+for case, m in sorted(measured.items()):
+    p = predicted.get(case, {})
+    print(case, "predicted", p.get("total_bytes"), "analysed on GPU", m.get("total_bytes"),
+          "peak", m.get("peak_bytes_in_use"), m.get("error", ""))
+PY
+      ;;
   esac
 done

@@ -20,6 +20,10 @@ import gin
 from moejax.errors import ConfigError
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+# What a block keeps for the backward pass (moejax.model.transformer): "none" every activation;
+# "block" only its input, recomputing the rest (one more forward, the least memory); "dots" the
+# outputs of its matmuls (dense ones; not the expert kernels'), recomputing the elementwise rest.
+REMAT = ("none", "block", "dots")
 
 
 class ExpertGroup(NamedTuple):
@@ -141,6 +145,10 @@ class ModelConfig:
       compute_dtype: dtype of activations and matmuls ("float32" on CPU, "bfloat16" on
         accelerators); parameters are always float32, router and loss math float32.
       init_std: standard deviation of the embedding initialiser.
+      remat: rematerialisation of each block in the backward pass, one of ``REMAT``: "none"
+        keeps every activation, "block" recomputes the block from its input (activation memory
+        of about one block instead of all; one more forward pass of compute), "dots" keeps
+        only the dense matmuls' outputs.
     """
 
     vocab_size: int | None = None
@@ -159,6 +167,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     compute_dtype: str = "float32"
     init_std: float = 0.02
+    remat: str = "none"
 
     @property
     def head_dim(self) -> int:
@@ -224,6 +233,7 @@ def validate_model_config(config: ModelConfig) -> ModelConfig:
              c.dense_ff_multiplier, "> 0, and d_ff * multiplier must round to >= 1")
     _require(c.compute_dtype in COMPUTE_DTYPES, "ModelConfig.compute_dtype", c.compute_dtype,
              f"one of {COMPUTE_DTYPES}")
+    _require(c.remat in REMAT, "ModelConfig.remat", c.remat, f"one of {REMAT}")
     _require(c.rope_theta > 0, "ModelConfig.rope_theta", c.rope_theta, "> 0")
     _require(c.norm_eps > 0, "ModelConfig.norm_eps", c.norm_eps, "> 0")
     _require(c.init_std > 0, "ModelConfig.init_std", c.init_std, "> 0")

@@ -46,6 +46,22 @@ class Block(nnx.Module):
         return x_BTD + y_BTD.astype(x_BTD.dtype), stats
 
 
+def _call_block(block: Block, x_BTD, positions_BT, segment_ids_BT, rng, train: bool):
+    return block(x_BTD, positions_BT, segment_ids_BT, train=train, rng=rng)
+
+
+# ModelConfig.remat -> what jax.checkpoint may keep of a block for the backward pass
+_REMAT_POLICIES = {"block": jax.checkpoint_policies.nothing_saveable,
+                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def block_runner(remat: str):
+    """``_call_block``, rematerialised as ``remat`` says ("none": as it is)."""
+    if remat == "none":
+        return _call_block
+    return nnx.remat(_call_block, policy=_REMAT_POLICIES[remat], static_argnums=(5,))
+
+
 class Transformer(nnx.Module):
     """Token embedding, ``n_layers`` blocks, final RMSNorm, tied or untied output projection."""
 
@@ -82,9 +98,10 @@ class Transformer(nnx.Module):
         x_BTD = jnp.take(self.embed_VD[...], tokens_BT, axis=0).astype(self.compute_dtype)
         x_BTD = constrain(x_BTD, ("batch", "seq", "embed"))
         moe_stats = []
+        run = block_runner(self.config.remat)
         for index, block in enumerate(self.blocks):
             block_rng = None if rng is None else jax.random.fold_in(rng, index)
-            x_BTD, stats = block(x_BTD, positions_BT, segment_ids_BT, train=train, rng=block_rng)
+            x_BTD, stats = run(block, x_BTD, positions_BT, segment_ids_BT, block_rng, train)
             if stats is not None:
                 moe_stats.append(stats)
         x_BTD = self.final_norm(x_BTD)
