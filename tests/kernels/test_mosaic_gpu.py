@@ -98,7 +98,8 @@ def test_tiles_past_the_gpus_shared_memory_name_their_knobs():
     big = Tiling(block_m=128, block_k=128, block_n=128, min_block_m=1, num_stages=4,
                  tgmm=Tiling(block_m=64, block_k=128, block_n=128, min_block_m=1, num_stages=3))
     args = (jax.ShapeDtypeStruct((1024, 512), jnp.bfloat16),
-            jax.ShapeDtypeStruct((4, 512, 512), jnp.bfloat16), jax.ShapeDtypeStruct((4,), jnp.int32))
+            jax.ShapeDtypeStruct((4, 512, 512), jnp.bfloat16),
+            jax.ShapeDtypeStruct((4,), jnp.int32))
     h100 = platform.Device("gpu", "NVIDIA H100 80GB HBM3", (9, 0))
     with platform.targeting(h100), pytest.raises(
             ValueError, match=r"block_m, block_k, block_n, num_stages need 256 KiB .*227 KiB"):
