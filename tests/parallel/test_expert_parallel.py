@@ -218,8 +218,12 @@ def test_heterogeneous_groups_with_shared_expert_match_single_device():
 
 
 @pytest.mark.slow
-def test_transformer_loss_and_grads_match_single_device():
-    """The whole model (attention, two MoE blocks) under a (data=2, expert=4) mesh."""
+@pytest.mark.parametrize("remat", ["none", "block"])
+def test_transformer_loss_and_grads_match_single_device(remat):
+    """The whole model (attention, two MoE blocks) under a (data=2, expert=4) mesh, its blocks
+    rematerialised or not, against the single-device model without rematerialisation."""
+    import dataclasses
+
     from moejax.model import ModelConfig, build_model
 
     config = ModelConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, d_ff=32,
@@ -228,13 +232,15 @@ def test_transformer_loss_and_grads_match_single_device():
     params = model.init(jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (8, 16), 0, 64)
 
-    def loss(params, tokens):
-        logits, _ = model.apply(params, tokens)
-        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
-            logits, tokens[..., None], -1)[..., 0])
+    def loss_of(model):
+        def loss(params, tokens):
+            logits, _ = model.apply(params, tokens)
+            return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+                logits, tokens[..., None], -1)[..., 0])
+        return jax.jit(jax.value_and_grad(loss))
 
-    step = jax.jit(jax.value_and_grad(loss))
-    value, grads = step(params, tokens)
+    value, grads = loss_of(model)(params, tokens)
+    step = loss_of(build_model(dataclasses.replace(config, remat=remat)))
     mesh = mesh_of((2, 4), ("data", "expert"))
     with jax.set_mesh(mesh):
         sharded_params, sharded_tokens, _ = shard_layer_inputs(mesh, params, tokens, tokens)
