@@ -31,3 +31,21 @@ def export_for(fn, platform: str, *args):
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
     with target:
         return export.export(jitted, platforms=[platform], disabled_checks=checks)(*args)
+
+
+def check_compiled_summary(summary: dict, hlo_path, kernel_call: str, impl: str) -> None:
+    """What the summary of any step compiled on compile-only devices (``moejax lower --topology
+    --json --out=DIR``) must hold: memory parts that add up to the total, this device's state
+    shard among the arguments and donated, every ragged exchange of the program compiled one for
+    one, the expert matmuls on ``impl`` and its kernels' custom call in the compiled HLO."""
+    memory = summary["compiled"]
+    assert memory["total_bytes"] == (memory["argument_bytes"] + memory["output_bytes"]
+                                     - memory["alias_bytes"] + memory["temp_bytes"]
+                                     + memory["code_bytes"])
+    assert memory["argument_bytes"] >= summary["state_bytes_per_device"]
+    assert memory["alias_bytes"] > 0  # the state is donated and written over
+    exchanges = summary["custom_calls"].get("ragged_all_to_all", 0)
+    assert memory["collectives"].get("ragged-all-to-all", 0) == exchanges
+    assert {k["impl"] for k in summary["kernels"]} == {impl}
+    with open(hlo_path) as f:
+        assert kernel_call in f.read()

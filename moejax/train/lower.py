@@ -201,6 +201,19 @@ def memory_of(compiled, device_kind: str) -> dict:
             "fits": None if hbm is None else need <= hbm}
 
 
+def fit_hints(model_config, train_config) -> str:
+    """What usually brings a step that does not fit under the device's memory, for this run:
+    rematerialised blocks (if not already), a micro-batch half the size, more devices."""
+    hints = []
+    if getattr(model_config, "remat", "none") != "block":
+        hints.append("ModelConfig.remat = 'block' (recompute each block's activations in the "
+                     "backward pass)")
+    hints.append(f"TrainConfig.grad_accum_steps = {2 * train_config.grad_accum_steps} (half the "
+                 "activations per micro-batch)")
+    hints.append("a mesh over more devices (parameters and optimizer state shard over fsdp)")
+    return "to fit, try: " + "; or ".join(hints)
+
+
 class DoesNotFit(Exception):
     """XLA:TPU refused the step for want of HBM; the message is its own, with the sizes."""
 

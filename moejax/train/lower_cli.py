@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         from moejax.parallel.mesh import configured_mesh
         from moejax.train.cli import load_configs
         from moejax.train.lower import (DoesNotFit, compile_train_step, devices_needed,
-                                        lower_train_step)
+                                        fit_hints, lower_train_step)
 
         model, data, train = load_configs(args.gin_file, args.gin_bindings)
         mesh_config = configured_mesh()
@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"moejax lower: error: {error}", file=sys.stderr)
         return 2
     except DoesNotFit as error:
-        print(f"moejax lower: does not fit on {args.topology}: {error}", file=sys.stderr)
+        print(f"moejax lower: does not fit on {args.topology}: {error}\n  "
+              f"{fit_hints(model, train)}", file=sys.stderr)
         return 3
     except Exception as error:  # noqa: BLE001 - the target refused the program: say why
         print(f"moejax lower: the step does not {'compile' if args.topology else 'lower'} for "
@@ -180,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_json()))
     else:
         _print_summary(summary)
+        if summary.compiled is not None and summary.compiled["fits"] is False:
+            print(f"  {fit_hints(model, train)}")
         if args.out:
             print(f"  written:           {args.out}/lowering.json, {args.out}/{program_file}")
     compiled = summary.compiled
