@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("moejax.train.cli", "train a model from gin files into a workdir"),
     "lower": ("moejax.train.lower_cli", "lower a run's training step for TPU or GPU here, no "
               "accelerator needed: shapes, shardings, kernels, state per device; with "
-              "--topology, compile it for a TPU slice: HBM per device"),
+              "--topology, compile it for a TPU slice or NVIDIA GPUs: memory per device"),
     "sweep": ("moejax.sweep.cli", "expand a design grid into runs, train, evaluate, fit and report"),
     "eval": ("moejax.eval.cli", "score checkpoints of runs and export one point per run and step"),
     "fit": ("moejax.laws.cli", "fit a scaling law to scored points (or the embedded Clark 2022 data)"),
