@@ -42,7 +42,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 
 import jax
@@ -54,7 +53,7 @@ from gmm import parse_tiling  # noqa: E402
 from jax.experimental.pallas import triton as plgpu  # noqa: E402
 from moejax.kernels import mosaic_gpu, pallas_gpu, platform  # noqa: E402
 from moejax.kernels.tiling import default_tiling  # noqa: E402
-from moejax.parallel import gpu_topology  # noqa: E402
+from moejax.parallel import gpu_topology, native  # noqa: E402
 
 KERNELS = ("gmm", "gmm_t", "tgmm")
 _REQUESTED = re.compile(r"Shared memory size limit exceeded: requested (\d+), available: (\d+)"
@@ -62,26 +61,6 @@ _REQUESTED = re.compile(r"Shared memory size limit exceeded: requested (\d+), av
 _PTXAS = re.compile(r"Used (\d+) registers.*?\n|(\d+) bytes spill stores, (\d+) bytes spill loads"
                     r"|\(C7517\) warpgroup\.wait|\(C7519\) warpgroup\.arrive")
 IMPLS = {"pallas_gpu": pallas_gpu, "mosaic_gpu": mosaic_gpu}
-
-
-@contextlib.contextmanager
-def output_captured():
-    """What is written to file descriptors 1 and 2 inside (ptxas reports on 1, from C++)."""
-    with tempfile.TemporaryFile() as log:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        saved = [os.dup(1), os.dup(2)]
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        found = {}
-        try:
-            yield found
-        finally:
-            for fd, copy in zip((1, 2), saved):
-                os.dup2(copy, fd)
-                os.close(copy)
-            log.seek(0)
-            found["text"] = log.read().decode(errors="replace")
 
 
 def ptxas_report(text: str) -> dict:
@@ -188,7 +167,7 @@ def measure_mosaic(name: str, kernel: str, dtype, shape, label: str, tiling,
     spec, _, _ = gpu_topology.parse_name(name)
     real = gpu_topology.devices_of(spec, label=name)[0]
     target = platform.Device("gpu", spec.kind, spec.capability)
-    with output_captured() as ptxas:
+    with native.output_captured() as ptxas:
         error, _ = compile_kernel(real, target, kernel, dtype, shape, tiling, groups, None,
                                   mosaic_gpu)
     found = _REQUESTED.search(error or "")

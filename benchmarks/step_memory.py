@@ -62,9 +62,11 @@ def predicted(case: int, topology_name: str) -> dict:
 
 
 def measured(case: int) -> dict:
+    from moejax.model.functional import build_model
     from moejax.parallel import sharding
     from moejax.train.lower import _training_program, memory_of
     from moejax.train.loop import validate_all
+    from moejax.train.optim import make_optimizer
 
     model, data, train = load(case)
     resolved = validate_all(model, data, train)
@@ -72,9 +74,6 @@ def measured(case: int) -> dict:
                                                       jax.devices()[:1], None)
     compiled = step.lower(abstract, batch_spec).compile()
     analysis = memory_of(compiled, jax.devices()[0].device_kind)
-    from moejax.model.functional import build_model
-    from moejax.train.optim import make_optimizer
-
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     state = sharding.init_sharded_train_state(build_model(resolved), make_optimizer(train), 0,
                                               shardings)

@@ -52,7 +52,7 @@ EXPORT_UNGUARANTEED_CALLS = ("__gpu$xla.gpu.triton", "ragged_all_to_all")
 
 
 class Device(NamedTuple):
-    backend: str  # jax.default_backend()
+    backend: str  # the device's platform, as jax.default_backend() names it: cpu, gpu, tpu
     kind: str  # device_kind, e.g. "NVIDIA H100 80GB HBM3", "Tesla T4", "cpu"
     capability: tuple[int, int] | None  # CUDA compute capability; None off NVIDIA GPUs
 
@@ -65,8 +65,12 @@ def current() -> Device:
     enclosing ``targeting`` (lowering for an accelerator from a machine without it)."""
     if _targets:
         return _targets[-1]
-    device = jax.devices()[0]
-    return Device(jax.default_backend(), device.device_kind, cuda_capability(device))
+    return device_of(jax.devices()[0])
+
+
+def device_of(device) -> Device:
+    """The Device kernels are built for on this JAX device, a compile-only one too."""
+    return Device(device.platform, device.device_kind, cuda_capability(device))
 
 
 @contextlib.contextmanager

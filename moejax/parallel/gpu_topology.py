@@ -27,10 +27,10 @@ import importlib.util
 import os
 import re
 import sys
-import tempfile
 from typing import NamedTuple
 
 from moejax.errors import ConfigError
+from moejax.parallel import native
 
 PLUGIN_DIR = "cuda-aot"  # under the virtual environment (sys.prefix)
 _MIB = 1 << 20
@@ -124,16 +124,14 @@ def install_command() -> str:
     return f"{sys.executable} -m pip install --no-deps --target {plugin_dir()} {wheels}"
 
 
-_plugin_loaded = False
-
-
 def _cuda_topologies_known() -> bool:
-    """Whether this JAX already has a CUDA plugin (jax[cuda] installed): that one describes GPUs
-    as well, and a second could not register."""
+    """Whether this JAX already has a CUDA plugin (jax[cuda] installed, or ours loaded): that one
+    describes GPUs as well, and a second could not register. Starts this process's backends
+    first (plugins are discovered then), so that a plugin loaded after never becomes one."""
     import jax
     from jax._src import xla_bridge
 
-    jax.devices()  # plugins are discovered as the backends start
+    jax.devices()
     return "cuda" in getattr(xla_bridge, "_topology_factories", {})
 
 
@@ -141,55 +139,39 @@ def _load_plugin() -> None:
     """Register the CUDA plugin with this process's JAX, once, without starting a CUDA backend:
     the process's own backends are started first, so the plugin only adds its topologies, its
     custom calls and its Triton compiler."""
-    global _plugin_loaded
-    if _plugin_loaded or _cuda_topologies_known():
+    if _cuda_topologies_known():  # loaded already, ours or jax[cuda]'s
         return
     init = os.path.join(plugin_dir(), "jax_plugins", "xla_cuda12", "__init__.py")
     if not os.path.isfile(init):
         raise ConfigError("compiling for an NVIDIA GPU without one needs this JAX's CUDA plugin "
                           f"(Linux x86_64; `launch/setup.sh dev` installs it), not found in "
                           f"{plugin_dir()}. Install it with: {install_command()}")
-    import jax
-
-    jax.devices()  # this process's backends first: the plugin must not become one of them
     if plugin_dir() not in sys.path:
         sys.path.append(plugin_dir())  # the plugin imports its extensions by package name
     spec = importlib.util.spec_from_file_location("moejax_xla_cuda_plugin", init)
     module = importlib.util.module_from_spec(spec)
-    saved = os.environ.get("JAX_SKIP_CUDA_CONSTRAINTS_CHECK")
-    os.environ["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = "1"  # no CUDA libraries to check: none used
-    # the plugin's C++ logs "Could not find cuda drivers on your machine, GPU will not be used"
-    # to stderr as it loads: true, and beside the point here; kept for an error only
-    with tempfile.TemporaryFile() as log:
-        sys.stderr.flush()
-        stderr = os.dup(2)
-        os.dup2(log.fileno(), 2)
+    # No CUDA libraries to check: none is used. The plugin's C++ logs "Could not find cuda
+    # drivers on your machine, GPU will not be used" to stderr as it loads: true, and beside
+    # the point here; kept for an error only.
+    with native.environment({"JAX_SKIP_CUDA_CONSTRAINTS_CHECK": "1"}), \
+            native.output_captured((2,)) as said:
         try:
             spec.loader.exec_module(module)
             module.initialize()
             error = None
         except Exception as exception:  # noqa: BLE001 - the plugin's own words
             error = exception
-        finally:
-            os.dup2(stderr, 2)
-            os.close(stderr)
-            if saved is None:
-                os.environ.pop("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", None)
-            else:
-                os.environ["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = saved
-        if error is not None:
-            log.seek(0)
-            said = log.read().decode(errors="replace").strip()[-2000:]
-            raise ConfigError(f"the CUDA plugin in {plugin_dir()} did not load ({error}"
-                              f"{'; it said: ' + said if said else ''}); reinstall it: "
-                              f"{install_command()}") from None
+    if error is not None:
+        text = said["text"].strip()[-2000:]
+        raise ConfigError(f"the CUDA plugin in {plugin_dir()} did not load ({error}"
+                          f"{'; it said: ' + text if text else ''}); reinstall it: "
+                          f"{install_command()}") from None
     # Mosaic GPU kernels are compiled (to sm_90a code, by the plugin's own ptxas) as XLA compiles
     # the program, and the host code that launches them is linked then: against this library's
     # symbols, which a GPU process loads with the plugin's extension
     runtime = os.path.join(plugin_dir(), "jax_cuda12_plugin", "libmosaic_gpu_runtime.so")
     if os.path.isfile(runtime):
         ctypes.CDLL(runtime, mode=os.RTLD_GLOBAL)
-    _plugin_loaded = True
 
 
 def compile_only_devices(name: str) -> list:

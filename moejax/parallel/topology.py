@@ -26,7 +26,7 @@ import re
 import sys
 
 from moejax.errors import ConfigError
-from moejax.parallel import gpu_topology
+from moejax.parallel import gpu_topology, native
 
 LIBTPU_DIR = "libtpu-aot"  # under the virtual environment (sys.prefix)
 
@@ -102,19 +102,13 @@ def compile_only_devices(name: str) -> list:
     kwargs = {}
     if any(d < bound for d, bound in zip(padded, _HOST_BOUNDS)):  # smaller than one host
         kwargs["chips_per_host_bounds"] = list(padded)
-    saved = {key: os.environ.get(key) for key in (*_QUIET, "TPU_LIBRARY_PATH")}
-    os.environ.update({key: os.environ.get(key) or value for key, value in _QUIET.items()})
-    os.environ["TPU_LIBRARY_PATH"] = path
-    try:
-        devices = topologies.get_topology_desc(name.strip(), "tpu", **kwargs).devices
-    except Exception as error:  # noqa: BLE001 - libtpu's own words on the name
-        raise ConfigError(f"TPU topology {name!r}: libtpu refused it: {error}") from None
-    finally:  # child processes (data loaders, ...) must not find a TPU runtime to start
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # only while libtpu loads: child processes (data loaders, ...) must not find a TPU runtime
+    quiet = {key: os.environ.get(key) or value for key, value in _QUIET.items()}
+    with native.environment({**quiet, "TPU_LIBRARY_PATH": path}):
+        try:
+            devices = topologies.get_topology_desc(name.strip(), "tpu", **kwargs).devices
+        except Exception as error:  # noqa: BLE001 - libtpu's own words on the name
+            raise ConfigError(f"TPU topology {name!r}: libtpu refused it: {error}") from None
     if len(devices) < math.prod(dims):
         raise ConfigError(f"TPU topology {name!r}: libtpu lists {len(devices)} devices for "
                           f"{math.prod(dims)} chips")

@@ -13,10 +13,11 @@ gives what lowering does know: the program's custom calls and collectives, the k
 expert matmul resolved to, and the bytes of parameters and optimizer state each device holds
 under the run's shardings (activations come on top).
 
-For TPU, ``compile_train_step`` goes past lowering: on the compile-only devices of a TPU
-topology (libtpu, ``moejax.parallel.topology``) XLA:TPU and Mosaic compile the step as they
-would on that slice, so the Pallas kernels' VMEM is checked and the HBM each device needs,
-activations included, comes from the compiler itself.
+``compile_train_step`` goes past lowering: on the compile-only devices of a TPU slice (libtpu)
+or of NVIDIA GPUs (JAX's CUDA plugin; ``moejax.parallel.topology``) the target's own compiler
+(XLA:TPU and Mosaic; XLA:GPU, Triton and Mosaic GPU) compiles the step as it would there, so the
+kernels' VMEM or shared memory is checked and the memory each device needs, activations
+included, comes from the compiler itself.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from moejax.data.pipeline import BATCH_KEYS
 from moejax.errors import ConfigError
 from moejax.kernels import platform, record
 from moejax.model.functional import build_model
-from moejax.parallel import gpu_topology, sharding, topology
+from moejax.parallel import sharding, topology
 from moejax.parallel.mesh import MeshConfig, make_mesh
 from moejax.parallel.rules import sharding_rules
 from moejax.train.loop import validate_all
@@ -205,7 +206,7 @@ def fit_hints(model_config, train_config) -> str:
     """What usually brings a step that does not fit under the device's memory, for this run:
     rematerialised blocks (if not already), a micro-batch half the size, more devices."""
     hints = []
-    if getattr(model_config, "remat", "none") != "block":
+    if model_config.remat != "block":
         hints.append("ModelConfig.remat = 'block' (recompute each block's activations in the "
                      "backward pass)")
     hints.append(f"TrainConfig.grad_accum_steps = {2 * train_config.grad_accum_steps} (half the "
@@ -216,16 +217,6 @@ def fit_hints(model_config, train_config) -> str:
 
 class DoesNotFit(Exception):
     """XLA:TPU refused the step for want of HBM; the message is its own, with the sizes."""
-
-
-def _target_of(device) -> tuple[str, platform.Device]:
-    """The export platform ("tpu", "cuda") of a compile-only device, and the kernels' target."""
-    kind = device.device_kind
-    if device.platform == "tpu":
-        return "tpu", platform.Device("tpu", kind, None)
-    spec = gpu_topology.spec_of(kind)
-    capability = spec.capability if spec else platform.cuda_capability(device)
-    return "cuda", platform.Device("gpu", kind, capability)
 
 
 def compile_train_step(model_config, data_config, train_config, mesh_config: MeshConfig | None,
@@ -244,8 +235,8 @@ def compile_train_step(model_config, data_config, train_config, mesh_config: Mes
     if num_devices > len(devices):
         raise ConfigError(f"the mesh needs {num_devices} devices; topology {topology_name!r} "
                           f"has {len(devices)}")
-    kind = devices[0].device_kind
-    target, device = _target_of(devices[0])
+    device = platform.device_of(devices[0])  # a compile-only device: "tpu" or "gpu"
+    kind, target = device.kind, "cuda" if device.backend == "gpu" else "tpu"
     model_config = validate_all(model_config, data_config, train_config)
     step, state, batch, mesh = _training_program(model_config, data_config, train_config,
                                                  mesh_config, devices[:num_devices], rules)

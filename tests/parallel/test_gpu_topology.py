@@ -88,7 +88,6 @@ def test_usable_memory_follows_the_allocators_fraction(monkeypatch):
 
 
 def test_without_the_plugin_the_error_gives_the_install_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(gpu_topology, "_plugin_loaded", False)
     monkeypatch.setattr(gpu_topology, "_cuda_topologies_known", lambda: False)  # none loaded yet
     monkeypatch.setattr(gpu_topology, "plugin_dir", lambda: str(tmp_path))
     with pytest.raises(ConfigError, match=r"needs this JAX's CUDA plugin.*pip install --no-deps "
