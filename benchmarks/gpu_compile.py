@@ -59,14 +59,15 @@ KERNELS = ("gmm", "gmm_t", "tgmm")
 _REQUESTED = re.compile(r"Shared memory size limit exceeded: requested (\d+), available: (\d+)"
                         r"|exceeds available shared memory: smem_bytes=(\d+)")
 _PTXAS = re.compile(r"Used (\d+) registers.*?\n|(\d+) bytes spill stores, (\d+) bytes spill loads"
-                    r"|\(C7517\) warpgroup\.wait|\(C7519\) warpgroup\.arrive")
+                    r"|\(C7517\) w\w+\.wait|\(C7519\) warpgroup\.arrive|\(C7514\) ")
 IMPLS = {"pallas_gpu": pallas_gpu, "mosaic_gpu": mosaic_gpu}
 
 
 def ptxas_report(text: str) -> dict:
-    """Registers (the most any function uses), spill bytes (summed) and the waits and arrives
-    ptxas inserted around wgmma, from ``ptxas -v`` output."""
-    registers, spills, waits, arrives = [], 0, 0, 0
+    """Registers (the most any function uses), spill bytes (summed), the waits and arrives
+    ptxas inserted around wgmma, and how many functions it serialized every wgmma of (C7514:
+    each waits for the one before), from ``ptxas -v`` output."""
+    registers, spills, waits, arrives, serialized = [], 0, 0, 0, 0
     for match in _PTXAS.finditer(text):
         if match.group(1):
             registers.append(int(match.group(1)))
@@ -74,10 +75,13 @@ def ptxas_report(text: str) -> dict:
             spills += int(match.group(2)) + int(match.group(3))
         elif "C7517" in match.group(0):
             waits += 1
+        elif "C7514" in match.group(0):
+            serialized += 1
         else:
             arrives += 1
     return {"registers": max(registers) if registers else None, "spill_bytes": spills,
-            "inserted_waits": waits, "inserted_arrives": arrives, "functions": len(registers)}
+            "inserted_waits": waits, "inserted_arrives": arrives,
+            "serialized_wgmma": serialized, "functions": len(registers)}
 
 
 @contextlib.contextmanager

@@ -28,6 +28,23 @@ group (none for an empty group: zeros); in the two tiles that straddle the group
 rows of other groups are zeroed in shared memory before the product (the Triton kernel masks
 at the load instead).
 
+Waits. ``wgmma`` is asynchronous. Each k step issues its wgmmas and then waits until only they
+are in flight (``wgmma_wait(1)``). The previous step's multiply has then finished reading its
+tiles; only then can the pipeline release that stage to a new copy (``delay_release=1``): the
+pattern of JAX's own Hopper matmuls. Without the wait, nothing kept a TMA copy from
+overwriting tiles that a wgmma was still reading. The PTX has no wait in the k loop, and ptxas
+added one of its own to the forward kernel: benchmarks/gpu_compile.py, 2026-11-24.
+ptxas is strict about registers around wgmma. Once the wait was in, ptxas serialized every
+wgmma of the forward kernel, each waiting for the one before: "C7514 ... serialized due to non
+wgmma instructions reading accumulator registers". The cause is one value: the forward loads'
+n coordinate (j times the tile width in swizzle units) is also the output store's column;
+LLVM defined that register in both arms of the zero-visit branch, and it stayed live across
+the wgmma loop (moving the store's copy to a register of its own, in the PTX by hand, was
+enough to end the serialization). Writing the output as
+(rows, n tiles, tn), whose column is plain j, ends that. The input-gradient and weight-gradient
+kernels never shared one. tests/parallel/test_gpu_topology.py compiles all three to sm_90a and
+checks the PTX's waits and ptxas's report.
+
 Off a GPU the kernels run in JAX's Mosaic GPU interpreter, which simulates shared memory, TMA
 and barriers on CPU (``mosaic_gpu_interpret``; tests/kernels/test_mosaic_gpu.py), and they
 lower for CUDA through ``jax.export``. Whether they are faster than the Triton kernel is for a
@@ -179,6 +196,7 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
                     def step(_, x_smem, w_smem):
                         w = plgpu.transpose_ref(w_smem, (1, 0)) if transpose_rhs else w_smem
                         plgpu.wgmma(acc_ref, x_smem, w)
+                        plgpu.wgmma_wait(1)  # one step in flight (module docstring)
 
                     w_block = (tn, tk) if transpose_rhs else (tk, tn)
                     plgpu.emit_pipeline(
@@ -201,11 +219,14 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
                 plgpu.commit_smem()
                 start = store_start_V[v] - first_row
                 _store_rows(tile_smem, out_gmem, first_row, start, store_end_V[v] - first_row
-                            - start, tm, pl.ds(j * tn, tn))
+                            - start, tm, j)
 
-    out = _kernel(body, jax.ShapeDtypeStruct((m_rows, grid_n * tn), out_dtype))(
+    # (rows, n tiles, tn), not (rows, n): the store's column is then j, not the loads' j * tn
+    # (module docstring: why that matters to ptxas).
+    out = _kernel(body, jax.ShapeDtypeStruct((m_rows, grid_n, tn), out_dtype))(
         visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
         visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
+    out = out.reshape(m_rows, grid_n * tn)
     return out[:m, :n] if (m_rows, grid_n * tn) != (m, n) else out
 
 
@@ -252,6 +273,7 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
                             plgpu.commit_smem()
 
                         plgpu.wgmma(acc_ref, plgpu.transpose_ref(x_smem, (1, 0)), dy_smem)
+                        plgpu.wgmma_wait(1)  # one step in flight (module docstring)
 
                     plgpu.emit_pipeline(
                         step, grid=(num_tiles,),

@@ -244,8 +244,16 @@ def _mosaic_forward_backward(tiling):
 def test_the_hopper_kernels_compile_to_machine_code_without_spilling(capfd, monkeypatch):
     """XLA:GPU compiles Mosaic GPU kernels to sm_90a code with the plugin's ptxas, whose report
     (MOSAIC_GPU_DUMP_PTXAS) names each kernel's registers and spills: three kernels (forward,
-    input and weight gradients), none spilling at the default tiles."""
+    input and weight gradients), none spilling at the default tiles.
+
+    And none whose matrix multiplies ptxas serializes. Each k step issues its wgmmas and then
+    waits until only they are in flight (``wgmma.wait_group 1`` in the PTX, MOSAIC_GPU_DUMP_PTX):
+    the previous step's tiles are then free for the pipeline's next copy. ptxas says when it has
+    to add waits of its own ("C7517 ... warpgroup.wait is injected") or make every wgmma wait
+    for the one before ("C7514 ... wgmma.mma_async instructions are serialized"). The forward
+    kernel did both, before its output column stopped sharing a register with its loads."""
     monkeypatch.setenv("MOSAIC_GPU_DUMP_PTXAS", "1")
+    monkeypatch.setenv("MOSAIC_GPU_DUMP_PTX", "1")
     compiled = _mosaic_forward_backward(default_tiling("mosaic_gpu"))
     report = capfd.readouterr().out
     assert compiled.as_text().count('custom_call_target="mosaic_gpu_v2"') == 3
@@ -253,6 +261,8 @@ def test_the_hopper_kernels_compile_to_machine_code_without_spilling(capfd, monk
     registers = [int(r) for r in re.findall(r"Used (\d+) registers", report)]
     assert len(registers) == 3 and max(registers) <= 255
     assert report.count("0 bytes spill stores, 0 bytes spill loads") == 3
+    assert len(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+1;", report)) == 3
+    assert not re.findall(r"\((C7514|C7517)\).*", report), re.findall(r"\(C75\d\d\).*", report)
 
 
 @needs_plugin
