@@ -23,6 +23,9 @@ out-of-bounds store where TMA would clip it). Every operand's minor
 axis is zero-padded to whole tiles too: TMA's swizzled copies refuse a minor axis wider than the
 swizzle (64 elements) that is not a multiple of it (d_expert = 160, say), which the interpreter
 does not check and ``jax.export`` for CUDA does.
+With ``num_warps = 8`` gmm is warp-specialized (``_gmm_two_warpgroups``): a producer
+warpgroup issues the copies and two consumer warpgroups each multiply half of the block_n
+columns, so a 128 x 256 tile needs no spilling; the weight gradient keeps one warpgroup.
 tgmm: the work list is (group, k tile, n tile) triples; each loops over the row tiles of its
 group (none for an empty group: zeros); in the two tiles that straddle the group's edges the
 rows of other groups are zeroed in shared memory before the product (the Triton kernel masks
@@ -56,6 +59,7 @@ Letters: M rows, K contraction, N output columns, G local groups, V visits; tm, 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,15 +70,21 @@ from moejax.kernels import metadata, mosaic_gpu_interpret, platform
 from moejax.kernels.tiling import Tiling, round_up
 
 _HOPPER_SMS = 132  # H100/H200 SXM; the program count when no GPU is present to ask
+_INTERPRETED_PROGRAMS = 3
 _DTYPES = (jnp.bfloat16, jnp.float16)
 _TMA_ROWS = 8  # rows of TMA's swizzle tile: a longer row axis must be a multiple of it
+_PRODUCER_REGISTERS = 40  # the copy-issuing warpgroup's registers per thread (JAX's choice)
 _DETECT_RACES = False  # the interpreter's happens-before race detector (slow; tests switch it on)
 
 
 def _num_programs() -> int:
+    """One program per SM of the GPU, or of a Hopper when compiling for one without it. The
+    interpreter runs 3: each then walks several work items, as programs do on a GPU given
+    more work than SMs (their buffers, barriers and stores carried from item to item), and
+    the simulation of the idle ones costs nothing."""
     if jax.default_backend() == "gpu":
         return int(getattr(jax.devices()[0], "core_count", _HOPPER_SMS) or _HOPPER_SMS)
-    return _HOPPER_SMS
+    return _HOPPER_SMS if platform.current().backend == "gpu" else _INTERPRETED_PROGRAMS
 
 
 def _interpret():
@@ -103,41 +113,59 @@ def _check_tiles(m_rows: int, contraction: int, cols: int, knobs: tuple[str, str
             raise ValueError(f"mosaic_gpu_tiling.{knob} = {value}: must be {rule}")
 
 
-def _check_shared_memory(stages: int, pair_elements: int, itemsize: int, knobs: str):
-    """The pipeline keeps ``stages`` (at least 2) pairs of operand tiles in shared memory: more
-    than the target GPU gives one block fails in Mosaic GPU's compile, far from the tiles. Read
-    off that compile (benchmarks/gpu_compile.py): 4 stages of 128 x 128 + 128 x 128 bf16 tiles
-    asked 262,176 bytes, the pairs' 262,144 and 32 for barriers."""
+def _check_shared_memory(stages: int, pair_elements: int, itemsize: int, knobs: str,
+                         held_bytes: int = 0):
+    """The pipeline keeps ``stages`` (at least 2) pairs of operand tiles in shared memory, and
+    a kernel may hold ``held_bytes`` more for the whole run (the two-warpgroup forward's output
+    tiles): more than the target GPU gives one block fails in Mosaic GPU's compile, far from
+    the tiles. Read off that compile (benchmarks/gpu_compile.py): 4 stages of 128 x 128 +
+    128 x 128 bf16 tiles asked 262,176 bytes, the pairs' 262,144 and 32 for barriers."""
     device = platform.current()
     limit = platform.shared_memory_per_block(device.capability)
-    need = max(2, stages) * pair_elements * itemsize
+    need = max(2, stages) * pair_elements * itemsize + held_bytes
     if limit is not None and need > limit - 1024:
+        held = f" and {held_bytes // 1024} KiB of output tiles" if held_bytes else ""
         raise ValueError(
             f"mosaic_gpu_tiling: {knobs} need {need // 1024} KiB of shared memory "
-            f"({max(2, stages)} steps in flight of {pair_elements * itemsize // 1024} KiB); "
-            f"this {device.kind} allows {limit // 1024} KiB per block. Use fewer stages or "
-            "smaller tiles.")
+            f"({max(2, stages)} steps in flight of {pair_elements * itemsize // 1024} KiB"
+            f"{held}); this {device.kind} allows {limit // 1024} KiB per block. Use fewer "
+            "stages or smaller tiles.")
 
 
-def _kernel(body, out_type):
+def _compute_warpgroups(tiling: Tiling, cols: int, knob: str) -> int:
+    """Warpgroups that multiply: ``num_warps`` 8 is two, each with half of the block_n output
+    columns (and a third, producer warpgroup issuing the copies); up to 4 is one. A half must be
+    whole 64-column swizzle tiles: it is a slice of the shared-memory tile the copies fill."""
+    if tiling.num_warps <= 4:
+        return 1
+    if tiling.num_warps != 8 or cols % 128:
+        raise ValueError(
+            f"mosaic_gpu_tiling.{knob} = {tiling.num_warps}: 4 (one warpgroup) or 8 (two, "
+            f"each with half of the output columns: block_n 128 or 256, here {cols})")
+    return 2
+
+
+def _kernel(body, out_type, warpgroups: int = 1):
+    """A persistent grid of one program per SM; ``warpgroups`` (the axis "wg") > 1 for a
+    warp-specialized kernel."""
+    threads = {} if warpgroups == 1 else {"num_threads": warpgroups, "thread_name": "wg"}
     return plgpu.kernel(body, out_type=out_type, grid=(_num_programs(),), grid_names=("sm",),
                         compiler_params=plgpu.CompilerParams(
                             lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-                        interpret=_interpret())
+                        interpret=_interpret(), **threads)
 
 
-def _store_rows(tile_smem, out_gmem, first_row, start, count, tm: int, cols):
-    """Store rows [start, start + count) of a (tm, tn) shared-memory tile to out rows
-    first_row + start ...: one TMA store per set bit of count (TMA shapes are static)."""
+def _store_rows(tile_smem, out_rows, start, count, tm: int):
+    """Store rows [start, start + count) of a (tm, ...) shared-memory tile to
+    ``out_rows(start, size)`` (the output rows it goes to): one TMA store per set bit of count
+    (TMA shapes are static). The caller waits for the stores."""
     size = tm
     while size >= 1:
         @pl.when(count & size != 0)
         def _(size=size, start=start):
-            plgpu.copy_smem_to_gmem(tile_smem.at[pl.ds(start, size)],
-                                    out_gmem.at[pl.ds(first_row + start, size), cols])
+            plgpu.copy_smem_to_gmem(tile_smem.at[pl.ds(start, size)], out_rows(start, size))
         start = start + (count & size)
         size //= 2
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
 
 def _row_iota(shape):
@@ -169,65 +197,201 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     n = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n
     _check_tiles(tm, tk, tn, ("block_m", "block_k", "block_n"))
+    warpgroups = _compute_warpgroups(tiling, tn, "num_warps")
+    held = tm * tn * jnp.dtype(out_dtype).itemsize if warpgroups > 1 else 0
     _check_shared_memory(tiling.num_stages, tm * tk + tk * tn, lhs_MK.dtype.itemsize,
-                         "block_m, block_k, block_n, num_stages")
+                         "block_m, block_k, block_n, num_stages", held)
     lhs = _pad_to(_pad_to(lhs_MK, 1, tk), 0, _TMA_ROWS)
     rhs = _pad_to(rhs_GKN.astype(lhs.dtype), 2 if transpose_rhs else 1, tk)
     if not transpose_rhs:  # (G, k, n): n is rhs's minor axis
         rhs = _pad_to(rhs, 2, tn)
-    k_steps = lhs.shape[1] // tk
     m_rows = lhs.shape[0]  # m, or m padded to whole swizzle rows (the extra rows store zeros)
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
     visits = metadata.covering_visits(bounds, m_rows, tm)
     grid_n = pl.cdiv(n, tn)
+    shape = _GmmShape(tm, tk, tn, lhs.shape[1] // tk, grid_n, tiling.num_stages, transpose_rhs)
+    if warpgroups == 1:
+        # (rows, n tiles, tn), not (rows, n): the store's column is then j, not the loads'
+        # j * tn (module docstring: why that matters to ptxas).
+        body, out_shape = _gmm_one_warpgroup(shape), (m_rows, grid_n, tn)
+    else:  # (rows, n tiles, warpgroup, tn / 2): each warpgroup stores its own half
+        body, out_shape = _gmm_two_warpgroups(shape), (m_rows, grid_n, 2, tn // 2)
+    out = _kernel(body, jax.ShapeDtypeStruct(out_shape, out_dtype),
+                  warpgroups + (warpgroups > 1))(
+        visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
+        visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
+    out = out.reshape(m_rows, grid_n * tn)
+    return out[:m, :n] if (m_rows, grid_n * tn) != (m, n) else out
 
-    def body(group_V, tile_V, own_start_V, own_end_V, store_start_V, store_end_V, live,
-             lhs_gmem, rhs_gmem, out_gmem):
-        @plgpu.nd_loop((live[0] * grid_n,), collective_axes="sm")
+
+class _GmmShape(NamedTuple):
+    """Static shape of one gmm kernel: tiles, k steps, n tiles, steps in flight, and whether
+    rhs is (G, n, k)."""
+    tm: int
+    tk: int
+    tn: int
+    k_steps: int
+    grid_n: int
+    stages: int
+    transpose_rhs: bool
+
+
+class _Visit(NamedTuple):
+    """One work item of gmm: visit v's row tile and group, n tile j, and the visit's own rows
+    relative to the tile's first row."""
+    v: jax.Array
+    tile: jax.Array
+    group: jax.Array
+    j: jax.Array
+    first_row: jax.Array
+    own_start: jax.Array
+    own_end: jax.Array
+
+
+def _visit(index, grid_n: int, tm: int, group_V, tile_V, own_start_V, own_end_V) -> _Visit:
+    v, j = index // grid_n, index % grid_n
+    first_row = tile_V[v] * tm
+    return _Visit(v, tile_V[v], group_V[v], j, first_row, own_start_V[v] - first_row,
+                  own_end_V[v] - first_row)
+
+
+def _store_range(item: _Visit, store_start_V, store_end_V):
+    """(first, count) of the rows a visit stores, relative to its tile. Read in the epilogue,
+    after the accumulator's wait, never before the k loop: LLVM sinks a value used only after
+    the loop into the block between the loop and that wait, and ptxas then serializes every
+    wgmma (C7514, as with the forward's output column; module docstring)."""
+    start = store_start_V[item.v] - item.first_row
+    return start, store_end_V[item.v] - item.first_row - start
+
+
+def _w_spec(shape: _GmmShape, j, **kwargs):
+    """rhs's block of k step kk and n tile j: (tk, tn), or (tn, tk) when rhs is transposed."""
+    if shape.transpose_rhs:
+        return plgpu.BlockSpec((shape.tn, shape.tk), lambda kk: (j, kk), **kwargs)
+    return plgpu.BlockSpec((shape.tk, shape.tn), lambda kk: (kk, j), **kwargs)
+
+
+def _own_rows(acc, item: _Visit):
+    """The accumulator with the rows of other groups zeroed."""
+    row = _row_iota(acc.shape)
+    return jnp.where((row >= item.own_start) & (row < item.own_end), acc, 0.0)
+
+
+def _gmm_one_warpgroup(shape: _GmmShape):
+    """One warpgroup issues the copies (``emit_pipeline``) and multiplies a (tm, tn) tile."""
+    tm, tk, tn = shape.tm, shape.tk, shape.tn
+
+    def body(*refs):
+        *visit_refs, store_start_V, store_end_V, live, lhs_gmem, rhs_gmem, out_gmem = refs
+
+        @plgpu.nd_loop((live[0] * shape.grid_n,), collective_axes="sm")
         def _(loop):
-            v, j = loop.index[0] // grid_n, loop.index[0] % grid_n  # visit, n tile
-            tile, group = tile_V[v], group_V[v]
-            first_row = tile * tm
-            own_start, own_end = own_start_V[v] - first_row, own_end_V[v] - first_row
+            item = _visit(loop.index[0], shape.grid_n, tm, *visit_refs)
 
             def accumulate(acc_ref):
-                @pl.when(own_end > own_start)  # zero visits multiply nothing
+                @pl.when(item.own_end > item.own_start)  # zero visits multiply nothing
                 def _():
                     def step(_, x_smem, w_smem):
-                        w = plgpu.transpose_ref(w_smem, (1, 0)) if transpose_rhs else w_smem
+                        w = plgpu.transpose_ref(w_smem, (1, 0)) if shape.transpose_rhs else w_smem
                         plgpu.wgmma(acc_ref, x_smem, w)
                         plgpu.wgmma_wait(1)  # one step in flight (module docstring)
 
-                    w_block = (tn, tk) if transpose_rhs else (tk, tn)
                     plgpu.emit_pipeline(
-                        step, grid=(k_steps,),
-                        in_specs=[
-                            plgpu.BlockSpec((tm, tk), lambda kk: (tile, kk), delay_release=1),
-                            plgpu.BlockSpec(w_block, (lambda kk: (j, kk)) if transpose_rhs
-                                            else (lambda kk: (kk, j)), delay_release=1)],
-                        max_concurrent_steps=max(2, tiling.num_stages),
-                    )(lhs_gmem, rhs_gmem.at[group])
+                        step, grid=(shape.k_steps,),
+                        in_specs=[plgpu.BlockSpec((tm, tk), lambda kk: (item.tile, kk),
+                                                  delay_release=1),
+                                  _w_spec(shape, item.j, delay_release=1)],
+                        max_concurrent_steps=max(2, shape.stages),
+                    )(lhs_gmem, rhs_gmem.at[item.group])
                 return acc_ref[...]
 
-            acc = pl.run_scoped(accumulate, plgpu.ACC((tm, tn)))
-            row = _row_iota((tm, tn))
-            acc = jnp.where((row >= own_start) & (row < own_end), acc, 0.0)
+            acc = _own_rows(pl.run_scoped(accumulate, plgpu.ACC((tm, tn))), item)
 
             @functools.partial(pl.run_scoped, tile_smem=plgpu.SMEM((tm, tn), out_gmem.dtype))
             def _(tile_smem):
                 tile_smem[...] = acc.astype(tile_smem.dtype)
                 plgpu.commit_smem()
-                start = store_start_V[v] - first_row
-                _store_rows(tile_smem, out_gmem, first_row, start, store_end_V[v] - first_row
-                            - start, tm, j)
+                _store_rows(tile_smem, lambda r, size: out_gmem.at[
+                    pl.ds(item.first_row + r, size), item.j],
+                    *_store_range(item, store_start_V, store_end_V), tm)
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    # (rows, n tiles, tn), not (rows, n): the store's column is then j, not the loads' j * tn
-    # (module docstring: why that matters to ptxas).
-    out = _kernel(body, jax.ShapeDtypeStruct((m_rows, grid_n, tn), out_dtype))(
-        visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
-        visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
-    out = out.reshape(m_rows, grid_n * tn)
-    return out[:m, :n] if (m_rows, grid_n * tn) != (m, n) else out
+    return body
+
+
+def _gmm_two_warpgroups(shape: _GmmShape):
+    """Warp specialization, after JAX's Hopper matmul (jax.experimental.pallas.ops.gpu.
+    hopper_matmul_mgpu): a producer warpgroup (axis "wg" = 2, 40 registers) issues every TMA
+    copy; two consumer warpgroups (0 and 1, the registers it gives up) multiply the same
+    (tm, tk) lhs tile by their own halves of the (tk, tn) rhs tile, into a (tm, tn / 2)
+    accumulator each (``emit_pipeline_warp_specialized``). While one waits for its wgmma, the
+    other's keeps the tensor cores busy, so each waits for its own at once (``wgmma_wait(0)``)
+    and a stage is released as soon as both have read it. Each consumer masks and stores its
+    own half, from its own shared-memory tile held for the whole kernel; it waits for that
+    tile's previous store only when it next writes it, so the store overlaps the next
+    visit's first copies. A zero visit runs the pipeline for no steps and stores zeros."""
+    tm, tk, tn = shape.tm, shape.tk, shape.tn
+    half = tn // 2
+    stages = max(1, min(shape.stages, shape.k_steps))
+
+    def pipeline(grid, in_specs, step, context):
+        return plgpu.emit_pipeline_warp_specialized(
+            step, grid=grid, memory_registers=_PRODUCER_REGISTERS, in_specs=in_specs,
+            wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=stages,
+            compute_context=context)
+
+    def body(*refs):
+        *visit_refs, store_start_V, store_end_V, live, lhs_gmem, rhs_gmem, out_gmem = refs
+        # The buffers and barriers depend only on the block shapes: allocated once, outside
+        # the loop over visits (a pipeline's own allocation would synchronize the warpgroups
+        # at every visit).
+        ignore = lambda *_, **__: None  # noqa: E731
+        allocations = pipeline(
+            (shape.k_steps,), [plgpu.BlockSpec((tm, tk), lambda kk: (0, kk)),
+                               _w_spec(shape, 0)], ignore, ignore,
+        ).get_allocations(lhs_gmem, rhs_gmem.at[0])
+
+        @functools.partial(pl.run_scoped, allocations=allocations,
+                           out_smem=plgpu.SMEM((2, tm, half), out_gmem.dtype),
+                           collective_axes="wg")
+        def _(allocations, out_smem):
+            wg = jax.lax.axis_index("wg")
+            cols = pl.ds(wg * half, half)
+
+            @plgpu.nd_loop((live[0] * shape.grid_n,), collective_axes="sm")
+            def _(loop):
+                item = _visit(loop.index[0], shape.grid_n, tm, *visit_refs)
+
+                def step(_, x_smem, w_smem, acc_ref):
+                    if shape.transpose_rhs:
+                        w = plgpu.transpose_ref(w_smem.at[cols], (1, 0))
+                    else:
+                        w = w_smem.at[:, cols]
+                    plgpu.wgmma(acc_ref, x_smem, w)
+                    plgpu.wgmma_wait(0)
+                    return acc_ref
+
+                def context(run):
+                    @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, half)))
+                    def _(acc_ref):
+                        run(acc_ref)
+                        acc = _own_rows(acc_ref[...], item)
+                        tile_smem = out_smem.at[wg]
+                        plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last store read it
+                        tile_smem[...] = acc.astype(tile_smem.dtype)
+                        plgpu.commit_smem()
+                        _store_rows(tile_smem, lambda r, size: out_gmem.at[
+                            pl.ds(item.first_row + r, size), item.j, wg],
+                            *_store_range(item, store_start_V, store_end_V), tm)
+
+                steps = jnp.where(item.own_end > item.own_start, shape.k_steps, 0)
+                pipeline((steps,), [plgpu.BlockSpec((tm, tk), lambda kk: (item.tile, kk)),
+                                    _w_spec(shape, item.j)], step, context,
+                         )(lhs_gmem, rhs_gmem.at[item.group], allocations=allocations)
+
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    return body
 
 
 def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,

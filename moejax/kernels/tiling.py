@@ -22,7 +22,8 @@ class Tiling:
       block_k: contraction (k) elements per tile; Pallas only.
       block_n: output columns per tile; Pallas only.
       min_block_m: smallest row chunk of the "cpu" path: a group wastes < this many rows.
-      num_warps: warps per program; "pallas_gpu" (Triton) only.
+      num_warps: warps per program: "pallas_gpu" (Triton); "mosaic_gpu" 8 = two consumer
+        warpgroups (and a producer) instead of one.
       num_stages: software-pipelining depth of the k loop; "pallas_gpu" (Triton) and
         "mosaic_gpu" (steps in flight) only.
       slab: "cpu" only: how many slab lengths (the mean rows per group, rounded down to a power
@@ -112,23 +113,28 @@ def pallas_gpu_tiling(block_m: int = 128, block_k: int = 64, block_n: int = 256,
 
 @gin.configurable
 def mosaic_gpu_tiling(block_m: int = 128, block_k: int = 64, block_n: int = 128,
-                      num_stages: int = 4, tgmm_block_m: int = 64, tgmm_block_k: int = 128,
-                      tgmm_block_n: int = 128, tgmm_num_stages: int = 3) -> Tiling:
-    """Hopper (Mosaic GPU) tiles: one warpgroup's wgmma accumulator of block_m x block_n in
-    float32 registers, block_k x 2 bytes = one 128-byte swizzle row. Not yet tuned on a GPU.
+                      num_warps: int = 4, num_stages: int = 4, tgmm_block_m: int = 64,
+                      tgmm_block_k: int = 128, tgmm_block_n: int = 128,
+                      tgmm_num_stages: int = 3) -> Tiling:
+    """Hopper (Mosaic GPU) tiles: wgmma accumulators of block_m x block_n in float32
+    registers, block_k x 2 bytes = one 128-byte swizzle row. Not yet timed on a GPU; the
+    warp-specialized forward (``num_warps = 8``, ``block_n = 256``, ``num_stages = 3``) is the
+    contender ``gmm_impl = "tuned"`` and ``gpu_session.sh mosaic`` time next to this default.
 
     Args:
       block_m: rows per tile (gmm), a multiple of 64 (wgmma's row count).
       block_k: contraction per pipeline step (gmm), 64 for 16-bit operands.
       block_n: output columns per tile (gmm), a multiple of 8, <= 256.
+      num_warps: 4: one warpgroup copies and multiplies (gmm); 8: two consumer warpgroups,
+        each with half of block_n (128 or 256), and a producer warpgroup for the copies.
       num_stages: k steps in flight (TMA copies ahead of the wgmma), >= 2.
       tgmm_block_m: rows of a group per step of the weight gradient (its contraction).
       tgmm_block_k: rows of the weight-gradient output tile (d_model side), a multiple of 64.
       tgmm_block_n: columns of the weight-gradient output tile.
-      tgmm_num_stages: steps in flight of the weight gradient.
+      tgmm_num_stages: steps in flight of the weight gradient (one warpgroup).
     """
     return Tiling(block_m=block_m, block_k=block_k, block_n=block_n, min_block_m=1,
-                  num_stages=num_stages,
+                  num_warps=num_warps, num_stages=num_stages,
                   tgmm=Tiling(block_m=tgmm_block_m, block_k=tgmm_block_k,
                               block_n=tgmm_block_n, min_block_m=1, num_stages=tgmm_num_stages))
 

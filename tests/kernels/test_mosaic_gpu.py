@@ -10,6 +10,8 @@ so m, k and n below are all ragged against them. The lowering test compiles noth
 GPU the same tests run the real kernels.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +23,10 @@ from tests.kernels.reference import Problem, check_problem, problems
 
 TILING = Tiling(block_m=64, block_k=64, block_n=64, min_block_m=1, num_stages=2,
                 tgmm=Tiling(block_m=64, block_k=64, block_n=64, min_block_m=1, num_stages=2))
+# The warp-specialized forward and input gradient: two consumer warpgroups of 64 columns each.
+TWO_WARPGROUPS = Tiling(block_m=64, block_k=64, block_n=128, min_block_m=1, num_warps=8,
+                        num_stages=2, tgmm=TILING.tgmm)
+TILINGS = {"one warpgroup": TILING, "two warpgroups": TWO_WARPGROUPS}
 
 pytestmark = pytest.mark.skipif(
     jax.default_backend() != "gpu" and not mosaic_gpu_interpret.AVAILABLE,
@@ -36,30 +42,49 @@ CASES = [  # empty groups, rows past the sum, offsets, groups over > 1 row tile,
 ]
 
 
+@pytest.mark.parametrize("tiles", TILINGS)
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_matches_ragged_dot(case):
-    check_problem(CASES[case], "mosaic_gpu", TILING)
+def test_matches_ragged_dot(case, tiles):
+    # Off a GPU, 3 programs walk the work list: each does several visits, its buffers,
+    # barriers and output tiles carried from one to the next.
+    check_problem(CASES[case], "mosaic_gpu", TILINGS[tiles])
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="the race detector is the interpreter's")
-def test_interpreter_finds_no_race(monkeypatch):
-    # Shared-memory buffers, TMA copies and barriers of the pipelines, happens-before checked.
+@pytest.mark.parametrize("tiles", TILINGS)
+def test_interpreter_finds_no_race(monkeypatch, tiles):
+    # Shared-memory buffers, TMA copies and barriers of the pipelines, happens-before checked
+    # (the warp-specialized one's producer and consumers too). The interpreter completes a
+    # copy to global memory when it is issued, so it cannot see a tile rewritten too early.
     monkeypatch.setattr(mosaic_gpu, "_DETECT_RACES", True)
-    check_problem(CASES[1], "mosaic_gpu", TILING)
+    check_problem(CASES[1], "mosaic_gpu", TILINGS[tiles])
     assert not mosaic_gpu_interpret.races_found()
 
 
-def test_garbage_past_the_sum_and_an_all_foreign_block_stay_out():
+def test_two_warpgroups_need_whole_swizzle_halves():
+    with pytest.raises(ValueError, match=r"mosaic_gpu_tiling.num_warps = 8: .*here 64"):
+        gmm(jnp.zeros((64, 64), jnp.bfloat16), jnp.zeros((1, 64, 64), jnp.bfloat16),
+            jnp.array([64]), impl="mosaic_gpu",
+            tiling=Tiling(block_m=64, block_k=64, block_n=64, min_block_m=1, num_warps=8))
+    with pytest.raises(ValueError, match=r"mosaic_gpu_tiling.num_warps = 16: 4 .* or 8"):
+        gmm(jnp.zeros((64, 64), jnp.bfloat16), jnp.zeros((1, 64, 128), jnp.bfloat16),
+            jnp.array([64]), impl="mosaic_gpu",
+            tiling=Tiling(block_m=64, block_k=64, block_n=128, min_block_m=1, num_warps=16))
+
+
+@pytest.mark.parametrize("tiles", TILINGS)
+def test_garbage_past_the_sum_and_an_all_foreign_block_stay_out(tiles):
     # 200 rows, the local groups own 64..127: two whole row tiles get zero visits, and rows
     # past the sum hold NaN and inf; outputs and gradients must be exact zeros there.
+    tiling = TILINGS[tiles]
     sizes = jnp.array([64, 30, 34, 10], jnp.int32)
     rng = np.random.default_rng(3)
     lhs = jnp.asarray(rng.standard_normal((200, 64)), jnp.bfloat16)
     lhs = lhs.at[138:].set(jnp.nan).at[150].set(jnp.inf)
     rhs = jnp.asarray(rng.standard_normal((2, 64, 64)), jnp.bfloat16)
-    out = gmm(lhs, rhs, sizes, impl="mosaic_gpu", tiling=TILING, group_offset=1)
+    out = gmm(lhs, rhs, sizes, impl="mosaic_gpu", tiling=tiling, group_offset=1)
     grad = tgmm(lhs, jnp.ones((200, 64), jnp.bfloat16), sizes, num_groups=2, impl="mosaic_gpu",
-                tiling=TILING, group_offset=1)
+                tiling=tiling, group_offset=1)
     out = np.asarray(out, np.float32)
     assert not out[:64].any() and not out[128:].any()
     want = np.asarray(lhs[64:128], np.float32)
@@ -127,6 +152,8 @@ def test_kernels_lower_for_cuda(monkeypatch):
     # the kernels pad them.
     for m, k, n in ((1000, 512, 384), (1001, 160, 200)):
         _lower_all(tiling, m, k, n, sizes)
+    two = dataclasses.replace(tiling, block_n=256, num_warps=8, num_stages=3)
+    _lower_all(two, 1001, 160, 200, sizes)
 
 
 def _lower_all(tiling, m, k, n, sizes):

@@ -11,6 +11,7 @@ why; names, the target description and the missing-plugin message are checked ev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -225,7 +226,7 @@ def test_a_step_too_big_for_the_gpu_exits_3(capsys):
     assert total > np.float64(23034 * 0.75 / 1024)
 
 
-def _mosaic_forward_backward(tiling):
+def _mosaic_forward_backward(tiling, rows=2048):
     from moejax.kernels import gmm
 
     device = topology.compile_only_devices("h100")[0]
@@ -237,7 +238,19 @@ def _mosaic_forward_backward(tiling):
 
     with platform.targeting(platform.Device("gpu", device.device_kind, (9, 0))):
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(
-            arg(2048, 512), arg(4, 512, 512), arg(4, dt=jnp.int32)).compile()
+            arg(rows, 512), arg(4, 512, 512), arg(4, dt=jnp.int32)).compile()
+
+
+def _check_hopper_build(compiled, report: str):
+    """Three kernels (forward, input and weight gradients) built for sm_90a, none spilling,
+    none whose wgmmas ptxas had to wait for or serialize, each k step waiting for the wgmmas
+    it may (module docstring of moejax/kernels/mosaic_gpu.py)."""
+    assert compiled.as_text().count('custom_call_target="mosaic_gpu_v2"') == 3
+    assert report.count("for 'sm_90a'") == 3, report[-2000:]
+    registers = [int(r) for r in re.findall(r"Used (\d+) registers", report)]
+    assert len(registers) == 3 and max(registers) <= 255
+    assert report.count("0 bytes spill stores, 0 bytes spill loads") == 3
+    assert not re.findall(r"\((C7514|C7517)\).*", report), re.findall(r"\(C75\d\d\).*", report)
 
 
 @needs_plugin
@@ -256,13 +269,28 @@ def test_the_hopper_kernels_compile_to_machine_code_without_spilling(capfd, monk
     monkeypatch.setenv("MOSAIC_GPU_DUMP_PTX", "1")
     compiled = _mosaic_forward_backward(default_tiling("mosaic_gpu"))
     report = capfd.readouterr().out
-    assert compiled.as_text().count('custom_call_target="mosaic_gpu_v2"') == 3
-    assert report.count("for 'sm_90a'") == 3, report[-2000:]
-    registers = [int(r) for r in re.findall(r"Used (\d+) registers", report)]
-    assert len(registers) == 3 and max(registers) <= 255
-    assert report.count("0 bytes spill stores, 0 bytes spill loads") == 3
+    _check_hopper_build(compiled, report)
     assert len(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+1;", report)) == 3
-    assert not re.findall(r"\((C7514|C7517)\).*", report), re.findall(r"\(C75\d\d\).*", report)
+
+
+@needs_plugin
+def test_the_warp_specialized_kernels_compile_without_spilling(capfd, monkeypatch):
+    """``num_warps = 8``: the forward and input-gradient kernels get a producer warpgroup that
+    gives up registers (``setmaxnreg`` down to 40) and two consumers that take them (up to
+    232), each with a 128 x 128 accumulator of a 128 x 256 tile; the weight gradient keeps
+    one warpgroup. Other rows than the test above, so no kernel comes from a cache."""
+    from moejax.kernels.tiling import Tiling
+
+    two = dataclasses.replace(default_tiling("mosaic_gpu"), block_n=256, num_warps=8,
+                              num_stages=3)
+    assert isinstance(two.tgmm, Tiling) and two.tgmm.num_warps == 4
+    monkeypatch.setenv("MOSAIC_GPU_DUMP_PTXAS", "1")
+    monkeypatch.setenv("MOSAIC_GPU_DUMP_PTX", "1")
+    compiled = _mosaic_forward_backward(two, rows=3072)
+    report = capfd.readouterr().out
+    _check_hopper_build(compiled, report)
+    assert len(re.findall(r"setmaxnreg\.dec\.sync\.aligned\.u32\s+40;", report)) == 2
+    assert len(re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+232;", report)) == 2
 
 
 @needs_plugin
