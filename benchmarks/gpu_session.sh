@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_session.sh grid step        # the full gmm grid, then the MoE step
 #   bash benchmarks/gpu_session.sh mosaic           # the Hopper kernel vs the Triton one, at
 #     its default tiles and warp-specialized (MOSAIC_TILES, default
-#     "--tiling mosaic_gpu:128,64,256,8,3/64,128,128,4,3": two consumer warpgroups)
+#     "--tiling mosaic_gpu:128,64,256,8,3/64,128,256,8,3": two consumer warpgroups)
 #   bash benchmarks/gpu_session.sh tuned            # gmm_impl="tuned" on the CASES: measures
 #     every candidate (the tuning table lands in $OUT/cache), then times its pick next to auto's
 #   bash benchmarks/gpu_session.sh ragged           # ragged_dot on cuDNN: which lowering XLA
@@ -86,7 +86,7 @@ for l in sys.stdin:
 for l in sys.stdin:
     r=json.loads(l); print(r['case'], r['tiling'], 'fwd', r.get('fwd_ratio'), 'dlhs', r.get('dlhs_ratio'), 'drhs', r.get('drhs_ratio'), r['errors'])" ;;
     mosaic)  # the Hopper kernel next to the Triton one: native tests, parts (E = 1 too), grid
-      MOSAIC_TILES=${MOSAIC_TILES:-"--tiling mosaic_gpu:128,64,256,8,3/64,128,128,4,3"}
+      MOSAIC_TILES=${MOSAIC_TILES:-"--tiling mosaic_gpu:128,64,256,8,3/64,128,256,8,3"}
       timeout 300 python3 -m pytest tests/kernels/test_mosaic_gpu.py -q -p no:cacheprovider 2>&1 \
         | tee "$OUT/mosaic_tests.log" | tail -8
       for cases in "--full $(for c in $CASES; do echo --case $c; done)" \
@@ -137,7 +137,7 @@ for l in sys.stdin:
         || { echo "this XLA does not know $flag: cudnn runs as plain ragged_dot"; flag=; }
       XLA_FLAGS=$flag with_rivals timeout 540 python3 benchmarks/gmm.py --full $cases \
         --impl pallas_gpu --impl mosaic_gpu --impl cudnn --rival maxtext --rival jax_mgpu \
-        --tiling mosaic_gpu:128,64,256,8,3/64,128,128,4,3 \
+        --tiling mosaic_gpu:128,64,256,8,3/64,128,256,8,3 \
         --dtype bfloat16 --reps 10 --ragged-reps 0 2>>"$OUT/compare.err" \
         | tee -a "$OUT/compare.jsonl" | summary
       plot "$OUT/compare.jsonl" ;;

@@ -144,9 +144,11 @@ def candidates(problem: Problem, backend: str,
             mosaic = default_tiling("mosaic_gpu")
             found.append(("mosaic_gpu", mosaic))
             # Warp-specialized: two consumer warpgroups on a 128 x 256 tile (JAX's Hopper
-            # matmul's shape), 3 stages to leave shared memory for the output tiles.
+            # matmul's shape), 3 stages to leave shared memory for the output tiles; the
+            # weight gradient likewise on 128 x 256.
             found.append(("mosaic_gpu", dataclasses.replace(
-                mosaic, block_n=256, num_warps=8, num_stages=3)))
+                mosaic, block_n=256, num_warps=8, num_stages=3, tgmm=dataclasses.replace(
+                    mosaic.tgmm, block_n=256, num_warps=8, num_stages=3))))
         found.append(("cudnn", default_tiling("cudnn")))
         found.append(("xla", default_tiling("xla")))
     elif backend == "tpu":

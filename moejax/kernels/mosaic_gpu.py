@@ -23,9 +23,10 @@ out-of-bounds store where TMA would clip it). Every operand's minor
 axis is zero-padded to whole tiles too: TMA's swizzled copies refuse a minor axis wider than the
 swizzle (64 elements) that is not a multiple of it (d_expert = 160, say), which the interpreter
 does not check and ``jax.export`` for CUDA does.
-With ``num_warps = 8`` gmm is warp-specialized (``_gmm_two_warpgroups``): a producer
-warpgroup issues the copies and two consumer warpgroups each multiply half of the block_n
-columns, so a 128 x 256 tile needs no spilling; the weight gradient keeps one warpgroup.
+With ``num_warps = 8`` (``tgmm_num_warps`` for tgmm) a kernel is warp-specialized
+(``_gmm_two_warpgroups``, ``_tgmm_two_warpgroups``): a producer warpgroup issues the copies
+and two consumer warpgroups each multiply half of the output columns, so a 128 x 256 tile
+needs no spilling.
 tgmm: the work list is (group, k tile, n tile) triples; each loops over the row tiles of its
 group (none for an empty group: zeros); in the two tiles that straddle the group's edges the
 rows of other groups are zeroed in shared memory before the product (the Triton kernel masks
@@ -404,19 +405,69 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n  # tm: rows per step
     # The product is lhs_tile.T (tk, tm) @ grad_tile (tm, tn): tk are its wgmma rows.
     _check_tiles(tk, tm, tn, ("tgmm_block_k", "tgmm_block_m", "tgmm_block_n"))
+    warpgroups = _compute_warpgroups(tiling, tn, "tgmm_num_warps")
+    if warpgroups > 1 and tk % 128:
+        raise ValueError(
+            f"mosaic_gpu_tiling.tgmm_block_k = {tk}: with tgmm_num_warps = 8 a multiple of 128 "
+            "(each consumer warpgroup masks whole 64-column swizzle tiles of the lhs tile)")
+    held = tk * tn * jnp.dtype(out_dtype).itemsize if warpgroups > 1 else 0
     _check_shared_memory(tiling.num_stages, tm * tk + tm * tn, lhs_MK.dtype.itemsize,
-                         "tgmm_block_m, tgmm_block_k, tgmm_block_n, tgmm_num_stages")
+                         "tgmm_block_m, tgmm_block_k, tgmm_block_n, tgmm_num_stages", held)
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
-    grid_k, grid_n = pl.cdiv(k, tk), pl.cdiv(n, tn)
+    shape = _TgmmShape(tm, tk, tn, pl.cdiv(k, tk), pl.cdiv(n, tn), num_groups,
+                       tiling.num_stages)
+    lhs = _pad_to(_pad_to(lhs_MK, 1, tk), 0, _TMA_ROWS)  # the padded rows are in no group
+    grad = _pad_to(_pad_to(grad_MN.astype(lhs_MK.dtype), 1, tn), 0, _TMA_ROWS)
+    k_out, n_out = shape.grid_k * tk, shape.grid_n * tn
+    if warpgroups == 1:
+        body, out_shape = _tgmm_one_warpgroup(shape), (num_groups, k_out, n_out)
+    else:  # (G, k, n tiles, warpgroup, tn / 2): each warpgroup stores its own half
+        body = _tgmm_two_warpgroups(shape)
+        out_shape = (num_groups, k_out, shape.grid_n, 2, tn // 2)
+    out = _kernel(body, jax.ShapeDtypeStruct(out_shape, out_dtype),
+                  warpgroups + (warpgroups > 1))(bounds.starts_G, bounds.ends_G, lhs, grad)
+    out = out.reshape(num_groups, k_out, n_out)
+    return out[:, :k, :n] if (k % tk or n % tn) else out
+
+
+class _TgmmShape(NamedTuple):
+    """Static shape of one tgmm kernel: tiles (tm the rows of a step), output tiles along k
+    and n, local groups, steps in flight."""
+    tm: int
+    tk: int
+    tn: int
+    grid_k: int
+    grid_n: int
+    num_groups: int
+    stages: int
+
+
+def _tgmm_item(index, shape: _TgmmShape, starts_G, ends_G):
+    """Work item ``index``: (group, k tile, n tile, the group's rows [start, end), its first
+    row tile, how many row tiles it spans: 0 for an empty group)."""
+    g = index // (shape.grid_k * shape.grid_n)
+    i, j = index // shape.grid_n % shape.grid_k, index % shape.grid_n
+    start, end = starts_G[g], ends_G[g]
+    first_tile = start // shape.tm
+    num_tiles = jnp.where(end > start, (end - 1) // shape.tm + 1 - first_tile, 0)
+    return g, i, j, start, end, first_tile, num_tiles
+
+
+def _zero_foreign_rows(ref, row_start, start, end):
+    """Zero the rows of a (rows, cols) shared-memory tile outside the group's [start, end)."""
+    row = row_start + _row_iota(ref.shape)
+    ref[...] = jnp.where((row >= start) & (row < end), ref[...], jnp.zeros((), ref.dtype))
+
+
+def _tgmm_one_warpgroup(shape: _TgmmShape):
+    """One warpgroup copies (``emit_pipeline``) and multiplies a (tk, tn) tile."""
+    tm, tk, tn = shape.tm, shape.tk, shape.tn
 
     def body(starts_G, ends_G, lhs_gmem, grad_gmem, out_gmem):
-        @plgpu.nd_loop((num_groups * grid_k * grid_n,), collective_axes="sm")
+        @plgpu.nd_loop((shape.num_groups * shape.grid_k * shape.grid_n,), collective_axes="sm")
         def _(loop):
-            index = loop.index[0]
-            g, i, j = index // (grid_k * grid_n), index // grid_n % grid_k, index % grid_n
-            start, end = starts_G[g], ends_G[g]
-            first_tile = start // tm
-            num_tiles = jnp.where(end > start, (end - 1) // tm + 1 - first_tile, 0)
+            g, i, j, start, end, first_tile, num_tiles = _tgmm_item(
+                loop.index[0], shape, starts_G, ends_G)
 
             def accumulate(acc_ref):
                 @pl.when(num_tiles > 0)  # an empty group's gradient stays zero
@@ -430,10 +481,8 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
                         # step's wgmma reads another buffer (delay_release), so this is safe.
                         @pl.when((row_start < start) | (row_start + tm > end))
                         def _():
-                            for ref, cols in ((x_smem, tk), (dy_smem, tn)):
-                                row = row_start + _row_iota((tm, cols))
-                                ref[...] = jnp.where((row >= start) & (row < end), ref[...],
-                                                     jnp.zeros((), ref.dtype))
+                            _zero_foreign_rows(x_smem, row_start, start, end)
+                            _zero_foreign_rows(dy_smem, row_start, start, end)
                             plgpu.commit_smem()
 
                         plgpu.wgmma(acc_ref, plgpu.transpose_ref(x_smem, (1, 0)), dy_smem)
@@ -445,7 +494,7 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
                                                   delay_release=1),
                                   plgpu.BlockSpec((tm, tn), lambda t: (first_tile + t, j),
                                                   delay_release=1)],
-                        max_concurrent_steps=max(2, tiling.num_stages),
+                        max_concurrent_steps=max(2, shape.stages),
                     )(lhs_gmem, grad_gmem)
                 return acc_ref[...]
 
@@ -459,8 +508,81 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
                     tile_smem, out_gmem.at[g, pl.ds(i * tk, tk), pl.ds(j * tn, tn)])
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-    lhs = _pad_to(_pad_to(lhs_MK, 1, tk), 0, _TMA_ROWS)  # the padded rows are in no group
-    grad = _pad_to(_pad_to(grad_MN.astype(lhs_MK.dtype), 1, tn), 0, _TMA_ROWS)
-    out = _kernel(body, jax.ShapeDtypeStruct((num_groups, grid_k * tk, grid_n * tn), out_dtype))(
-        bounds.starts_G, bounds.ends_G, lhs, grad)
-    return out[:, :k, :n] if (k % tk or n % tn) else out
+    return body
+
+
+def _tgmm_two_warpgroups(shape: _TgmmShape):
+    """Warp-specialized, as ``_gmm_two_warpgroups``: the producer copies a group's (tm, tk) lhs
+    and (tm, tn) grad tiles; consumer w multiplies the lhs tile (transposed) by its half of the
+    grad tile into a (tk, tn / 2) accumulator. In a tile that straddles the group's edge both
+    operands' foreign rows are zeroed, as in the one-warpgroup kernel, without two warpgroups
+    writing one element: each zeroes its own half of the grad tile and half of the lhs tile's
+    columns, then both meet at a barrier before either multiplies (the lhs tile is read by
+    both)."""
+    tm, tk, tn = shape.tm, shape.tk, shape.tn
+    half = tn // 2
+    stages = max(1, shape.stages)
+
+    def pipeline(grid, in_specs, step, context):
+        return plgpu.emit_pipeline_warp_specialized(
+            step, grid=grid, memory_registers=_PRODUCER_REGISTERS, in_specs=in_specs,
+            wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=stages,
+            compute_context=context)
+
+    def specs(first_tile, i, j):
+        return [plgpu.BlockSpec((tm, tk), lambda t: (first_tile + t, i)),
+                plgpu.BlockSpec((tm, tn), lambda t: (first_tile + t, j))]
+
+    def body(starts_G, ends_G, lhs_gmem, grad_gmem, out_gmem):
+        ignore = lambda *_, **__: None  # noqa: E731
+        # A static grid of `stages` steps: allocations for `stages` buffers (a shorter static
+        # grid would shrink them), reused by every item's pipeline.
+        allocations = pipeline((stages,), specs(0, 0, 0), ignore, ignore).get_allocations(
+            lhs_gmem, grad_gmem)
+
+        @functools.partial(pl.run_scoped, allocations=allocations,
+                           out_smem=plgpu.SMEM((2, tk, half), out_gmem.dtype),
+                           masked=plgpu.Barrier(num_arrivals=2), collective_axes="wg")
+        def _(allocations, out_smem, masked):
+            wg = jax.lax.axis_index("wg")
+            cols, lhs_cols = pl.ds(wg * half, half), pl.ds(wg * (tk // 2), tk // 2)
+
+            @plgpu.nd_loop((shape.num_groups * shape.grid_k * shape.grid_n,),
+                           collective_axes="sm")
+            def _(loop):
+                g, i, j, start, end, first_tile, num_tiles = _tgmm_item(
+                    loop.index[0], shape, starts_G, ends_G)
+
+                def step(t, x_smem, dy_smem, acc_ref):
+                    row_start = (first_tile + t[0]) * tm
+
+                    @pl.when((row_start < start) | (row_start + tm > end))
+                    def _():
+                        _zero_foreign_rows(x_smem.at[:, lhs_cols], row_start, start, end)
+                        _zero_foreign_rows(dy_smem.at[:, cols], row_start, start, end)
+                        plgpu.commit_smem()
+                        plgpu.barrier_arrive(masked)
+                        plgpu.barrier_wait(masked)
+
+                    plgpu.wgmma(acc_ref, plgpu.transpose_ref(x_smem, (1, 0)),
+                                dy_smem.at[:, cols])
+                    plgpu.wgmma_wait(0)
+                    return acc_ref
+
+                def context(run):
+                    @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tk, half)))
+                    def _(acc_ref):
+                        run(acc_ref)
+                        tile_smem = out_smem.at[wg]
+                        plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last store read it
+                        tile_smem[...] = acc_ref[...].astype(tile_smem.dtype)
+                        plgpu.commit_smem()
+                        plgpu.copy_smem_to_gmem(
+                            tile_smem, out_gmem.at[g, pl.ds(i * tk, tk), j, wg])
+
+                pipeline((num_tiles,), specs(first_tile, i, j), step, context)(
+                    lhs_gmem, grad_gmem, allocations=allocations)
+
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    return body

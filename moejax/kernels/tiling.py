@@ -115,11 +115,12 @@ def pallas_gpu_tiling(block_m: int = 128, block_k: int = 64, block_n: int = 256,
 def mosaic_gpu_tiling(block_m: int = 128, block_k: int = 64, block_n: int = 128,
                       num_warps: int = 4, num_stages: int = 4, tgmm_block_m: int = 64,
                       tgmm_block_k: int = 128, tgmm_block_n: int = 128,
-                      tgmm_num_stages: int = 3) -> Tiling:
+                      tgmm_num_warps: int = 4, tgmm_num_stages: int = 3) -> Tiling:
     """Hopper (Mosaic GPU) tiles: wgmma accumulators of block_m x block_n in float32
     registers, block_k x 2 bytes = one 128-byte swizzle row. Not yet timed on a GPU; the
-    warp-specialized forward (``num_warps = 8``, ``block_n = 256``, ``num_stages = 3``) is the
-    contender ``gmm_impl = "tuned"`` and ``gpu_session.sh mosaic`` time next to this default.
+    warp-specialized kernels (``num_warps = 8``, ``block_n = 256``, ``num_stages = 3``, the
+    same for the weight gradient) are the contender ``gmm_impl = "tuned"`` and
+    ``gpu_session.sh mosaic`` time next to this default.
 
     Args:
       block_m: rows per tile (gmm), a multiple of 64 (wgmma's row count).
@@ -131,12 +132,15 @@ def mosaic_gpu_tiling(block_m: int = 128, block_k: int = 64, block_n: int = 128,
       tgmm_block_m: rows of a group per step of the weight gradient (its contraction).
       tgmm_block_k: rows of the weight-gradient output tile (d_model side), a multiple of 64.
       tgmm_block_n: columns of the weight-gradient output tile.
-      tgmm_num_stages: steps in flight of the weight gradient (one warpgroup).
+      tgmm_num_warps: as num_warps, for the weight gradient (8: each consumer with half of
+        tgmm_block_n, which is then 128 or 256, and tgmm_block_k a multiple of 128).
+      tgmm_num_stages: steps in flight of the weight gradient.
     """
     return Tiling(block_m=block_m, block_k=block_k, block_n=block_n, min_block_m=1,
                   num_warps=num_warps, num_stages=num_stages,
                   tgmm=Tiling(block_m=tgmm_block_m, block_k=tgmm_block_k,
-                              block_n=tgmm_block_n, min_block_m=1, num_stages=tgmm_num_stages))
+                              block_n=tgmm_block_n, min_block_m=1, num_warps=tgmm_num_warps,
+                              num_stages=tgmm_num_stages))
 
 
 _DEFAULTS = {"cpu": cpu_tiling, "pallas_tpu": pallas_tpu_tiling,

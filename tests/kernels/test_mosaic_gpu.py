@@ -23,9 +23,11 @@ from tests.kernels.reference import Problem, check_problem, problems
 
 TILING = Tiling(block_m=64, block_k=64, block_n=64, min_block_m=1, num_stages=2,
                 tgmm=Tiling(block_m=64, block_k=64, block_n=64, min_block_m=1, num_stages=2))
-# The warp-specialized forward and input gradient: two consumer warpgroups of 64 columns each.
+# The warp-specialized kernels: two consumer warpgroups of 64 columns each (the weight
+# gradient's lhs tile 128 wide: each consumer masks one 64-column half of it).
 TWO_WARPGROUPS = Tiling(block_m=64, block_k=64, block_n=128, min_block_m=1, num_warps=8,
-                        num_stages=2, tgmm=TILING.tgmm)
+                        num_stages=2, tgmm=Tiling(block_m=64, block_k=128, block_n=128,
+                                                  min_block_m=1, num_warps=8, num_stages=2))
 TILINGS = {"one warpgroup": TILING, "two warpgroups": TWO_WARPGROUPS}
 
 pytestmark = pytest.mark.skipif(
@@ -70,6 +72,11 @@ def test_two_warpgroups_need_whole_swizzle_halves():
         gmm(jnp.zeros((64, 64), jnp.bfloat16), jnp.zeros((1, 64, 128), jnp.bfloat16),
             jnp.array([64]), impl="mosaic_gpu",
             tiling=Tiling(block_m=64, block_k=64, block_n=128, min_block_m=1, num_warps=16))
+    narrow = dataclasses.replace(TWO_WARPGROUPS.tgmm, block_k=64)
+    with pytest.raises(ValueError, match=r"mosaic_gpu_tiling.tgmm_block_k = 64: .*128"):
+        tgmm(jnp.zeros((64, 64), jnp.bfloat16), jnp.zeros((64, 128), jnp.bfloat16),
+             jnp.array([64]), num_groups=1, impl="mosaic_gpu",
+             tiling=dataclasses.replace(TWO_WARPGROUPS, tgmm=narrow))
 
 
 @pytest.mark.parametrize("tiles", TILINGS)
@@ -152,7 +159,8 @@ def test_kernels_lower_for_cuda(monkeypatch):
     # the kernels pad them.
     for m, k, n in ((1000, 512, 384), (1001, 160, 200)):
         _lower_all(tiling, m, k, n, sizes)
-    two = dataclasses.replace(tiling, block_n=256, num_warps=8, num_stages=3)
+    two = dataclasses.replace(tiling, block_n=256, num_warps=8, num_stages=3, tgmm=dataclasses.
+                              replace(tiling.tgmm, block_n=256, num_warps=8, num_stages=3))
     _lower_all(two, 1001, 160, 200, sizes)
 
 
