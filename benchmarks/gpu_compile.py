@@ -58,7 +58,10 @@ from moejax.parallel import gpu_topology, native  # noqa: E402
 KERNELS = ("gmm", "gmm_t", "tgmm")
 _REQUESTED = re.compile(r"Shared memory size limit exceeded: requested (\d+), available: (\d+)"
                         r"|exceeds available shared memory: smem_bytes=(\d+)")
-_PTXAS = re.compile(r"Used (\d+) registers.*?\n|(\d+) bytes spill stores, (\d+) bytes spill loads"
+# Spills from each function's properties line; ptxas repeats them in a warning when a function
+# spills, which a plain search would count twice.
+_PTXAS = re.compile(r"Used (\d+) registers.*?\n"
+                    r"|stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
                     r"|\(C7517\) w\w+\.wait|\(C7519\) warpgroup\.arrive|\(C7514\) ")
 IMPLS = {"pallas_gpu": pallas_gpu, "mosaic_gpu": mosaic_gpu}
 

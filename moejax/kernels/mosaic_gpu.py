@@ -74,6 +74,7 @@ _HOPPER_SMS = 132  # H100/H200 SXM; the program count when no GPU is present to 
 _INTERPRETED_PROGRAMS = 3
 _DTYPES = (jnp.bfloat16, jnp.float16)
 _TMA_ROWS = 8  # rows of TMA's swizzle tile: a longer row axis must be a multiple of it
+_EPILOGUE_ROWS = 64  # rows of a consumer's output tile: a float32 128 x 256 one would not fit
 _PRODUCER_REGISTERS = 40  # the copy-issuing warpgroup's registers per thread (JAX's choice)
 _DETECT_RACES = False  # the interpreter's happens-before race detector (slow; tests switch it on)
 
@@ -199,7 +200,7 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n
     _check_tiles(tm, tk, tn, ("block_m", "block_k", "block_n"))
     warpgroups = _compute_warpgroups(tiling, tn, "num_warps")
-    held = tm * tn * jnp.dtype(out_dtype).itemsize if warpgroups > 1 else 0
+    held = _EPILOGUE_ROWS * tn * jnp.dtype(out_dtype).itemsize if warpgroups > 1 else 0
     _check_shared_memory(tiling.num_stages, tm * tk + tk * tn, lhs_MK.dtype.itemsize,
                          "block_m, block_k, block_n, num_stages", held)
     lhs = _pad_to(_pad_to(lhs_MK, 1, tk), 0, _TMA_ROWS)
@@ -272,10 +273,25 @@ def _w_spec(shape: _GmmShape, j, **kwargs):
     return plgpu.BlockSpec((shape.tk, shape.tn), lambda kk: (kk, j), **kwargs)
 
 
-def _own_rows(acc, item: _Visit):
-    """The accumulator with the rows of other groups zeroed."""
-    row = _row_iota(acc.shape)
+def _own_rows(acc, item: _Visit, first: int = 0):
+    """The accumulator (rows first... of the tile) with the rows of other groups zeroed."""
+    row = first + _row_iota(acc.shape)
     return jnp.where((row >= item.own_start) & (row < item.own_end), acc, 0.0)
+
+
+def _epilogue_chunks(acc, tile_smem, keep=None):
+    """Put an accumulator in shared memory _EPILOGUE_ROWS rows at a time, through a consumer's
+    own tile held for the whole kernel: yields (first row, the tile holding acc[first:...]) for
+    the caller to store from. ``keep(chunk, first)``, if given, masks each chunk on the way.
+    Before each write the consumer waits until its previous stores have read the tile -- not
+    at the end of a store, so a store overlaps what comes next."""
+    for first in range(0, acc.shape[0], _EPILOGUE_ROWS):
+        chunk = acc[first:first + _EPILOGUE_ROWS]
+        chunk = chunk if keep is None else keep(chunk, first)
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        tile_smem[...] = chunk.astype(tile_smem.dtype)
+        plgpu.commit_smem()
+        yield first, tile_smem
 
 
 def _gmm_one_warpgroup(shape: _GmmShape):
@@ -328,9 +344,11 @@ def _gmm_two_warpgroups(shape: _GmmShape):
     accumulator each (``emit_pipeline_warp_specialized``). While one waits for its wgmma, the
     other's keeps the tensor cores busy, so each waits for its own at once (``wgmma_wait(0)``)
     and a stage is released as soon as both have read it. Each consumer masks and stores its
-    own half, from its own shared-memory tile held for the whole kernel; it waits for that
-    tile's previous store only when it next writes it, so the store overlaps the next
-    visit's first copies. A zero visit runs the pipeline for no steps and stores zeros."""
+    own half, 64 rows at a time, from its own shared-memory tile held for the whole kernel
+    (``_epilogue_chunks``: 64 x 128 float32, where a whole 128 x 128 one would leave too
+    little room for the pipeline); it waits for that tile's previous store only when it next
+    writes it, so the last store overlaps the next visit's first copies. A zero visit runs the
+    pipeline for no steps and stores zeros."""
     tm, tk, tn = shape.tm, shape.tk, shape.tn
     half = tn // 2
     stages = max(1, min(shape.stages, shape.k_steps))
@@ -353,7 +371,7 @@ def _gmm_two_warpgroups(shape: _GmmShape):
         ).get_allocations(lhs_gmem, rhs_gmem.at[0])
 
         @functools.partial(pl.run_scoped, allocations=allocations,
-                           out_smem=plgpu.SMEM((2, tm, half), out_gmem.dtype),
+                           out_smem=plgpu.SMEM((2, _EPILOGUE_ROWS, half), out_gmem.dtype),
                            collective_axes="wg")
         def _(allocations, out_smem):
             wg = jax.lax.axis_index("wg")
@@ -376,14 +394,15 @@ def _gmm_two_warpgroups(shape: _GmmShape):
                     @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, half)))
                     def _(acc_ref):
                         run(acc_ref)
-                        acc = _own_rows(acc_ref[...], item)
-                        tile_smem = out_smem.at[wg]
-                        plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last store read it
-                        tile_smem[...] = acc.astype(tile_smem.dtype)
-                        plgpu.commit_smem()
-                        _store_rows(tile_smem, lambda r, size: out_gmem.at[
-                            pl.ds(item.first_row + r, size), item.j, wg],
-                            *_store_range(item, store_start_V, store_end_V), tm)
+                        start, count = _store_range(item, store_start_V, store_end_V)
+                        for first, chunk in _epilogue_chunks(
+                                acc_ref[...], out_smem.at[wg],
+                                lambda rows, first: _own_rows(rows, item, first)):
+                            low = jnp.clip(start - first, 0, _EPILOGUE_ROWS)
+                            high = jnp.clip(start + count - first, 0, _EPILOGUE_ROWS)
+                            _store_rows(chunk, lambda r, size, first=first: out_gmem.at[
+                                pl.ds(item.first_row + first + r, size), item.j, wg],
+                                low, high - low, _EPILOGUE_ROWS)
 
                 steps = jnp.where(item.own_end > item.own_start, shape.k_steps, 0)
                 pipeline((steps,), [plgpu.BlockSpec((tm, tk), lambda kk: (item.tile, kk)),
@@ -410,7 +429,7 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
         raise ValueError(
             f"mosaic_gpu_tiling.tgmm_block_k = {tk}: with tgmm_num_warps = 8 a multiple of 128 "
             "(each consumer warpgroup masks whole 64-column swizzle tiles of the lhs tile)")
-    held = tk * tn * jnp.dtype(out_dtype).itemsize if warpgroups > 1 else 0
+    held = _EPILOGUE_ROWS * tn * jnp.dtype(out_dtype).itemsize if warpgroups > 1 else 0
     _check_shared_memory(tiling.num_stages, tm * tk + tm * tn, lhs_MK.dtype.itemsize,
                          "tgmm_block_m, tgmm_block_k, tgmm_block_n, tgmm_num_stages", held)
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)
@@ -541,7 +560,7 @@ def _tgmm_two_warpgroups(shape: _TgmmShape):
             lhs_gmem, grad_gmem)
 
         @functools.partial(pl.run_scoped, allocations=allocations,
-                           out_smem=plgpu.SMEM((2, tk, half), out_gmem.dtype),
+                           out_smem=plgpu.SMEM((2, _EPILOGUE_ROWS, half), out_gmem.dtype),
                            masked=plgpu.Barrier(num_arrivals=2), collective_axes="wg")
         def _(allocations, out_smem, masked):
             wg = jax.lax.axis_index("wg")
@@ -573,12 +592,9 @@ def _tgmm_two_warpgroups(shape: _TgmmShape):
                     @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tk, half)))
                     def _(acc_ref):
                         run(acc_ref)
-                        tile_smem = out_smem.at[wg]
-                        plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last store read it
-                        tile_smem[...] = acc_ref[...].astype(tile_smem.dtype)
-                        plgpu.commit_smem()
-                        plgpu.copy_smem_to_gmem(
-                            tile_smem, out_gmem.at[g, pl.ds(i * tk, tk), j, wg])
+                        for first, chunk in _epilogue_chunks(acc_ref[...], out_smem.at[wg]):
+                            plgpu.copy_smem_to_gmem(chunk, out_gmem.at[
+                                g, pl.ds(i * tk + first, _EPILOGUE_ROWS), j, wg])
 
                 pipeline((num_tiles,), specs(first_tile, i, j), step, context)(
                     lhs_gmem, grad_gmem, allocations=allocations)
