@@ -113,6 +113,16 @@ def test_random_problems():
     check()
 
 
+@pytest.mark.slow  # about 8 s a problem in the interpreter: three simulated warpgroups
+def test_random_problems_two_warpgroups():
+    @settings(max_examples=6, deadline=None, derandomize=True)
+    @given(problems(max_m=300, max_dim=200, max_groups=7, dtypes=("bfloat16", "float16")))
+    def check(problem):
+        check_problem(problem, "mosaic_gpu", TWO_WARPGROUPS)
+
+    check()
+
+
 @pytest.mark.parametrize("tiles, knob", [
     (Tiling(block_m=32, block_k=64, block_n=64, min_block_m=1), "block_m"),
     (Tiling(block_m=64, block_k=64, block_n=512, min_block_m=1), "block_n"),
