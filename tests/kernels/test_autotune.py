@@ -134,6 +134,12 @@ def test_candidates_per_backend():
         assert all(impl in autotune.TUNABLE and isinstance(t, Tiling) for impl, t in found)
     impls = [impl for impl, _ in autotune.candidates(bf16, "gpu", (9, 0))]
     assert "mosaic_gpu" in impls and "cudnn" in impls and "xla" in impls
+    # both Hopper kernel kinds; 64-row tiles only for small groups (here 512 rows each)
+    hopper = [t for impl, t in autotune.candidates(bf16, "gpu", (9, 0)) if impl == "mosaic_gpu"]
+    assert sorted(t.num_warps for t in hopper) == [4, 8] and {t.block_m for t in hopper} == {128}
+    small = autotune.Problem(**{**bf16.__dict__, "local_groups": 64, "num_groups": 64})
+    hopper = [t for impl, t in autotune.candidates(small, "gpu", (9, 0)) if impl == "mosaic_gpu"]
+    assert [(t.block_m, t.num_warps) for t in hopper] == [(128, 4), (128, 8), (64, 8)]
     assert "mosaic_gpu" not in [i for i, _ in autotune.candidates(bf16, "gpu", (8, 0))]
     assert "mosaic_gpu" not in [i for i, _ in autotune.candidates(bf16, "gpu", None)]
     assert "mosaic_gpu" not in [i for i, _ in autotune.candidates(f32, "gpu", (9, 0))]
