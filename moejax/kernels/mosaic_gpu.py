@@ -147,10 +147,10 @@ def _compute_warpgroups(tiling: Tiling, cols: int, knob: str) -> int:
     return 2
 
 
-def _kernel(body, out_type, warpgroups: int = 1):
-    """A persistent grid of one program per SM; ``warpgroups`` (the axis "wg") > 1 for a
-    warp-specialized kernel."""
-    threads = {} if warpgroups == 1 else {"num_threads": warpgroups, "thread_name": "wg"}
+def _kernel(body, out_type, consumers: int = 1):
+    """A persistent grid of one program per SM; with 2 ``consumers`` it is warp-specialized:
+    three warpgroups (the axis "wg"), the producer last."""
+    threads = {} if consumers == 1 else {"num_threads": consumers + 1, "thread_name": "wg"}
     return plgpu.kernel(body, out_type=out_type, grid=(_num_programs(),), grid_names=("sm",),
                         compiler_params=plgpu.CompilerParams(
                             lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
@@ -219,7 +219,7 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     else:  # (rows, n tiles, warpgroup, tn / 2): each warpgroup stores its own half
         body, out_shape = _gmm_two_warpgroups(shape), (m_rows, grid_n, 2, tn // 2)
     out = _kernel(body, jax.ShapeDtypeStruct(out_shape, out_dtype),
-                  warpgroups + (warpgroups > 1))(
+                  warpgroups)(
         visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
         visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
     out = out.reshape(m_rows, grid_n * tn)
@@ -336,6 +336,26 @@ def _gmm_one_warpgroup(shape: _GmmShape):
     return body
 
 
+def _consumers_pipeline(grid, in_specs, stages: int, step=None, acc_shape=None,
+                        epilogue=None):
+    """A warp-specialized pipeline (``emit_pipeline_warp_specialized``): the producer
+    warpgroup ("wg" = 2, _PRODUCER_REGISTERS registers) copies the blocks of ``in_specs``;
+    each consumer (0 and 1) runs ``step(indices, *tiles, acc_ref)`` on them into a fresh
+    ``acc_shape`` accumulator, then ``epilogue(acc)``. Without step and epilogue, only for
+    ``get_allocations``: buffers and barriers depend on the block shapes alone."""
+    def context(run):
+        @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC(acc_shape))
+        def _(acc_ref):
+            run(acc_ref)
+            epilogue(acc_ref[...])
+
+    ignore = lambda *_, **__: None  # noqa: E731
+    return plgpu.emit_pipeline_warp_specialized(
+        step or ignore, grid=grid, memory_registers=_PRODUCER_REGISTERS, in_specs=in_specs,
+        wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=stages,
+        compute_context=ignore if epilogue is None else context)
+
+
 def _gmm_two_warpgroups(shape: _GmmShape):
     """Warp specialization, after JAX's Hopper matmul (jax.experimental.pallas.ops.gpu.
     hopper_matmul_mgpu): a producer warpgroup (axis "wg" = 2, 40 registers) issues every TMA
@@ -353,22 +373,16 @@ def _gmm_two_warpgroups(shape: _GmmShape):
     half = tn // 2
     stages = max(1, min(shape.stages, shape.k_steps))
 
-    def pipeline(grid, in_specs, step, context):
-        return plgpu.emit_pipeline_warp_specialized(
-            step, grid=grid, memory_registers=_PRODUCER_REGISTERS, in_specs=in_specs,
-            wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=stages,
-            compute_context=context)
+    def specs(tile, j):
+        return [plgpu.BlockSpec((tm, tk), lambda kk: (tile, kk)), _w_spec(shape, j)]
 
     def body(*refs):
         *visit_refs, store_start_V, store_end_V, live, lhs_gmem, rhs_gmem, out_gmem = refs
         # The buffers and barriers depend only on the block shapes: allocated once, outside
         # the loop over visits (a pipeline's own allocation would synchronize the warpgroups
         # at every visit).
-        ignore = lambda *_, **__: None  # noqa: E731
-        allocations = pipeline(
-            (shape.k_steps,), [plgpu.BlockSpec((tm, tk), lambda kk: (0, kk)),
-                               _w_spec(shape, 0)], ignore, ignore,
-        ).get_allocations(lhs_gmem, rhs_gmem.at[0])
+        allocations = _consumers_pipeline((shape.k_steps,), specs(0, 0), stages
+                                          ).get_allocations(lhs_gmem, rhs_gmem.at[0])
 
         @functools.partial(pl.run_scoped, allocations=allocations,
                            out_smem=plgpu.SMEM((2, _EPILOGUE_ROWS, half), out_gmem.dtype),
@@ -390,24 +404,20 @@ def _gmm_two_warpgroups(shape: _GmmShape):
                     plgpu.wgmma_wait(0)
                     return acc_ref
 
-                def context(run):
-                    @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tm, half)))
-                    def _(acc_ref):
-                        run(acc_ref)
-                        start, count = _store_range(item, store_start_V, store_end_V)
-                        for first, chunk in _epilogue_chunks(
-                                acc_ref[...], out_smem.at[wg],
-                                lambda rows, first: _own_rows(rows, item, first)):
-                            low = jnp.clip(start - first, 0, _EPILOGUE_ROWS)
-                            high = jnp.clip(start + count - first, 0, _EPILOGUE_ROWS)
-                            _store_rows(chunk, lambda r, size, first=first: out_gmem.at[
-                                pl.ds(item.first_row + first + r, size), item.j, wg],
-                                low, high - low, _EPILOGUE_ROWS)
+                def epilogue(acc):
+                    start, count = _store_range(item, store_start_V, store_end_V)
+                    for first, chunk in _epilogue_chunks(
+                            acc, out_smem.at[wg], lambda rows, first: _own_rows(rows, item, first)):
+                        low = jnp.clip(start - first, 0, _EPILOGUE_ROWS)
+                        high = jnp.clip(start + count - first, 0, _EPILOGUE_ROWS)
+                        _store_rows(chunk, lambda r, size, first=first: out_gmem.at[
+                            pl.ds(item.first_row + first + r, size), item.j, wg],
+                            low, high - low, _EPILOGUE_ROWS)
 
                 steps = jnp.where(item.own_end > item.own_start, shape.k_steps, 0)
-                pipeline((steps,), [plgpu.BlockSpec((tm, tk), lambda kk: (item.tile, kk)),
-                                    _w_spec(shape, item.j)], step, context,
-                         )(lhs_gmem, rhs_gmem.at[item.group], allocations=allocations)
+                _consumers_pipeline((steps,), specs(item.tile, item.j), stages, step,
+                                    (tm, half), epilogue,
+                                    )(lhs_gmem, rhs_gmem.at[item.group], allocations=allocations)
 
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
@@ -444,7 +454,7 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
         body = _tgmm_two_warpgroups(shape)
         out_shape = (num_groups, k_out, shape.grid_n, 2, tn // 2)
     out = _kernel(body, jax.ShapeDtypeStruct(out_shape, out_dtype),
-                  warpgroups + (warpgroups > 1))(bounds.starts_G, bounds.ends_G, lhs, grad)
+                  warpgroups)(bounds.starts_G, bounds.ends_G, lhs, grad)
     out = out.reshape(num_groups, k_out, n_out)
     return out[:, :k, :n] if (k % tk or n % tn) else out
 
@@ -542,21 +552,14 @@ def _tgmm_two_warpgroups(shape: _TgmmShape):
     half = tn // 2
     stages = max(1, shape.stages)
 
-    def pipeline(grid, in_specs, step, context):
-        return plgpu.emit_pipeline_warp_specialized(
-            step, grid=grid, memory_registers=_PRODUCER_REGISTERS, in_specs=in_specs,
-            wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=stages,
-            compute_context=context)
-
     def specs(first_tile, i, j):
         return [plgpu.BlockSpec((tm, tk), lambda t: (first_tile + t, i)),
                 plgpu.BlockSpec((tm, tn), lambda t: (first_tile + t, j))]
 
     def body(starts_G, ends_G, lhs_gmem, grad_gmem, out_gmem):
-        ignore = lambda *_, **__: None  # noqa: E731
         # A static grid of `stages` steps: allocations for `stages` buffers (a shorter static
         # grid would shrink them), reused by every item's pipeline.
-        allocations = pipeline((stages,), specs(0, 0, 0), ignore, ignore).get_allocations(
+        allocations = _consumers_pipeline((stages,), specs(0, 0, 0), stages).get_allocations(
             lhs_gmem, grad_gmem)
 
         @functools.partial(pl.run_scoped, allocations=allocations,
@@ -588,16 +591,14 @@ def _tgmm_two_warpgroups(shape: _TgmmShape):
                     plgpu.wgmma_wait(0)
                     return acc_ref
 
-                def context(run):
-                    @functools.partial(pl.run_scoped, acc_ref=plgpu.ACC((tk, half)))
-                    def _(acc_ref):
-                        run(acc_ref)
-                        for first, chunk in _epilogue_chunks(acc_ref[...], out_smem.at[wg]):
-                            plgpu.copy_smem_to_gmem(chunk, out_gmem.at[
-                                g, pl.ds(i * tk + first, _EPILOGUE_ROWS), j, wg])
+                def epilogue(acc):
+                    for first, chunk in _epilogue_chunks(acc, out_smem.at[wg]):
+                        plgpu.copy_smem_to_gmem(chunk, out_gmem.at[
+                            g, pl.ds(i * tk + first, _EPILOGUE_ROWS), j, wg])
 
-                pipeline((num_tiles,), specs(first_tile, i, j), step, context)(
-                    lhs_gmem, grad_gmem, allocations=allocations)
+                _consumers_pipeline((num_tiles,), specs(first_tile, i, j), stages, step,
+                                    (tk, half), epilogue,
+                                    )(lhs_gmem, grad_gmem, allocations=allocations)
 
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
