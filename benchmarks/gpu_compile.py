@@ -21,13 +21,15 @@ allocates when that passes the limit (its own for the compute capability, not th
 GPU's, so there is no 1 KiB probe). One line per (GPU, kernel, tiling): compiled or the
 error, shared memory, registers per thread, spill bytes, and how many waits and arrives ptxas
 inserted around wgmma (each ``warpgroup.wait`` it adds makes the warpgroup wait for its matrix
-products before it goes on: what pipelining is meant to avoid).
+products before it goes on: what pipelining is meant to avoid), ``serialized_wgmma`` (functions
+whose every wgmma ptxas made wait for the one before, its warning C7514) and ``ptxas_ran``
+(false for a kernel that came from this process's compilation cache: no figures then).
 
   python benchmarks/gpu_compile.py                      # a100-80gb, l4, h100; bf16 and f32
   python benchmarks/gpu_compile.py --gpus h100 --shape 65536,4096,4096 \
       --tiling pallas_gpu:128,64,256,8,3/64,128,128,8,3
   python benchmarks/gpu_compile.py --impl mosaic_gpu --gpus h100 \
-      --tiling mosaic_gpu:128,64,256,4,4/64,128,128,3,3
+      --tiling mosaic_gpu:128,64,256,8,3/64,128,256,8,3   # warps 8: warp-specialized
 
 Needs the CUDA plugin in the virtual environment (``launch/setup.sh dev`` puts it in
 ``.venv/cuda-aot``). Kernels: "gmm" (forward), "gmm_t" (input gradient: rhs transposed),
