@@ -8,6 +8,7 @@ import contextlib
 
 import jax
 
+from moejax.kernels import platform as kernel_platform
 from moejax.kernels.platform import EXPORT_UNGUARANTEED_CALLS as UNGUARANTEED_CALLS
 
 TRITON_CALL = UNGUARANTEED_CALLS[0]  # "__gpu$xla.gpu.triton"
@@ -18,16 +19,11 @@ def export_for(fn, platform: str, *args):
     from jax import export
 
     checks = [export.DisabledSafetyCheck.custom_call(name) for name in UNGUARANTEED_CALLS]
-    # JAX 0.11's Triton lowering asks which GPU it compiles for; off a GPU an abstract device
-    # names it (JAX 0.10 does not ask, and ignores it). Auto axes: 0.11 defaults to Explicit,
-    # where ragged_dot wants an out_sharding the model's (Auto) meshes never need.
+    # Triton asks which GPU it lowers for (JAX >= 0.11): the kernels name it under
+    # platform.targeting, which these tests skip by forcing the kernels out of their interpreters
     target = contextlib.nullcontext()
     if platform == "cuda":
-        h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
-                                           platform="cuda")
-        target = jax.sharding.use_abstract_mesh(
-            jax.sharding.AbstractMesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,),
-                                      abstract_device=h100))
+        target = kernel_platform.naming_the_gpu(kernel_platform.target_device("cuda"))
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
     with target:
         return export.export(jitted, platforms=[platform], disabled_checks=checks)(*args)

@@ -28,6 +28,11 @@ TRITON_MIN_CAPABILITY = (8, 0)  # Ampere
 MOSAIC_GPU_MAJOR = 9  # Hopper's wgmma; Blackwell (10.x) has another matrix instruction
 
 _AUTO = {"cpu": "cpu", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
+# A GPU of each compute capability by a name JAX's Triton lowering knows (its ``GpuVersion``):
+# how ``naming_the_gpu`` tells it the architecture of a GPU it compiles for without one.
+TRITON_KINDS = {(8, 0): "NVIDIA A100", (8, 6): "NVIDIA A10", (8, 9): "NVIDIA L4",
+                (9, 0): "NVIDIA H100", (10, 0): "NVIDIA B200", (10, 3): "NVIDIA B300",
+                (12, 0): "NVIDIA RTX PRO 6000"}
 
 # The most shared memory one thread block may use, KiB, by compute capability (CUDA C++
 # Programming Guide, "Technical Specifications per Compute Capability"). The data-centre parts
@@ -83,6 +88,23 @@ def targeting(device: Device):
         yield device
     finally:
         _targets.pop()
+
+
+def naming_the_gpu(device: Device):
+    """A context to trace a Triton kernel for ``device`` in. JAX >= 0.11's Triton lowering asks
+    the abstract mesh the kernel was traced under which GPU it compiles for, and where that is
+    no GPU (this CPU, lowering for one) it stops: "No supported GPU devices found". This puts in
+    force an abstract mesh without axes (so the kernel's operands, whatever mesh they come
+    from, are not checked against it) that names the target's architecture (``TRITON_KINDS``).
+    A no-op for other targets, on a GPU (Triton asks the driver) and where the mesh in force
+    names a GPU already (compile-only ones); JAX 0.10 does not ask."""
+    named = jax.sharding.get_abstract_mesh().abstract_device
+    if (device.backend != "gpu" or jax.default_backend() == "gpu"
+            or (named is not None and named.platform in ("gpu", "cuda"))):
+        return contextlib.nullcontext()
+    gpu = jax.sharding.AbstractDevice(device_kind=TRITON_KINDS.get(device.capability, device.kind),
+                                      num_cores=None, platform="cuda")
+    return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=gpu))
 
 
 def target_device(platform_name: str, capability: tuple[int, int] | None = None) -> Device:

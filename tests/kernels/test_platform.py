@@ -240,3 +240,34 @@ def test_tiles_past_a_cores_whole_vmem_fail_before_compiling_naming_the_tiles():
         out = jax.eval_shape(lambda x, w, s: gmm(x, w, s, impl="pallas_tpu", tiling=big),
                              lhs, rhs, sizes)
     assert out.shape == (4096, 1024)
+
+
+L4 = platform.Device("gpu", "NVIDIA L4", (8, 9))
+
+
+@pytest.mark.parametrize("device, kind", [(L4, "NVIDIA L4"), (H100, "NVIDIA H100"),
+                                          (A100, "NVIDIA A100"), (B200, "NVIDIA B200")])
+def test_a_triton_kernel_traced_for_a_gpu_from_here_is_told_its_architecture(device, kind):
+    """JAX >= 0.11's Triton lowering reads the GPU from the abstract mesh in force when the
+    kernel was traced: off a GPU, naming_the_gpu names one of the target's compute capability
+    by a name Triton knows, in a mesh without axes (so no operand's mesh is checked against
+    it); it changes nothing after."""
+    before = jax.sharding.get_abstract_mesh()
+    with platform.naming_the_gpu(device):
+        mesh = jax.sharding.get_abstract_mesh()
+        assert mesh.empty and mesh.abstract_device.platform == "cuda"
+        assert mesh.abstract_device.device_kind == kind
+    assert jax.sharding.get_abstract_mesh() == before
+
+
+def test_naming_the_gpu_leaves_other_targets_and_a_mesh_naming_a_gpu_alone():
+    before = jax.sharding.get_abstract_mesh()
+    here = platform.device_of(jax.devices()[0])  # this CPU
+    for device in (platform.Device("tpu", "TPU v5 lite", None), here):
+        with platform.naming_the_gpu(device):
+            assert jax.sharding.get_abstract_mesh() == before
+    h200 = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="cuda")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(
+            (1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), abstract_device=h200)):
+        with platform.naming_the_gpu(L4):  # on a GPU (or compile-only ones): theirs stands
+            assert jax.sharding.get_abstract_mesh().abstract_device.device_kind == "NVIDIA H200"

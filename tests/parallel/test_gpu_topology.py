@@ -126,7 +126,8 @@ def _square_dot(rows: int, inner: int, device):
     where = jax.sharding.SingleDeviceSharding(device)
     x = jax.ShapeDtypeStruct((rows, inner), jnp.bfloat16, sharding=where)
     y = jax.ShapeDtypeStruct((inner, rows), jnp.bfloat16, sharding=where)
-    with platform.targeting(platform.Device("gpu", device.device_kind, (9, 0))):
+    gpu = platform.device_of(device)  # Triton is told which GPU (JAX >= 0.11 asks)
+    with platform.targeting(gpu), platform.naming_the_gpu(gpu):
         return jax.jit(f).lower(x, y).compile()
 
 
