@@ -50,6 +50,8 @@ for l in sys.stdin:
 # The last one: the default tiles with the weight gradient on 8 warps, which Triton compiles
 # without register spills (benchmarks/triton_compile.py); never timed yet.
 TILES=${TILES:-"64,64,128,4,2 128,64,128,4,3 128,64,128,8,3 128,128,128,8,3 64,128,128,4,3 64,64,64,4,3 128,64,256,8,3/64,128,128,8,3"}
+# The warp-specialized Hopper tiles (two consumer warpgroups), timed next to the defaults
+WARP_SPECIALIZED="--tiling mosaic_gpu:128,64,256,8,3/64,128,256,8,3"
 CASES=${CASES:-"26 29 32"}   # FULL indices: m65536 d1024 E16 K2 balanced, E128 K8 zipf, d4096 E16
 for what in "$@"; do
   case $what in
@@ -86,7 +88,7 @@ for l in sys.stdin:
 for l in sys.stdin:
     r=json.loads(l); print(r['case'], r['tiling'], 'fwd', r.get('fwd_ratio'), 'dlhs', r.get('dlhs_ratio'), 'drhs', r.get('drhs_ratio'), r['errors'])" ;;
     mosaic)  # the Hopper kernel next to the Triton one: native tests, parts (E = 1 too), grid
-      MOSAIC_TILES=${MOSAIC_TILES:-"--tiling mosaic_gpu:128,64,256,8,3/64,128,256,8,3"}
+      MOSAIC_TILES=${MOSAIC_TILES:-$WARP_SPECIALIZED}
       timeout 300 python3 -m pytest tests/kernels/test_mosaic_gpu.py -q -p no:cacheprovider 2>&1 \
         | tee "$OUT/mosaic_tests.log" | tail -8
       for cases in "--full $(for c in $CASES; do echo --case $c; done)" \
@@ -137,8 +139,7 @@ for l in sys.stdin:
         || { echo "this XLA does not know $flag: cudnn runs as plain ragged_dot"; flag=; }
       XLA_FLAGS=$flag with_rivals timeout 540 python3 benchmarks/gmm.py --full $cases \
         --impl pallas_gpu --impl mosaic_gpu --impl cudnn --rival maxtext --rival jax_mgpu \
-        --tiling mosaic_gpu:128,64,256,8,3/64,128,256,8,3 \
-        --dtype bfloat16 --reps 10 --ragged-reps 0 2>>"$OUT/compare.err" \
+        $WARP_SPECIALIZED --dtype bfloat16 --reps 10 --ragged-reps 0 2>>"$OUT/compare.err" \
         | tee -a "$OUT/compare.jsonl" | summary
       plot "$OUT/compare.jsonl" ;;
     rivals)

@@ -4,8 +4,6 @@ shape the target cannot take fails here."""
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 
 from moejax.kernels import platform as kernel_platform
@@ -21,11 +19,8 @@ def export_for(fn, platform: str, *args):
     checks = [export.DisabledSafetyCheck.custom_call(name) for name in UNGUARANTEED_CALLS]
     # Triton asks which GPU it lowers for (JAX >= 0.11): the kernels name it under
     # platform.targeting, which these tests skip by forcing the kernels out of their interpreters
-    target = contextlib.nullcontext()
-    if platform == "cuda":
-        target = kernel_platform.naming_the_gpu(kernel_platform.target_device("cuda"))
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-    with target:
+    with kernel_platform.naming_the_gpu(kernel_platform.target_device(platform)):
         return export.export(jitted, platforms=[platform], disabled_checks=checks)(*args)
 
 

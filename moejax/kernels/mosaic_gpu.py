@@ -147,6 +147,12 @@ def _compute_warpgroups(tiling: Tiling, cols: int, knob: str) -> int:
     return 2
 
 
+def _epilogue_bytes(warpgroups: int, cols: int, out_dtype) -> int:
+    """Shared memory the two consumers' output tiles hold for the whole kernel (_EPILOGUE_ROWS
+    rows of cols / 2 each); none with one warpgroup (its tile reuses the pipeline's room)."""
+    return _EPILOGUE_ROWS * cols * jnp.dtype(out_dtype).itemsize if warpgroups > 1 else 0
+
+
 def _kernel(body, out_type, consumers: int = 1):
     """A persistent grid of one program per SM; with 2 ``consumers`` it is warp-specialized:
     three warpgroups (the axis "wg"), the producer last."""
@@ -200,7 +206,7 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
     tm, tk, tn = tiling.block_m, tiling.block_k, tiling.block_n
     _check_tiles(tm, tk, tn, ("block_m", "block_k", "block_n"))
     warpgroups = _compute_warpgroups(tiling, tn, "num_warps")
-    held = _EPILOGUE_ROWS * tn * jnp.dtype(out_dtype).itemsize if warpgroups > 1 else 0
+    held = _epilogue_bytes(warpgroups, tn, out_dtype)
     _check_shared_memory(tiling.num_stages, tm * tk + tk * tn, lhs_MK.dtype.itemsize,
                          "block_m, block_k, block_n, num_stages", held)
     lhs = _pad_to(_pad_to(lhs_MK, 1, tk), 0, _TMA_ROWS)
@@ -218,8 +224,7 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
         body, out_shape = _gmm_one_warpgroup(shape), (m_rows, grid_n, tn)
     else:  # (rows, n tiles, warpgroup, tn / 2): each warpgroup stores its own half
         body, out_shape = _gmm_two_warpgroups(shape), (m_rows, grid_n, 2, tn // 2)
-    out = _kernel(body, jax.ShapeDtypeStruct(out_shape, out_dtype),
-                  warpgroups)(
+    out = _kernel(body, jax.ShapeDtypeStruct(out_shape, out_dtype), warpgroups)(
         visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
         visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
     out = out.reshape(m_rows, grid_n * tn)
@@ -439,7 +444,7 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
         raise ValueError(
             f"mosaic_gpu_tiling.tgmm_block_k = {tk}: with tgmm_num_warps = 8 a multiple of 128 "
             "(each consumer warpgroup masks whole 64-column swizzle tiles of the lhs tile)")
-    held = _EPILOGUE_ROWS * tn * jnp.dtype(out_dtype).itemsize if warpgroups > 1 else 0
+    held = _epilogue_bytes(warpgroups, tn, out_dtype)
     _check_shared_memory(tiling.num_stages, tm * tk + tm * tn, lhs_MK.dtype.itemsize,
                          "tgmm_block_m, tgmm_block_k, tgmm_block_n, tgmm_num_stages", held)
     bounds = metadata.group_bounds(group_sizes_E, group_offset, num_groups)

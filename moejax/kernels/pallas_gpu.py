@@ -59,16 +59,6 @@ def _interpret() -> bool:
     return platform.current().backend != "gpu"
 
 
-def _bind(kernel_call, *args):
-    """``kernel_call(*args)``, traced so that its lowering knows the GPU it compiles for:
-    JAX >= 0.11's Triton lowering reads it from the abstract mesh the call was traced under,
-    and off a GPU (compiling for one from here) that mesh names none."""
-    if _interpret():
-        return kernel_call(*args)
-    with platform.naming_the_gpu(platform.current()):
-        return kernel_call(*args)
-
-
 def _tiles(tiling: Tiling, m: int, k: int, n: int) -> tuple[int, int, int]:
     # Triton dots need every tile dimension >= 16; tiles shrink for small problems.
     return (fit_tile(tiling.block_m, m, 16), fit_tile(tiling.block_k, k, 16),
@@ -116,16 +106,17 @@ def gmm(lhs_MK: jax.Array, rhs_GKN: jax.Array, group_sizes_E: jax.Array,
             stored = (row >= store_start_V[v]) & (row < store_end_V[v])
             plgpu.store(out_ref.at[rows, cols], value.astype(out_ref.dtype), mask=stored)
 
-    out = _bind(pl.pallas_call(
-        kernel,
-        out_shape=jax.ShapeDtypeStruct((m_pad, n_pad), out_dtype),
-        grid=(n_pad // tn, visits.group_V.shape[0]),
-        interpret=_interpret(),
-        compiler_params=_compiler_params(tiling, (tm * tk + tk * tn) * lhs.dtype.itemsize,
-                                         "block_m, block_k, block_n"),
-        name="moejax_gmm_gpu",
-    ), visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
-        visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
+    with platform.naming_the_gpu(platform.current()):  # JAX >= 0.11's Triton asks which GPU
+        out = pl.pallas_call(
+            kernel,
+            out_shape=jax.ShapeDtypeStruct((m_pad, n_pad), out_dtype),
+            grid=(n_pad // tn, visits.group_V.shape[0]),
+            interpret=_interpret(),
+            compiler_params=_compiler_params(tiling, (tm * tk + tk * tn) * lhs.dtype.itemsize,
+                                             "block_m, block_k, block_n"),
+            name="moejax_gmm_gpu",
+        )(visits.group_V, visits.tile_V, visits.own_start_V, visits.own_end_V,
+          visits.store_start_V, visits.store_end_V, visits.num_live.reshape(1), lhs, rhs)
     return out[:m, :n] if (m, n) != (m_pad, n_pad) else out
 
 
@@ -162,13 +153,14 @@ def tgmm(lhs_MK: jax.Array, grad_MN: jax.Array, group_sizes_E: jax.Array,
         acc = jax.lax.fori_loop(first_tile, end_tile, row_tile, jnp.zeros((tk, tn), jnp.float32))
         out_ref[g, pl.ds(i * tk, tk), pl.ds(j * tn, tn)] = acc.astype(out_ref.dtype)
 
-    out = _bind(pl.pallas_call(
-        kernel,
-        out_shape=jax.ShapeDtypeStruct((num_groups, k_pad, n_pad), out_dtype),
-        grid=(n_pad // tn, k_pad // tk, num_groups),
-        interpret=_interpret(),
-        compiler_params=_compiler_params(tiling, (tm * tk + tm * tn) * lhs.dtype.itemsize,
-                                         "tgmm_block_m, tgmm_block_k, tgmm_block_n"),
-        name="moejax_tgmm_gpu",
-    ), bounds.starts_G, bounds.ends_G, lhs, grad)
+    with platform.naming_the_gpu(platform.current()):
+        out = pl.pallas_call(
+            kernel,
+            out_shape=jax.ShapeDtypeStruct((num_groups, k_pad, n_pad), out_dtype),
+            grid=(n_pad // tn, k_pad // tk, num_groups),
+            interpret=_interpret(),
+            compiler_params=_compiler_params(tiling, (tm * tk + tm * tn) * lhs.dtype.itemsize,
+                                             "tgmm_block_m, tgmm_block_k, tgmm_block_n"),
+            name="moejax_tgmm_gpu",
+        )(bounds.starts_G, bounds.ends_G, lhs, grad)
     return out[:, :k, :n]
