@@ -12,6 +12,7 @@ import pytest
 from moejax.cli import main
 from moejax.eval import load_points
 from moejax.train.metrics import load_jsonl
+from tests.processes import private_tmpdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,7 +79,7 @@ def test_sweep_killed_mid_run_resumes_without_retraining(tmp_path):
                     .replace("'TrainConfig.eval_every = 3'", "'TrainConfig.eval_every = 0'"))
     root = tmp_path / "sweep"
     command = [sys.executable, "-m", "moejax.cli", "sweep", f"--grid={grid}", f"--root={root}"]
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**private_tmpdir(tmp_path), "PYTHONPATH": REPO}
     sweep = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     first, second = (root / "tiny-000-num_experts2_top_k1"), (root / "tiny-001-num_experts2_top_k2")

@@ -19,6 +19,7 @@ from moejax.model.config import ConfigError
 from moejax.train.cli import load_configs
 from moejax.train.loop import TrainingDiverged, run_training
 from moejax.train.metrics import load_jsonl
+from tests.processes import private_tmpdir
 
 TINY = [
     "ModelConfig.d_model = 32", "ModelConfig.n_layers = 2", "ModelConfig.n_heads = 2",
@@ -80,7 +81,7 @@ def test_sigkill_then_restart_continues_with_identical_losses(tmp_path):
                 "TrainConfig.eval_every = 0"]
     killed = str(tmp_path / "killed")
     proc = subprocess.Popen(cli(killed, *bindings), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=private_tmpdir(tmp_path))
     reached = _wait_for_step(killed, 35, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
