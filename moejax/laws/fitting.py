@@ -76,6 +76,9 @@ class FitResult:
     confidence: float = 0.95
     intervals: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     bootstrap_parameters: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    # Each refit's fit coordinates (as fit_coordinates): what predictions are made from, exact
+    # where a paper-named parameter underflowed (a degenerate refit's A = 0.0, say).
+    bootstrap_coordinates: list[dict[str, float]] = dataclasses.field(default_factory=list)
     bootstrap_converged_fraction: float | None = None
     seconds: float = 0.0
 
@@ -456,6 +459,8 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
             bar.update(bootstrap)
             samples = [law.to_parameters(t) for t in boot_thetas]
             result.bootstrap_parameters = samples
+            result.bootstrap_coordinates = [dict(zip(law.fit_parameter_names, map(float, t)))
+                                            for t in boot_thetas]
             result.bootstrap_converged_fraction = float(np.mean(boot_converged))
             tail = 100 * (1 - confidence) / 2
             for name in law.parameter_names:
@@ -480,10 +485,19 @@ def predict(result: FitResult, points: pd.DataFrame | Mapping[str, Any], columns
         raise FitInputError(f"cannot predict law {law.name!r}: missing {', '.join(missing)}")
     variables = {name: frame[mapping[name]].to_numpy(dtype=np.float64) for name in law.variable_names}
     with jax.enable_x64(True):
-        out = pd.DataFrame({"loss_pred": law.predict(result.parameters, variables)}, index=frame.index)
+        out = pd.DataFrame({"loss_pred": law.predict_at(_coordinates(law, result.fit_coordinates),
+                                                        variables)}, index=frame.index)
         if result.bootstrap_parameters:
-            draws = np.stack([law.predict(p, variables) for p in result.bootstrap_parameters])
+            # results saved before bootstrap_coordinates existed: from the parameters
+            refits = result.bootstrap_coordinates or [
+                dict(zip(law.fit_parameter_names, law.from_parameters(p)))
+                for p in result.bootstrap_parameters]
+            draws = np.stack([law.predict_at(_coordinates(law, c), variables) for c in refits])
             tail = 100 * (1 - result.confidence) / 2
             out["loss_lower"] = np.percentile(draws, tail, axis=0)
             out["loss_upper"] = np.percentile(draws, 100 - tail, axis=0)
     return out
+
+
+def _coordinates(law: Law, coordinates: Mapping[str, float]) -> np.ndarray:
+    return np.asarray([coordinates[name] for name in law.fit_parameter_names], dtype=np.float64)

@@ -80,8 +80,13 @@ class Law:
 
     def predict(self, parameters: Mapping[str, float], variables: Mapping[str, np.ndarray]) -> np.ndarray:
         """Predicted loss (nats/token, or whatever the fitted loss is) for paper-named parameters."""
+        return self.predict_at(self.from_parameters(parameters), variables)
+
+    def predict_at(self, theta, variables: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Predicted loss at fit coordinates ``theta`` (exact where a paper-named parameter
+        underflowed, e.g. A = exp(log_A) = 0.0 for a log_A of -800)."""
         with jax.enable_x64(True):
-            theta = jnp.asarray(self.from_parameters(parameters), dtype=jnp.float64)
+            theta = jnp.asarray(np.asarray(theta, dtype=np.float64))
             arrays = {k: jnp.asarray(np.asarray(variables[k], dtype=np.float64)) for k in self.variable_names}
             return np.exp(np.asarray(self.log_loss(theta, arrays), dtype=np.float64))
 
@@ -118,6 +123,18 @@ def list_laws() -> list[str]:
 # "id" (as is), or the pair E_start/E_max stored as log(E_start - 1), log(E_max - E_start), which
 # keeps 1 < E_start < E_max without bounds.
 
+def _log_of_exp(name: str, value: float) -> float:
+    """The fit coordinate of a parameter stored as exp(coordinate): its log, and -inf at 0, where
+    the exponential of a very negative coordinate underflowed (a degenerate bootstrap refit gives
+    A = 0.0, say). -inf is the limit; the refit's own predictions need its coordinates
+    (``Law.predict_at``), which ``FitResult`` keeps. Below 0 no coordinate maps there."""
+    if value > 0.0:
+        return math.log(value)
+    if value == 0.0:
+        return -math.inf
+    raise ValueError(f"parameter {name} = {value!r}: must be positive for this law")
+
+
 def _make_maps(spec: Sequence[tuple[str, str, str]]):
     """spec: (paper name, fit name, kind) with kind in {"log", "id", "e_start", "e_max"}."""
 
@@ -143,11 +160,11 @@ def _make_maps(spec: Sequence[tuple[str, str, str]]):
         for paper, _fit, kind in spec:
             value = float(params[paper])
             if kind == "log":
-                theta.append(math.log(value))
+                theta.append(_log_of_exp(paper, value))
             elif kind == "e_start":
-                theta.append(math.log(value - 1.0))
+                theta.append(_log_of_exp(paper, value - 1.0))
             elif kind == "e_max":
-                theta.append(math.log(value - float(params["E_start"])))
+                theta.append(_log_of_exp(paper, value - float(params["E_start"])))
             else:
                 theta.append(value)
         return np.asarray(theta, dtype=np.float64)

@@ -131,6 +131,30 @@ def test_holdout_protocol_and_bootstrap_bands_and_json_round_trip():
     assert again.parameters == result.parameters and json.loads(result.to_json())["law"] == "chinchilla"
 
 
+def test_a_degenerate_bootstrap_refit_is_predicted_from_its_own_coordinates():
+    """A refit whose log_N_c ran to -800 has N_c = 0.0; its predictions, (N_c / N)^alpha =
+    exp(alpha (log_N_c - ln N)), are tiny but not 0, and come from its stored coordinates
+    (through a JSON round trip); a result saved without them predicts the limit instead of
+    failing on log(0)."""
+    points = synthetic_points("clark_dense", n_points=40)
+    result = fit(points, "clark_dense", bootstrap=4)
+    degenerate = {"alpha_N": 0.05, "log_N_c": -800.0}
+    result.bootstrap_coordinates[0] = degenerate
+    result.bootstrap_parameters[0] = get_law("clark_dense").to_parameters([0.05, -800.0])
+    assert result.bootstrap_parameters[0]["N_c"] == 0.0
+    n = points["N"].to_numpy()
+    exact = np.exp(0.05 * (-800.0 - np.log(n)))
+    assert exact.min() > 0.0
+    others = [get_law("clark_dense").predict(p, {"N": n}) for p in result.bootstrap_parameters[1:]]
+    for saved in (result, FitResult.from_json(result.to_json())):
+        bands = predict(saved, points)
+        expected = np.percentile(np.stack([exact, *others]), 2.5, axis=0)
+        np.testing.assert_allclose(bands["loss_lower"], expected, rtol=1e-12)
+    old = FitResult.from_dict({k: v for k, v in result.to_dict().items() if k != "bootstrap_coordinates"})
+    limit = np.percentile(np.stack([np.zeros_like(n), *others]), 2.5, axis=0)
+    np.testing.assert_allclose(predict(old, points)["loss_lower"], limit, rtol=1e-12)
+
+
 def test_column_mapping():
     points = synthetic_points("clark_dense", n_points=40).rename(columns={"N": "params", "loss": "val_loss"})
     result = fit(points, "clark_dense", columns={"N": "params", "loss": "val_loss"})

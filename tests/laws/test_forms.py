@@ -1,3 +1,5 @@
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -39,3 +41,38 @@ def test_joint_moe_published_dense_loss_matches_per_expert_form():
     loss = law.predict(p, {"N": np.array([n]), "D": np.array([d]), "E": np.array([1.0])})[0]
     # Table 4, E = 1: m 30.3640, mu -0.1817, n 53.9838, nu -0.1965 (rounded) -> agree to ~0.5 %.
     assert loss == pytest.approx(30.364 * n**-0.1817 + 53.9838 * d**-0.1965 + 1.3637, rel=5e-3)
+
+
+@pytest.mark.parametrize("name", ["chinchilla", "joint_moe", "yun", "krajewski", "clark", "clark_dense", "abnar"])
+def test_an_underflowed_parameter_predicts_its_limit(name):
+    """A degenerate bootstrap refit can drive a coordinate stored as exp(coordinate) so low that
+    its parameter is 0.0 (A = 0.0 from a chinchilla refit): predicting from those parameters
+    gives the law at that coordinate's limit, -inf, instead of failing on log(0)."""
+    law = get_law(name)
+    theta = law.start_grid()[len(law.start_grid()) // 2]
+    values = {"N": [2e8, 3e9], "D": [4e9, 6e10], "E": [8.0, 64.0], "G": [2.0, 8.0], "S": [0.5, 0.875]}
+    variables = {v: np.array(values[v]) for v in law.variable_names}
+    underflowed = 0
+    for i, fit_name in enumerate(law.fit_parameter_names):
+        low = theta.copy()
+        low[i] = -800.0  # exp(-800) == 0.0 in float64
+        params = law.to_parameters(low)
+        if law.from_parameters(params)[i] != -np.inf:
+            continue  # a coordinate stored as is
+        underflowed += 1
+        limit = low.copy()
+        limit[i] = -np.inf
+        with jax.enable_x64(True):
+            expected = np.exp(np.asarray(law.log_loss(jnp.asarray(limit), {
+                k: jnp.asarray(v, dtype=jnp.float64) for k, v in variables.items()})))
+        got = law.predict(params, variables)
+        assert np.all(np.isfinite(got)), (fit_name, got)
+        np.testing.assert_array_equal(got, expected, err_msg=fit_name)
+    assert underflowed >= 1
+
+
+def test_a_negative_amplitude_is_named():
+    law = get_law("chinchilla")
+    params = dict(law.published["hoffmann2022"], A=-1.0)
+    with pytest.raises(ValueError, match="parameter A = -1.0"):
+        law.from_parameters(params)
