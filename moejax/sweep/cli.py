@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         from moejax.sweep.tpu_vm import run_tpu_vm
 
         try:
-            manifest = run_tpu_vm(args.root, manifest, vm, dry_run=args.dry_run,
+            manifest = run_tpu_vm(args.root, manifest, vm, eval_steps=grid.eval_steps,
+                                  dry_run=args.dry_run,
                                   save=lambda m: save_manifest(args.root, m))
         except RuntimeError as e:
             print(f"moejax sweep: error: {e}", file=sys.stderr)

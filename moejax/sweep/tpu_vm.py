@@ -139,11 +139,13 @@ def train_commands(vm: TpuVm, root: str, run: dict) -> list[list[str]]:
             scp_command(vm, f"{vm.name}:{run_dir}/loss_curve.png", run["dir"] + "/", worker="0")]
 
 
-def evaluate_commands(vm: TpuVm, root: str) -> list[list[str]]:
-    """Score every run on worker 0 and copy points.jsonl into the local root."""
+def evaluate_commands(vm: TpuVm, root: str, steps: str = "all") -> list[list[str]]:
+    """Score the checkpoints ``steps`` names ('latest', 'all' or 'N,M': the grid's eval_steps)
+    of every run on worker 0 and copy points.jsonl into the local root."""
     remote = remote_root(vm, root)
     return [ssh_command(vm, f"cd {vm.remote_dir} && bash launch/eval_sweep.sh {_in_shell(remote)} "
-                            f"{_in_shell(remote)}/points.jsonl", worker="0"),
+                            f"{_in_shell(remote)}/points.jsonl --steps={shlex.quote(steps)}",
+                        worker="0"),
             scp_command(vm, f"{vm.name}:{remote}/points.jsonl", os.path.join(root, "points.jsonl"),
                         worker="0")]
 
@@ -160,12 +162,14 @@ def _tar(path: str, source: str, names: Sequence[str] | None = None) -> str:
     return path
 
 
-def run_tpu_vm(root: str, manifest: dict, vm: TpuVm, *, dry_run: bool = False,
+def run_tpu_vm(root: str, manifest: dict, vm: TpuVm, *, eval_steps: str = "all",
+               dry_run: bool = False,
                runner: Callable[[list[str]], int] = subprocess.call,
                save: Callable[[dict], None] = lambda manifest: None,
                log: Callable[[str], None] = print) -> dict:
-    """Create (optionally), sync, install, train every run not done, evaluate; returns the
-    manifest with each run's status. ``dry_run`` prints the commands and runs nothing."""
+    """Create (optionally), sync, install, train every run not done, evaluate the checkpoints
+    ``eval_steps`` names; returns the manifest with each run's status. ``dry_run`` prints the
+    commands and runs nothing."""
     def call(command: list[str]) -> int:
         log(shlex.join(command))
         return 0 if dry_run else runner(command)
@@ -209,7 +213,7 @@ def run_tpu_vm(root: str, manifest: dict, vm: TpuVm, *, dry_run: bool = False,
             log(f"    failed (exit {exit_code}); see {run['dir']}/train.worker*.log")
         save(manifest)
     if dry_run or any(r["status"] == "done" for r in manifest["runs"]):
-        for command in evaluate_commands(vm, root):
+        for command in evaluate_commands(vm, root, eval_steps):
             call(command)
     return manifest
 

@@ -96,6 +96,8 @@ def test_tpu_vm_launcher_issues_the_expected_gcloud_calls(tmp_path, monkeypatch,
     assert "bash launch/setup.sh" in calls[5][-1]
     assert "--gin_file=$HOME/moejax/sweep/tpu-000-num_experts2/run.gin" in calls[6][-1]
     assert "--worker=0" in calls[14] and "launch/eval_sweep.sh" in calls[14][-1]
+    # the checkpoints the grid names (Grid.eval_steps, 'all' by default), not eval's 'latest'
+    assert calls[14][-1].endswith("/points.jsonl --steps=all")
     manifest = json.loads((root / "manifest.json").read_text())
     assert [r["status"] for r in manifest["runs"]] == ["done", "failed"]
 
