@@ -87,20 +87,27 @@ def run(args: argparse.Namespace) -> int:
         # Only the local launcher starts training processes on this machine.
         train_env, allocator = (training_environment() if args.launcher == "local"
                                 else (None, ""))
-        manifest = prepare(grid, args.root, only=only)
+        manifest, selected = prepare(grid, args.root, only=only)
     except (GinConfigError, ConfigError, ValueError) as e:
         print(f"moejax sweep: error: {e}", file=sys.stderr)
         return 2
     runs, dropped = manifest["runs"], manifest["dropped"]
-    print(f"grid {grid.name}: {len(runs)} run(s), {len(dropped)} combination(s) dropped "
+    chosen = f", {len(selected)} selected by --only" if only else ""
+    print(f"grid {grid.name}: {len(runs)} run(s){chosen}, {len(dropped)} combination(s) dropped "
           f"-> {args.root}/manifest.json")
+    # The launchers see the selected runs; what they record lands in the whole manifest.
+    view = {**manifest, "runs": selected}
+
+    def save(_view: dict) -> None:
+        save_manifest(args.root, manifest)
+
     for d in dropped:
         print(f"  dropped {d['values']}: {d['reason']}")
     if args.preflight:
         from moejax.sweep.preflight import exit_status, preflight
 
         try:
-            records = preflight(args.root, manifest, args.preflight)
+            records = preflight(args.root, view, args.preflight)
         except ConfigError as e:
             print(f"moejax sweep: error: {e}", file=sys.stderr)
             return 2
@@ -109,9 +116,8 @@ def run(args: argparse.Namespace) -> int:
         from moejax.sweep.tpu_vm import run_tpu_vm
 
         try:
-            manifest = run_tpu_vm(args.root, manifest, vm, eval_steps=grid.eval_steps,
-                                  dry_run=args.dry_run,
-                                  save=lambda m: save_manifest(args.root, m))
+            run_tpu_vm(args.root, view, vm, eval_steps=grid.eval_steps, dry_run=args.dry_run,
+                       save=save)
         except RuntimeError as e:
             print(f"moejax sweep: error: {e}", file=sys.stderr)
             return 1
@@ -122,13 +128,13 @@ def run(args: argparse.Namespace) -> int:
                                  points if os.path.exists(points) else None)
     elif args.dry_run or args.launcher == "print":
         if args.launcher == "print":
-            print_commands(manifest)
+            print_commands(view)
         return 0
     else:
         print(allocator)
-        manifest = run_local(args.root, manifest, env=train_env)
-        outcome = evaluate_and_fit(grid, args.root, manifest)
-    failed = [r["run_id"] for r in manifest["runs"] if r["status"] != "done"]
+        run_local(args.root, view, env=train_env, save=save)
+        outcome = evaluate_and_fit(grid, args.root, manifest, runs=selected)
+    failed = [r["run_id"] for r in selected if r["status"] != "done"]
     print(f"report: {os.path.abspath(outcome['report'])}")
     if failed:
         print(f"moejax sweep: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -41,30 +41,37 @@ def _matches(value, wanted: str) -> bool:
         return False
 
 
-def prepare(grid: Grid, root: str, *, only: dict | None = None) -> dict:
-    """Create run directories and the manifest (keeping the status of runs already there)."""
+def prepare(grid: Grid, root: str, *, only: dict | None = None) -> tuple[dict, list[dict]]:
+    """Write the manifest of every run of the grid and the run directories of the runs ``only``
+    selects (all without it). A run already in the manifest keeps its status and time, so a
+    sweep narrowed with ``only`` neither forgets the others nor their minutes. Returns the
+    manifest and its selected runs (the same dicts: a launcher updating them updates it)."""
     os.makedirs(root, exist_ok=True)
     kept, dropped = expand(grid)
-    if only:
-        kept = [p for p in kept if all(_matches(p.values.get(k), v) for k, v in only.items())]
-    check_bindings(grid, kept)
+    selected = [p for p in kept if all(_matches(p.values.get(k), v) for k, v in (only or {}).items())]
+    check_bindings(grid, selected)
     path = os.path.join(root, MANIFEST)
     old = {}
     if os.path.exists(path):
         with open(path) as f:
             old = {r["run_id"]: r for r in json.load(f)["runs"]}
-    runs = []
-    for point in kept:
+    for point in selected:
         run_dir = os.path.join(root, point.run_id)
         os.makedirs(run_dir, exist_ok=True)
         files.write_atomic(os.path.join(run_dir, "run.gin"), point.gin_text(grid))
-        status = old.get(point.run_id, {}).get("status", "pending")
-        runs.append({"run_id": point.run_id, "dir": run_dir, "values": point.values,
-                     "status": status})
+    runs = []
+    for point in kept:
+        before = old.get(point.run_id, {})
+        run = {"run_id": point.run_id, "dir": os.path.join(root, point.run_id),
+               "values": point.values, "status": before.get("status", "pending")}
+        if before.get("seconds") is not None:
+            run["seconds"] = before["seconds"]
+        runs.append(run)
     manifest = {"grid": grid.name, "runs": runs,
                 "dropped": [{"values": v, "reason": r} for v, r in dropped]}
-    files.write_atomic(path, json.dumps(manifest, indent=2, default=str))
-    return manifest
+    save_manifest(root, manifest)
+    chosen = {p.run_id for p in selected}
+    return manifest, [r for r in runs if r["run_id"] in chosen]
 
 
 def save_manifest(root: str, manifest: dict) -> None:
@@ -82,11 +89,14 @@ def is_finished(run_dir: str) -> bool:
 
 
 def run_local(root: str, manifest: dict, *, log: Callable[[str], None] = print,
-              env: dict[str, str] | None = None) -> dict:
+              env: dict[str, str] | None = None,
+              save: Callable[[dict], None] | None = None) -> dict:
     """Train every run not finished yet, in order; one failure does not stop the others.
 
     env: the training processes' environment (None: this one's; ``allocator.training_environment``
-    gives one with tcmalloc preloaded)."""
+    gives one with tcmalloc preloaded). save: called after each run (default: writes ``manifest``
+    as the root's manifest; a launcher given a selection saves the whole manifest instead)."""
+    save = save or (lambda m: save_manifest(root, m))
     runs = manifest["runs"]
     for index, run in enumerate(runs, 1):
         if is_finished(run["dir"]):
@@ -102,7 +112,7 @@ def run_local(root: str, manifest: dict, *, log: Callable[[str], None] = print,
         run["seconds"] = round(time.time() - start, 1)
         if run["status"] == "failed":
             log(f"    failed (exit {code}); see {run['dir']}/train.log")
-        save_manifest(root, manifest)
+        save(manifest)
     return manifest
 
 
@@ -111,12 +121,13 @@ def print_commands(manifest: dict, *, log: Callable[[str], None] = print) -> Non
         log(" ".join(train_command(run["dir"])))
 
 
-def evaluate_and_fit(grid: Grid, root: str, manifest: dict, *, log: Callable[[str], None] = print
-                     ) -> dict:
-    """Score the finished runs into points.jsonl, fit the grid's law, write the report."""
+def evaluate_and_fit(grid: Grid, root: str, manifest: dict, *, runs: list[dict] | None = None,
+                     log: Callable[[str], None] = print) -> dict:
+    """Score the finished ones of ``runs`` (default: the manifest's) into points.jsonl, fit the
+    grid's law to every point there, write the report of the whole manifest."""
     from moejax.eval import score_runs
 
-    done = [r["dir"] for r in manifest["runs"] if r["status"] == "done"]
+    done = [r["dir"] for r in (manifest["runs"] if runs is None else runs) if r["status"] == "done"]
     points_path, failures = None, None
     if done:
         points_path = os.path.join(root, "points.jsonl")

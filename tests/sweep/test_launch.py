@@ -11,6 +11,8 @@ import pytest
 
 from moejax.cli import main
 from moejax.eval import load_points
+from moejax.sweep.grid import load_grid
+from moejax.sweep.launch import prepare, save_manifest
 from moejax.train.metrics import load_jsonl
 from tests.processes import private_tmpdir
 
@@ -32,6 +34,28 @@ Grid.eval_steps = 'latest'
 """
 
 
+def test_a_narrowed_sweep_keeps_the_whole_grid_in_its_manifest(tmp_path):
+    """--only picks the runs to train; the manifest still lists every run of the grid, with the
+    status and minutes earlier sweeps recorded, and only the picked runs get directories."""
+    grid = tmp_path / "tiny.gin"
+    grid.write_text(GRID)
+    root = str(tmp_path / "sweep")
+    manifest, selected = prepare(load_grid(str(grid)), root)
+    assert [r["status"] for r in manifest["runs"]] == ["pending", "pending"]
+    manifest["runs"][0].update(status="done", seconds=83.0)
+    manifest["runs"][1].update(status="failed", seconds=4.5)
+    save_manifest(root, manifest)
+    manifest, selected = prepare(load_grid(str(grid)), root, only={"MoEConfig.top_k": "2"})
+    assert [r["run_id"] for r in selected] == [manifest["runs"][1]["run_id"]]
+    assert selected[0] is manifest["runs"][1]  # what a launcher records lands in the manifest
+    assert [(r["status"], r["seconds"]) for r in manifest["runs"]] == [("done", 83.0), ("failed", 4.5)]
+    saved = json.loads(open(os.path.join(root, "manifest.json")).read())
+    assert [(r["status"], r["seconds"]) for r in saved["runs"]] == [("done", 83.0), ("failed", 4.5)]
+    fresh = str(tmp_path / "fresh")
+    prepare(load_grid(str(grid)), fresh, only={"MoEConfig.top_k": "2"})
+    assert sorted(os.listdir(fresh)) == ["manifest.json", "tiny-001-num_experts2_top_k2"]
+
+
 def _mtimes(run_dir):
     ckpt = os.path.join(run_dir, "checkpoints")
     return {name: os.path.getmtime(os.path.join(ckpt, name)) for name in os.listdir(ckpt)}
@@ -46,7 +70,10 @@ def test_sweep_trains_scores_reports_and_never_retrains(tmp_path, capsys):
     assert main(["sweep", f"--grid={grid}", f"--root={root}", "--only=MoEConfig.top_k=1"]) == 0
     manifest = json.loads((root / "manifest.json").read_text())
     first = manifest["runs"][0]
-    assert [r["status"] for r in manifest["runs"]] == ["done"]
+    # the manifest and the report list the whole grid; the other run waits
+    assert [r["status"] for r in manifest["runs"]] == ["done", "pending"]
+    minutes = f"| {first['run_id']} | 2 | 1 | done | {first['seconds'] / 60:.1f} |"
+    assert minutes in (root / "report.md").read_text()
     before = _mtimes(first["dir"])
     # ... then the whole grid: the finished run is skipped, the others trained.
     assert main(["sweep", f"--grid={grid}", f"--root={root}"]) == 0
@@ -60,6 +87,7 @@ def test_sweep_trains_scores_reports_and_never_retrains(tmp_path, capsys):
     assert sorted(points["top_k"]) == [1, 2] and set(points["step"]) == {3}
     report = (root / "report.md").read_text()
     assert "done" in report and (root / "loss_curves.png").exists()
+    assert minutes in report  # the skipped run keeps the minutes it trained for
     # each run's kernels.json reached the report: "auto" on CPU runs the "cpu" loops
     assert report.count("| cpu rows 512..16 slab 2 |") == 2
 
@@ -112,7 +140,8 @@ def test_cpu_paper_grid_end_to_end(tmp_path):
     assert main(["sweep", "--grid=grids/joint_moe_cpu.gin", f"--root={root}", "--only=tokens=256",
                  "--only=ModelConfig.n_layers=1"]) == 0
     manifest = json.loads((root / "manifest.json").read_text())
-    assert [r["values"]["MoEConfig.num_experts"] for r in manifest["runs"]] == [1, 2, 4]
-    assert all(r["status"] == "done" for r in manifest["runs"])
+    done = [r for r in manifest["runs"] if r["status"] == "done"]
+    assert [r["values"]["MoEConfig.num_experts"] for r in done] == [1, 2, 4]
+    assert len(manifest["runs"]) == 6 and {r["status"] for r in manifest["runs"]} == {"done", "pending"}
     points = load_points(str(root / "points.jsonl"))
     assert sorted(points["num_experts"]) == [1, 2, 4] and set(points["step"]) == {2}
