@@ -1,6 +1,6 @@
 """``moejax fit``: fit a scaling law to scored points and write results, a report and plots.
 
-In: ``--points=FILE`` (CSV, one row per run; e.g. from ``moejax eval``) or ``--dataset=clark2022``
+In: ``--points=FILE`` (CSV, JSONL or Parquet; e.g. from ``moejax eval``) or ``--dataset=clark2022``
 (the embedded Clark et al. 2022 runs, subset as in the paper for ``--router``), ``--law=NAME``,
 optional ``--columns=N=n_active,D=tokens,loss=val_loss``, ``--holdout``, ``--bootstrap=N``.
 Out, in ``--out=DIR`` (each file written atomically): ``fit.json`` (the ``FitResult``),
@@ -26,7 +26,8 @@ from moejax.laws.forms import get_law, list_laws
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--points", type=Path, help="CSV of scored points, one row per run")
+    source.add_argument("--points", type=Path,
+                        help="scored points (CSV, JSONL or Parquet, as moejax eval writes them)")
     source.add_argument("--dataset", choices=sorted(DATASETS), help="an embedded data set")
     parser.add_argument("--law", default=None, help=f"law to fit: {', '.join(list_laws())} "
                         "(default: clark for --dataset, chinchilla for --points)")

@@ -129,6 +129,40 @@ def _plot(path: Path, rows: list[dict], title: str) -> None:
     plt.close(fig)
 
 
+def _plot_liew(path: Path, ranked: list, memory_budget: float, active_budget: float,
+               top: int) -> None:
+    """Every feasible candidate at (N_total, N_active), coloured by sparsity E/K, the budgets as
+    lines, the top ``top`` of the ranking numbered."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    dots = ax.scatter([r.n_total for r in ranked], [r.n_active for r in ranked],
+                      c=[r.candidate.sparsity for r in ranked], cmap="viridis", s=18,
+                      norm=matplotlib.colors.LogNorm())
+    fig.colorbar(dots, ax=ax, label="sparsity E/K")
+    for rank, item in enumerate(ranked[:top], 1):
+        ax.scatter([item.n_total], [item.n_active], s=90, facecolors="none", edgecolors="red")
+        ax.annotate(str(rank), (item.n_total, item.n_active), textcoords="offset points",
+                    xytext=(5, 5), color="red")
+    ax.axvline(memory_budget, color="grey", linestyle="--", label="N_total budget")
+    if math.isfinite(active_budget):
+        ax.axhline(active_budget, color="grey", linestyle=":", label="N_active budget")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("total parameters N_total")
+    ax.set_ylabel("active parameters N_active")
+    ax.set_title(f"Liew rule: {len(ranked)} feasible architectures, top {min(top, len(ranked))} "
+                 "circled")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    write_figure(path, fig, dpi=110)
+    plt.close(fig)
+
+
 def _run_joint_moe(args) -> int:
     parameters, source = JOINT_MOE_TABLE3, "published Table 3"
     if args.fit is not None:
@@ -204,7 +238,9 @@ def _run_liew(args) -> int:
              "gin_files": files}, indent=2))
         write_atomic(args.out / "report.md", report + "\nGin files: " +
                           ", ".join(f"`{f}`" for f in files) + "\n")
-        print(f"wrote {args.out}/report.md, plan.json and {len(files)} gin file(s)")
+        _plot_liew(args.out / "plan.png", ranked, args.memory_params, args.active_params,
+                   args.top)
+        print(f"wrote {args.out}/report.md, plan.json, plan.png and {len(files)} gin file(s)")
     return 0
 
 

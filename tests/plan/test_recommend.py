@@ -56,4 +56,5 @@ def test_plan_command_writes_report_plot_and_trainable_gin_files(tmp_path):
     assert main(["plan", "--liew", "--memory-params=5e7", "--depths=2,4", "--widths=256,512",
                  "--experts=1,8", "--top-ks=1,2", f"--out={tmp_path / 'liew'}"]) == 0
     assert (tmp_path / "liew" / "report.md").exists()
+    assert (tmp_path / "liew" / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["plan", "--liew"]) == 2  # no memory budget: a clear error, not a traceback
