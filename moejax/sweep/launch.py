@@ -48,7 +48,8 @@ def prepare(grid: Grid, root: str, *, only: dict | None = None) -> tuple[dict, l
     manifest and its selected runs (the same dicts: a launcher updating them updates it)."""
     os.makedirs(root, exist_ok=True)
     kept, dropped = expand(grid)
-    selected = [p for p in kept if all(_matches(p.values.get(k), v) for k, v in (only or {}).items())]
+    only = only or {}
+    selected = [p for p in kept if all(_matches(p.values.get(k), v) for k, v in only.items())]
     check_bindings(grid, selected)
     path = os.path.join(root, MANIFEST)
     old = {}

@@ -43,14 +43,16 @@ def test_joint_moe_published_dense_loss_matches_per_expert_form():
     assert loss == pytest.approx(30.364 * n**-0.1817 + 53.9838 * d**-0.1965 + 1.3637, rel=5e-3)
 
 
-@pytest.mark.parametrize("name", ["chinchilla", "joint_moe", "yun", "krajewski", "clark", "clark_dense", "abnar"])
+@pytest.mark.parametrize("name", ["chinchilla", "joint_moe", "yun", "krajewski", "clark",
+                                  "clark_dense", "abnar"])
 def test_an_underflowed_parameter_predicts_its_limit(name):
     """A degenerate bootstrap refit can drive a coordinate stored as exp(coordinate) so low that
     its parameter is 0.0 (A = 0.0 from a chinchilla refit): predicting from those parameters
     gives the law at that coordinate's limit, -inf, instead of failing on log(0)."""
     law = get_law(name)
     theta = law.start_grid()[len(law.start_grid()) // 2]
-    values = {"N": [2e8, 3e9], "D": [4e9, 6e10], "E": [8.0, 64.0], "G": [2.0, 8.0], "S": [0.5, 0.875]}
+    values = {"N": [2e8, 3e9], "D": [4e9, 6e10], "E": [8.0, 64.0], "G": [2.0, 8.0],
+              "S": [0.5, 0.875]}
     variables = {v: np.array(values[v]) for v in law.variable_names}
     underflowed = 0
     for i, fit_name in enumerate(law.fit_parameter_names):

@@ -48,9 +48,10 @@ def test_a_narrowed_sweep_keeps_the_whole_grid_in_its_manifest(tmp_path):
     manifest, selected = prepare(load_grid(str(grid)), root, only={"MoEConfig.top_k": "2"})
     assert [r["run_id"] for r in selected] == [manifest["runs"][1]["run_id"]]
     assert selected[0] is manifest["runs"][1]  # what a launcher records lands in the manifest
-    assert [(r["status"], r["seconds"]) for r in manifest["runs"]] == [("done", 83.0), ("failed", 4.5)]
+    recorded = [("done", 83.0), ("failed", 4.5)]
+    assert [(r["status"], r["seconds"]) for r in manifest["runs"]] == recorded
     saved = json.loads(open(os.path.join(root, "manifest.json")).read())
-    assert [(r["status"], r["seconds"]) for r in saved["runs"]] == [("done", 83.0), ("failed", 4.5)]
+    assert [(r["status"], r["seconds"]) for r in saved["runs"]] == recorded
     fresh = str(tmp_path / "fresh")
     prepare(load_grid(str(grid)), fresh, only={"MoEConfig.top_k": "2"})
     assert sorted(os.listdir(fresh)) == ["manifest.json", "tiny-001-num_experts2_top_k2"]
@@ -142,6 +143,7 @@ def test_cpu_paper_grid_end_to_end(tmp_path):
     manifest = json.loads((root / "manifest.json").read_text())
     done = [r for r in manifest["runs"] if r["status"] == "done"]
     assert [r["values"]["MoEConfig.num_experts"] for r in done] == [1, 2, 4]
-    assert len(manifest["runs"]) == 6 and {r["status"] for r in manifest["runs"]} == {"done", "pending"}
+    assert len(manifest["runs"]) == 6
+    assert {r["status"] for r in manifest["runs"]} == {"done", "pending"}
     points = load_points(str(root / "points.jsonl"))
     assert sorted(points["num_experts"]) == [1, 2, 4] and set(points["step"]) == {2}
