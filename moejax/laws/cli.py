@@ -109,6 +109,12 @@ def render_report(result: FitResult, source: str) -> str:
         if published:
             row += f" {_fmt(published.get(name))} |"
         lines.append(row)
+    converged = result.bootstrap_converged_fraction
+    if has_ci and converged is not None and converged < 0.5:
+        refits = len(result.bootstrap_parameters)
+        lines += ["", f"**Caution:** only {round(converged * refits)} of {refits} bootstrap refits "
+                  "converged, so these intervals mostly span refits stopped short: the points pin "
+                  "this law down poorly (too few runs, or too little spread in its variables)."]
     conv = result.convergence
     lines += ["", "## Quality", "", "| quantity | value |", "|---|---|",
               f"| training runs | {result.n_train} |", f"| held-out runs | {result.n_holdout} |",
