@@ -128,8 +128,9 @@ def render_report(result: FitResult, source: str) -> str:
                 "newton_iterations", "lbfgs_message", "lbfgs_iterations", "gradient_max_abs", "selection"):
         lines.append(f"| {key} | {_fmt(conv.get(key))} |")
     if result.bootstrap_parameters:
+        unit = "rows" if result.bootstrap_unit == "row" else f"whole runs (`{result.bootstrap_unit}`)"
         lines.append(f"| bootstrap refits | {len(result.bootstrap_parameters)} "
-                     f"({100 * result.bootstrap_converged_fraction:.0f} % converged) |")
+                     f"({100 * result.bootstrap_converged_fraction:.0f} % converged), resampling {unit} |")
     lines += ["", f"Fitted in {result.seconds:.1f} s.", ""]
     return "\n".join(lines)
 
@@ -237,9 +238,12 @@ def make_plots(result: FitResult, points: pd.DataFrame) -> dict[str, bytes]:
 def run(args: argparse.Namespace) -> int:
     try:
         points, law_name = _load_points(args)
+        # Points of one run (its checkpoints, from moejax eval) are not independent draws: the
+        # bootstrap resamples whole runs when the points name them.
+        run_column = "run_id" if "run_id" in points.columns else None
         result = fit(points, law_name, columns=_parse_columns(args.columns), holdout=_parse_holdout(args.holdout),
                      bootstrap=args.bootstrap, confidence=args.confidence, seed=args.seed,
-                     progress=not args.no_progress)
+                     run_column=run_column, progress=not args.no_progress)
     except (FitInputError, KeyError, ValueError, FileNotFoundError) as err:
         print(f"moejax fit: error: {err}")
         return 2

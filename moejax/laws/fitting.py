@@ -80,6 +80,7 @@ class FitResult:
     # where a paper-named parameter underflowed (a degenerate refit's A = 0.0, say).
     bootstrap_coordinates: list[dict[str, float]] = dataclasses.field(default_factory=list)
     bootstrap_converged_fraction: float | None = None
+    bootstrap_unit: str = "row"  # what a refit resamples: rows, or the runs of this column
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -462,6 +463,7 @@ def fit(points: pd.DataFrame, law: str | Law = "chinchilla", columns: Mapping[st
             result.bootstrap_coordinates = [dict(zip(law.fit_parameter_names, map(float, t)))
                                             for t in boot_thetas]
             result.bootstrap_converged_fraction = float(np.mean(boot_converged))
+            result.bootstrap_unit = run_column or "row"
             tail = 100 * (1 - confidence) / 2
             for name in law.parameter_names:
                 column = np.asarray([s[name] for s in samples])

@@ -48,8 +48,9 @@ def test_points_that_cannot_pin_the_law_down_still_fit_plot_and_say_so(tmp_path)
                  f"--out={out}", "--columns=N=n_active,D=tokens_seen,loss=loss", "--no-progress"])
     assert code in (0, 1)  # 1: fitted and reported, the optimiser did not converge
     result = FitResult.from_json((out / "fit.json").read_text())
-    assert result.bootstrap_converged_fraction < 0.5
-    assert "**Caution:** only" in (out / "report.md").read_text()
+    assert result.bootstrap_converged_fraction < 0.5 and result.bootstrap_unit == "run_id"
+    report = (out / "report.md").read_text()
+    assert "**Caution:** only" in report and "resampling whole runs (`run_id`)" in report
     for name in ("fitted_vs_observed.png", "residuals.png", "loss_vs_compute.png", "iso_loss.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 

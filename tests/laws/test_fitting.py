@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from moejax.laws import FitInputError, FitResult, fit, get_law, predict
@@ -155,6 +156,28 @@ def test_a_degenerate_bootstrap_refit_is_predicted_from_its_own_coordinates():
     old = FitResult.from_dict(saved)
     limit = np.percentile(np.stack([np.zeros_like(n), *others]), 2.5, axis=0)
     np.testing.assert_allclose(predict(old, points)["loss_lower"], limit, rtol=1e-12)
+
+
+def test_the_bootstrap_resamples_whole_runs_when_told_the_run_column():
+    """Three identical points per run, resampled by run, are the single points resampled by row
+    with triple weight: the same refits (the triple weight only scales the objective). Resampled
+    by row instead, the copies would count as independent draws and the intervals would shrink."""
+    single = synthetic_points("chinchilla", n_points=40, seed=6)
+    single["run_id"] = [f"run{i:03d}" for i in range(len(single))]  # sorted as the rows
+    tripled = pd.concat([single] * 3, ignore_index=True)
+    starts = get_law("chinchilla").start_grid()[::20]
+    by_row = fit(single, "chinchilla", bootstrap=30, starts=starts, seed=3)
+    by_run = fit(tripled, "chinchilla", bootstrap=30, starts=starts, seed=3, run_column="run_id")
+    assert by_run.bootstrap_unit == "run_id" and by_row.bootstrap_unit == "row"
+    for name in ("A", "B", "E", "alpha", "beta"):
+        np.testing.assert_allclose(by_run.intervals[name], by_row.intervals[name], rtol=1e-5,
+                                   err_msg=name)
+    copies = fit(tripled, "chinchilla", bootstrap=30, starts=starts, seed=3)
+    def width(result):
+        low, high = result.intervals["alpha"]
+        return high - low
+
+    assert width(copies) < 0.8 * width(by_run)
 
 
 def test_column_mapping():
