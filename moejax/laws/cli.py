@@ -117,7 +117,7 @@ def render_report(result: FitResult, source: str) -> str:
                   "this law down poorly (too few runs, or too little spread in its variables)."]
     conv = result.convergence
     lines += ["", "## Quality", "", "| quantity | value |", "|---|---|",
-              f"| training runs | {result.n_train} |", f"| held-out runs | {result.n_holdout} |",
+              f"| training points | {result.n_train} |", f"| held-out points | {result.n_holdout} |",
               f"| objective (sum of {'Huber δ=' + _fmt(result.huber_delta) if result.huber_delta else 'squared error'}"
               f" / 2 on ln L) | {_fmt(result.objective)} |",
               f"| train RMSE of ln L | {_fmt(result.train_rmse)} |",

@@ -20,9 +20,10 @@ for Clark's law), never the mean, evaluated in float64. It is minimised in three
    gradient are reported. The result is chosen by the objective, or, when a held-out set is given,
    by train RMSE + held-out RMSE (the Joint MoE protocol).
 
-Bootstrap refits resample the training runs with replacement (as integer weights on the runs) and
-re-run stage 2 for all resamples at once, started from the fitted optimum; the intervals are
-percentiles of the refitted parameters.
+Bootstrap refits resample the training points with replacement (as integer weights on them), or
+whole runs when ``run_column`` names each point's run (a run's checkpoints are not independent
+draws), and re-run stage 2 for all resamples at once, started from the fitted optimum; the
+intervals are percentiles of the refitted parameters.
 """
 
 from __future__ import annotations
