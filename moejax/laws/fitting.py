@@ -491,11 +491,11 @@ def predict(result: FitResult, points: pd.DataFrame | Mapping[str, Any], columns
         out = pd.DataFrame({"loss_pred": law.predict_at(_coordinates(law, result.fit_coordinates),
                                                         variables)}, index=frame.index)
         if result.bootstrap_parameters:
-            # results saved before bootstrap_coordinates existed: from the parameters
-            refits = result.bootstrap_coordinates or [
-                dict(zip(law.fit_parameter_names, law.from_parameters(p)))
-                for p in result.bootstrap_parameters]
-            draws = np.stack([law.predict_at(_coordinates(law, c), variables) for c in refits])
+            if result.bootstrap_coordinates:
+                thetas = [_coordinates(law, c) for c in result.bootstrap_coordinates]
+            else:  # saved before bootstrap_coordinates existed: from the parameters
+                thetas = [law.from_parameters(p) for p in result.bootstrap_parameters]
+            draws = np.stack([law.predict_at(theta, variables) for theta in thetas])
             tail = 100 * (1 - result.confidence) / 2
             out["loss_lower"] = np.percentile(draws, tail, axis=0)
             out["loss_upper"] = np.percentile(draws, 100 - tail, axis=0)
