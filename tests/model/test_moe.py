@@ -57,6 +57,12 @@ def plan_expert_choice(scores_TE, per_expert):
     return np.stack([np.argsort(-s[:, e], kind="stable")[:per_expert] for e in range(s.shape[1])])
 
 
+def slots_by_hand(tokens, experts, top_k, factor):
+    """The documented capacity, ceil(factor * K * T / E) and at least 1, apart from the code's."""
+    share = factor * top_k * tokens / experts
+    return max(1, int(share) + (share > int(share)))
+
+
 def make_plan(params, buffers, x_TD, moe, *, train, mask_T=None):
     """Routing decisions for every group, from concrete parameters."""
     plan = []
@@ -66,13 +72,13 @@ def make_plan(params, buffers, x_TD, moe, *, train, mask_T=None):
         if moe.routing == "expert_choice":
             scores = scores / scores.sum(-1, keepdims=True)
             T = x_TD.shape[0]
-            per_expert = min(T, capacity(T, group.num_experts, group.top_k,
-                                         moe.capacity_factor or 1.0))
+            per_expert = min(T, slots_by_hand(T, group.num_experts, group.top_k,
+                                              moe.capacity_factor or 1.0))
             plan.append(plan_expert_choice(scores, per_expert))
             continue
         bias = buffers["groups"][index]["router"]["bias_E"] if buffers else None
-        slots = None if factor is None else capacity(x_TD.shape[0], group.num_experts,
-                                                     group.top_k, factor)
+        slots = None if factor is None else slots_by_hand(x_TD.shape[0], group.num_experts,
+                                                          group.top_k, factor)
         plan.append(plan_group(scores, group.top_k, bias_E=bias, capacity_slots=slots,
                                mask_T=mask_T))
     return plan
@@ -161,6 +167,19 @@ def test_moe_layer_matches_expert_loop(name):
     g_layer, g_ref = grads(layer_out), grads(ref_out)
     for a, b in zip(jax.tree.leaves(g_layer), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens, experts, top_k, factor, slots", [
+    (10, 4, 2, 0.5, 3),     # 2.5 rounds up: the "capacity" case above
+    (10, 4, 2, 1.0, 5),     # the "expert_choice" case above
+    (8, 2, 1, 0.5, 2),      # exact
+    (1, 64, 1, 0.1, 1),     # 0.0016 still gets one slot
+    (4096, 64, 8, 1.25, 640),
+    (4097, 64, 8, 1.25, 641),
+])
+def test_capacity_rounds_up_and_is_at_least_one(tokens, experts, top_k, factor, slots):
+    assert capacity(tokens, experts, top_k, factor) == slots
+    assert slots_by_hand(tokens, experts, top_k, factor) == slots
 
 
 def test_capacity_dropping_on_hand_built_routing():
