@@ -40,3 +40,17 @@ def check_compiled_summary(summary: dict, hlo_path, kernel_call: str, impl: str)
     assert {k["impl"] for k in summary["kernels"]} == {impl}
     with open(hlo_path) as f:
         assert kernel_call in f.read()
+
+
+def expected_moe_calls(gin_files, bindings=()) -> tuple[int, int]:
+    """(expert-matmul kernel calls, ragged exchanges) a training step of this config must lower
+    to, counted from the config rather than read back from the program: each MoE layer runs
+    2 expert matmuls per expert group (gate/up fused, then down), each as a forward and both
+    gradients, and an expert-parallel layer 2 exchanges (to the experts and back) forward and
+    their 2 transposes backward."""
+    from moejax.model.config import moe_layer_indices
+    from moejax.train.cli import load_configs
+
+    model, _, _ = load_configs(list(gin_files), list(bindings))
+    layers = len(moe_layer_indices(model))
+    return 6 * len(model.moe.groups) * layers if layers else 0, 4 * layers

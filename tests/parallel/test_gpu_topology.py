@@ -28,7 +28,7 @@ from moejax.errors import ConfigError
 from moejax.kernels import platform
 from moejax.kernels.tiling import default_tiling
 from moejax.parallel import gpu_topology, topology
-from tests.lowering import check_compiled_summary
+from tests.lowering import check_compiled_summary, expected_moe_calls
 
 needs_plugin = pytest.mark.skipif(
     not os.path.isfile(os.path.join(gpu_topology.plugin_dir(), "jax_plugins", "xla_cuda12",
@@ -196,7 +196,8 @@ def test_the_smoke_step_compiles_for_an_h100_and_its_state_matches_the_accountin
     expected = 12 * parameter_counts(resolved).total + 3 * 4 * batch * seq
     assert 0 <= memory["argument_bytes"] - expected < 64 * 1024
     assert {k["impl"] for k in summary.kernels} == {"pallas_gpu"}
-    assert summary.custom_calls["__gpu$xla.gpu.triton"] % 3 == 0  # forward and both gradients
+    kernel_calls, _ = expected_moe_calls([os.path.join(CONFIGS, "smoke.gin")])
+    assert summary.custom_calls["__gpu$xla.gpu.triton"] == kernel_calls == 24
 
 
 @needs_plugin
@@ -209,7 +210,11 @@ def test_the_expert_parallel_smoke_step_compiles_for_eight_h100s(capsys, tmp_pat
     assert status == 0, out.err
     summary = json.loads(out.out)
     assert summary["devices"] == 8 and summary["mesh"]["expert"] == 4
-    assert summary["custom_calls"]["ragged_all_to_all"] >= 4
+    kernel_calls, exchanges = expected_moe_calls(
+        [os.path.join(CONFIGS, "smoke.gin"), os.path.join(CONFIGS, "mesh", "cpu8_expert.gin")],
+        ["MoEConfig.num_experts = 8"])
+    assert summary["custom_calls"]["ragged_all_to_all"] == exchanges == 16
+    assert summary["custom_calls"]["__gpu$xla.gpu.triton"] == kernel_calls == 24
     check_compiled_summary(summary, tmp_path / "train_step.hlo", "__gpu$xla.gpu.triton",
                            "pallas_gpu")
 

@@ -23,7 +23,7 @@ from moejax.errors import ConfigError
 from moejax.kernels import gmm, platform
 from moejax.kernels.tiling import Tiling
 from moejax.parallel import topology
-from tests.lowering import check_compiled_summary
+from tests.lowering import check_compiled_summary, expected_moe_calls
 
 needs_libtpu = pytest.mark.skipif(
     topology.libtpu_path() is None,
@@ -106,8 +106,10 @@ def test_the_expert_parallel_smoke_step_compiles_for_a_v5e_slice(capsys, tmp_pat
     memory = summary["compiled"]
     assert memory["topology"] == "v5e:2x2" and memory["fits"] is True
     assert memory["hbm_bytes"] == 16 << 30
-    moe_layers = summary["custom_calls"]["ragged_all_to_all"] // 4
-    assert moe_layers >= 1 and summary["custom_calls"]["tpu_custom_call"] == 6 * moe_layers
+    kernel_calls, exchanges = expected_moe_calls([SMOKE.split("=", 1)[1]],
+                                                 ["MeshConfig.expert = 4"])
+    assert summary["custom_calls"]["ragged_all_to_all"] == exchanges == 16
+    assert summary["custom_calls"]["tpu_custom_call"] == kernel_calls == 24
     check_compiled_summary(summary, tmp_path / "train_step.hlo", "tpu_custom_call", "pallas_tpu")
 
 
@@ -168,7 +170,9 @@ def test_every_tiny_model_variant_compiles_for_v5e_and_its_state_matches_the_acc
     assert 0 <= memory["argument_bytes"] - expected < 64 * 1024
     if resolved.moe is not None and resolved.moe.capacity_factor is None:  # dropless: gmm
         assert {k["impl"] for k in summary.kernels} == {"pallas_tpu"}
-        assert summary.custom_calls["tpu_custom_call"] % 3 == 0  # forward and both gradients
+        kernel_calls, _ = expected_moe_calls(
+            [os.path.join(CONFIGS, "base.gin"), os.path.join(CONFIGS, "models", model_gin)])
+        assert summary.custom_calls["tpu_custom_call"] == kernel_calls
 
 
 @needs_libtpu

@@ -14,6 +14,7 @@ import os
 import pytest
 
 from moejax.cli import main
+from tests.lowering import expected_moe_calls
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 SMOKE = f"--gin_file={os.path.join(CONFIGS, 'smoke.gin')}"
@@ -31,9 +32,11 @@ def test_the_smoke_run_on_an_expert_parallel_mesh_lowers_for_tpu(capsys, tmp_pat
     assert status == 0, err
     summary = json.loads(out)
     assert summary["devices"] == 8 and summary["mesh"]["expert"] == 4
-    moe_layers = summary["custom_calls"]["ragged_all_to_all"] // 4
-    assert moe_layers >= 1
-    assert summary["custom_calls"]["tpu_custom_call"] == 6 * moe_layers
+    kernel_calls, exchanges = expected_moe_calls([SMOKE.split("=", 1)[1],
+                                                  EP_MESH.split("=", 1)[1]])
+    assert (kernel_calls, exchanges) == (24, 16)  # smoke.gin: 4 MoE blocks of one expert group
+    assert summary["custom_calls"]["ragged_all_to_all"] == exchanges
+    assert summary["custom_calls"]["tpu_custom_call"] == kernel_calls
     assert {(k["requested"], k["impl"]) for k in summary["kernels"]} == {("auto", "pallas_tpu")}
     # expert weights split 4 ways, the rest replicated over data: each device holds less than
     # the whole state and more than an even eighth of it
@@ -41,7 +44,7 @@ def test_the_smoke_run_on_an_expert_parallel_mesh_lowers_for_tpu(capsys, tmp_pat
     with open(tmp_path / "lowering.json") as f:
         assert json.load(f) == summary
     with open(tmp_path / "train_step.mlir") as f:
-        assert f.read().count("tpu_custom_call") >= 6 * moe_layers
+        assert f.read().count("tpu_custom_call") >= kernel_calls
 
 
 def test_a_gpu_target_gets_the_kernels_it_can_compile(capsys):
