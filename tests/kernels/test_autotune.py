@@ -77,10 +77,16 @@ def test_a_known_problem_is_read_from_the_table_not_measured(table):
     assert {call.kwargs.get("transpose_rhs", False) for call in spy_gmm.call_args_list} == {
         False, True}
     assert spy_tgmm.call_count == 2
-    want = sum(float((np.asarray(lhs[a:b]) @ np.asarray(rhs[g])).sum())
-               for g, (a, b) in enumerate([(0, 30), (30, 60), (60, 96)]))
+    # against a loop over the three local groups (rows 0-30, 30-60, 60-96; none left over)
+    lhs_np, rhs_np, ones = np.asarray(lhs), np.asarray(rhs), np.ones((SMALL.rows, SMALL.n))
+    spans = [(0, 30), (30, 60), (60, 96)]
+    want = sum(float((lhs_np[a:b] @ rhs_np[g]).sum()) for g, (a, b) in enumerate(spans))
     np.testing.assert_allclose(float(out), want, rtol=1e-4)
-    np.testing.assert_allclose(np.asarray(weight_grad), np.asarray(grads[1]), rtol=1e-5)
+    d_lhs = np.concatenate([ones[a:b] @ rhs_np[g].T for g, (a, b) in enumerate(spans)])
+    d_rhs = np.stack([lhs_np[a:b].T @ ones[a:b] for a, b in spans])
+    np.testing.assert_allclose(np.asarray(grads[0]), d_lhs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(grads[1]), d_rhs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(weight_grad), d_rhs, rtol=1e-4, atol=1e-4)
 
 
 def test_tune_takes_the_fastest_and_records_failures():
