@@ -1,6 +1,8 @@
 import argparse
 import json
 
+import pytest
+
 from moejax.plan import cli
 
 
@@ -19,6 +21,19 @@ def test_plan_memory_bound_worked_example(tmp_path, capsys):
     assert "Recommended" in capsys.readouterr().out
 
 
-def test_plan_compute_and_inference_modes():
-    assert _run(["--flops=1e21"]) == 0
-    assert _run(["--flops=1e21", "--inference-tokens=1e12", "--experts=8"]) == 0
+def test_plan_compute_and_inference_modes(tmp_path):
+    from moejax.plan import compute_optimal
+
+    assert _run(["--flops=1e21", "--experts=8", f"--out={tmp_path / 'train'}"]) == 0
+    trained = json.loads((tmp_path / "train" / "plan.json").read_text())["plans"]
+    assert _run(["--flops=1e21", "--inference-tokens=1e12", "--experts=8",
+                 f"--out={tmp_path / 'serve'}"]) == 0
+    served = json.loads((tmp_path / "serve" / "plan.json").read_text())["plans"]
+    (train,), (serve,) = trained, served
+    # training alone spends 6 N D; with 1e12 tokens to serve, 2 N per served token comes out of
+    # the same budget, so the model shrinks below the training-only optimum
+    assert 6 * train["n_active"] * train["tokens"] == pytest.approx(1e21, rel=1e-6)
+    assert train["n_active"] == pytest.approx(compute_optimal(1e21, 8)[0], rel=1e-6)
+    assert 6 * serve["n_active"] * serve["tokens"] + 2 * serve["n_active"] * 1e12 == \
+        pytest.approx(1e21, rel=1e-6)
+    assert serve["n_active"] < 0.9 * train["n_active"]
