@@ -4,8 +4,10 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from moejax.model.balancing import router_z_loss, switch_aux_loss, tokens_per_expert
+from moejax.model.balancing import (load_imbalance, router_entropy, router_z_loss, switch_aux_loss,
+                                    tokens_per_expert)
 
 
 def test_switch_aux_loss_hand_computed():
@@ -77,3 +79,21 @@ def test_balancing_bias_moves_a_skewed_router_towards_uniform_load():
     np.testing.assert_allclose(routing.weights_TK,
                                jnp.take_along_axis(jax.nn.softmax(logits), routing.expert_ids_TK,
                                                    axis=-1), rtol=1e-6)
+
+
+def test_router_entropy_hand_computed():
+    uniform = jnp.full((3, 4), 0.25)
+    assert float(router_entropy(uniform)) == pytest.approx(math.log(4), rel=1e-6)
+    one_hot = jnp.eye(4)[:3]
+    assert float(router_entropy(one_hot)) == pytest.approx(0.0, abs=1e-6)
+    # tokens: uniform over 4 (ln 4), split over 2 (ln 2), one-hot (0, masked out): mean of the
+    # two real tokens; sigmoid-like scores that do not sum to 1 are normalised first
+    mixed = jnp.array([[0.25, 0.25, 0.25, 0.25], [0.9, 0.9, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    got = float(router_entropy(mixed, mask_T=jnp.array([1, 1, 0])))
+    assert got == pytest.approx((math.log(4) + math.log(2)) / 2, rel=1e-6)
+
+
+def test_load_imbalance_hand_computed():
+    assert float(load_imbalance(jnp.array([2.0, 4.0, 6.0, 0.0]))) == pytest.approx(2.0)
+    assert float(load_imbalance(jnp.array([5.0, 5.0]))) == pytest.approx(1.0)
+    assert float(load_imbalance(jnp.zeros(4))) == 0.0  # nothing routed

@@ -236,6 +236,17 @@ def test_tokens_per_expert_counts_real_tokens_only():
     mask = jnp.array([[1, 1, 1, 1, 0, 0]], bool)
     _, stats = nnx.merge(graphdef, params, buffers)(x, mask)
     assert float(stats.tokens_per_expert_E.sum()) == 4 * 2
+    # per expert, against the numpy plan's choices of the 4 real tokens; the imbalance is
+    # max / mean of those loads, and the entropy the mean over real tokens of softmax entropies
+    x_TD = np.asarray(x).reshape(-1, D)
+    w_DE = np.asarray(nnx.to_pure_dict(params)["groups"][0]["router"]["w_DE"])
+    scores = np.asarray(scores_of(jnp.asarray(x_TD @ w_DE), "softmax"), np.float64)
+    chosen, keep = plan_group(scores, 2, mask_T=np.asarray(mask[0]))
+    loads = np.bincount(chosen[keep], minlength=4)
+    np.testing.assert_array_equal(np.asarray(stats.tokens_per_expert_E), loads)
+    assert float(stats.load_imbalance) == pytest.approx(loads.max() / loads.mean(), rel=1e-6)
+    entropy = -(scores * np.log(scores)).sum(-1)
+    assert float(stats.router_entropy) == pytest.approx(entropy[:4].mean(), rel=1e-5)
 
 
 def test_expert_choice_warns_about_future_leak():
