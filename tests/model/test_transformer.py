@@ -76,5 +76,31 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     model = build_model(cfg)
     params = model.init(jax.random.key(0))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-    logits, stats = jax.jit(model.apply)(params, jnp.zeros((1, 4), jnp.int32))
+    tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, cfg.vocab_size)
+    logits, stats = jax.jit(model.apply)(params, tokens)
     assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
+    # the same parameters in float32: within bfloat16 rounding, and not the same numbers
+    reference, _ = jax.jit(build_model(CFG).apply)(params, tokens)
+    difference = float(jnp.max(jnp.abs(logits - reference)))
+    assert 0.0 < difference < 3e-2 * (1.0 + float(jnp.max(jnp.abs(reference))))
+    # every matmul runs in bfloat16 but the router's and the routing bookkeeping's (an operand
+    # whose last dimension is the expert count or top-k: scores, gates, loads), kept in float32
+    precisions = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                precisions.append(([str(v.aval.dtype) for v in eqn.invars],
+                                   [v.aval.shape for v in eqn.invars]))
+            for value in eqn.params.values():
+                inner = getattr(value, "jaxpr", value)
+                if hasattr(inner, "eqns"):
+                    walk(inner)
+
+    walk(jax.make_jaxpr(model.apply)(params, tokens).jaxpr)
+    bf16 = [shapes for dtypes, shapes in precisions if dtypes == ["bfloat16", "bfloat16"]]
+    f32 = [shapes for dtypes, shapes in precisions if dtypes == ["float32", "float32"]]
+    assert len(bf16) + len(f32) == len(precisions) and len(bf16) > len(f32)
+    routing = {MOE.num_experts, MOE.top_k}
+    for shapes in f32:
+        assert any(shape and shape[-1] in routing for shape in shapes), shapes
