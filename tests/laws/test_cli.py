@@ -65,5 +65,7 @@ def test_bad_input_is_reported_not_raised(tmp_path, capsys):
     synthetic_points("chinchilla", n_points=20).drop(columns="D").to_csv(path, index=False)
     assert _run([f"--points={path}", f"--out={tmp_path / 'o'}", "--no-progress"]) == 2
     assert "D (column 'D')" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         _run(["--law=chinchilla", f"--out={tmp_path}"])  # neither --points nor --dataset
+    assert exit_.value.code == 2
+    assert "one of the arguments --points --dataset is required" in capsys.readouterr().err

@@ -117,3 +117,7 @@ def test_tpu_vm_launcher_needs_a_name_and_zone(tmp_path, capsys):
     grid.write_text(GRID)
     assert main(["sweep", f"--grid={grid}", f"--root={tmp_path}/s", "--launcher=tpu_vm"]) == 2
     assert "--tpu is required with --launcher=tpu_vm" in capsys.readouterr().err
+    assert main(["sweep", f"--grid={grid}", f"--root={tmp_path}/s", "--launcher=tpu_vm",
+                 "--tpu=my-tpu"]) == 2
+    assert "--zone is required with --launcher=tpu_vm" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before anything was written
