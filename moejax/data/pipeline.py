@@ -28,7 +28,7 @@ import numpy as np
 from moejax.data import tasks
 from moejax.data.tf_setup import tf
 from moejax.data.vocabularies import VOCABULARY_NAMES, get_vocabulary, padded_vocab_size
-from moejax.errors import ConfigError
+from moejax.errors import ConfigError, check_field_types
 
 import seqio  # noqa: E402
 
@@ -75,6 +75,7 @@ class DataConfig:
 
 def validate(config: DataConfig, shard_index: int = 0, num_shards: int = 1) -> None:
     """Raises ConfigError (a ValueError) naming the field if the config or shard request is invalid."""
+    check_field_types(config)
     if config.vocabulary not in VOCABULARY_NAMES:
         raise ConfigError(f"DataConfig.vocabulary must be one of {VOCABULARY_NAMES}, got {config.vocabulary!r}")
     if config.seq_len < 2:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import gin
 
-from moejax.errors import ConfigError
+from moejax.errors import ConfigError, check_field_types
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # What a block keeps for the backward pass (moejax.model.transformer): "none" every activation;
@@ -208,6 +208,9 @@ def validate_model_config(config: ModelConfig) -> ModelConfig:
     Pure Python, no JAX: runs in microseconds before anything is traced or compiled.
     """
     c = config
+    check_field_types(c)
+    if c.moe is not None:
+        check_field_types(c.moe)
     _require(c.vocab_size is not None, "ModelConfig.vocab_size", c.vocab_size,
              "an integer >= 1 (the trainer fills it from the data vocabulary)")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):

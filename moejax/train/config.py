@@ -6,6 +6,7 @@ import dataclasses
 
 import gin
 
+from moejax.errors import check_field_types
 from moejax.model.config import ConfigError
 
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -60,6 +61,7 @@ class TrainConfig:
 
 def validate_train_config(c: TrainConfig) -> TrainConfig:
     """Raise ConfigError naming the first impossible training knob."""
+    check_field_types(c)
     checks = [
         (c.steps >= 1, "steps", "an integer >= 1"),
         (c.learning_rate > 0, "learning_rate", "> 0"),
