@@ -12,10 +12,15 @@ good step is used instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import os
-from typing import Any
+import re
+import sys
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -29,8 +34,66 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not match the run's configuration."""
 
 
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint of another configuration: refused, never moved aside."""
+
+
+def _gist(error: Exception) -> str:
+    """The first line of an orbax/TensorStore error, without the store spec it appends but with
+    the array it names there."""
+    text = str(error)
+    lines = text.strip().splitlines() or [""]
+    gist = lines[0].split(" See full TensorStore details")[0][:300]
+    array = re.search(r"'path': '([^'/][^']*?)/?'", text)
+    return f"{gist} (array {array[1]})" if array else gist
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+    """orbax reads a checkpoint's arrays in concurrent tasks. When one read fails, the others'
+    errors surface later as asyncio's "Task exception was never retrieved" log records and
+    Python's "Exception ignored in <coroutine>" messages: hundreds of lines for one corrupt
+    checkpoint, burying the one warning that names it. Inside this block they are dropped, and
+    the failed tasks are collected before it ends; the caller reports the failure itself."""
+    logger = logging.getLogger("asyncio")
+    level, hook = logger.level, sys.unraisablehook
+    logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()
+        logger.setLevel(level)
+        sys.unraisablehook = _late_read_filter(hook)
+
+
+def _late_read_filter(hook):
+    """``hook``, minus what a failed restore's last reads raise after it: TensorStore finishes
+    them on its own threads and hands each result to orbax's event loop, which is closed by
+    then ("Event loop is closed", one traceback per read). Nothing else is dropped."""
+    if getattr(hook, "drops_late_reads", False):
+        return hook
+
+    def filtered(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            hook(unraisable)
+
+    filtered.drops_late_reads = True
+    return filtered
+
+
 def _is_finalized(step_dir: str) -> bool:
     return os.path.exists(os.path.join(step_dir, METADATA_FILE))
+
+
+def finalized_steps(directory: str) -> list[int]:
+    """The complete checkpoints' steps under a run's checkpoint directory, ascending, read from
+    the directory alone (no orbax manager); [] when there is none."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and _is_finalized(os.path.join(directory, name)))
 
 
 class Checkpointer:
@@ -83,22 +146,33 @@ class Checkpointer:
                                         sharding=getattr(leaf, "sharding", None) or device)
 
         target = jax.tree.map(target_leaf, abstract_state)
-        try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        except Exception as e:  # orbax raises many types for truncated or mismatched files
-            raise CheckpointError(f"checkpoint {step_dir} could not be restored: "
-                                  f"{type(e).__name__}: {str(e)[:500]}") from e
+        failure = None
+        with _quiet_failed_reads():
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+            except Exception as e:  # orbax raises many types for truncated or mismatched files
+                failure = f"{type(e).__name__}: {_gist(e)}"  # not e: its tasks must be freed
+        if failure is not None:
+            raise CheckpointError(f"checkpoint {step_dir} could not be restored: {failure}")
         return restored.state, dict(restored.meta)
 
-    def restore_latest(self, abstract_state: Any, *, log=print) -> tuple[Any, dict] | None:
+    def restore_latest(self, abstract_state: Any, *, log=print,
+                       accept: Callable[[dict], None] | None = None) -> tuple[Any, dict] | None:
         """Restore the newest checkpoint that restores cleanly; None when there is none.
 
         Unreadable newer checkpoints are moved aside (and logged), never silently used.
+        ``accept(meta)`` sees each candidate's metadata before any array is read and raises
+        ``CheckpointMismatch`` to refuse it (a checkpoint of another model, whose arrays would
+        not fit this one's shapes): that stops the search and leaves every checkpoint in place.
         """
         for step in reversed(self.steps()):
             try:
+                if accept is not None:
+                    accept(self.read_meta(step))
                 return self.restore(step, abstract_state)
+            except CheckpointMismatch:
+                raise
             except CheckpointError as e:
                 aside = files.move_aside(os.path.join(self.directory, str(step)), "corrupt")
                 log(f"WARNING: {e}; moved it to {aside} and trying the previous checkpoint")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -42,7 +43,8 @@ from moejax.parallel.rules import sharding_rules
 from moejax.parallel.sharding import (abstract_sharded_state, init_sharded_train_state,
                                       make_sharded_eval_step, make_sharded_train_step, put_batch,
                                       setup_sharded_training)
-from moejax.train.checkpoint import Checkpointer, CheckpointError, config_fingerprint, config_mismatch
+from moejax.train.checkpoint import (Checkpointer, CheckpointMismatch, config_fingerprint,
+                                     config_mismatch)
 from moejax.train.config import TrainConfig, validate_train_config
 from moejax.train.kernel_log import KernelLog
 from moejax.train.metrics import MetricsWriter, load_jsonl
@@ -150,6 +152,15 @@ def _progress(total: int, initial: int):
     return None
 
 
+def _non_finite(metrics: dict) -> str:
+    """Which of a diverged step's loss and gradient norm is not finite, with both values."""
+    loss, norm = float(metrics["loss"]), float(metrics["grad_norm"])
+    bad = [name for name, value in (("loss", loss), ("gradient norm", norm))
+           if not math.isfinite(value)]
+    what = f"the {' and the '.join(bad)}" if bad else "the step"  # (the loss is the total)
+    return f"{what} became non-finite (loss {loss}, gradient norm {norm})"
+
+
 def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
                  gin_config: str | None = None, log: Callable[[str], None] = print,
                  mesh_config: MeshConfig | None = None, rules: dict | None = None) -> dict:
@@ -173,13 +184,11 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
             batch_size=data.batch_size, grad_accum_steps=train.grad_accum_steps, seed=train.seed)
     primary = distributed.is_primary()
     workdir = os.path.abspath(workdir)
+    problem = files.directory_problem(workdir)
+    if problem:
+        raise ConfigError(f"workdir {workdir}: {problem}")
     os.makedirs(workdir, exist_ok=True)
     fingerprint = config_fingerprint(model, data, train)
-    if primary:
-        if gin_config is not None:
-            files.write_atomic(os.path.join(workdir, "config.gin"), gin_config)
-        files.write_atomic(os.path.join(workdir, "config.json"),
-                      json.dumps(fingerprint, indent=2) + "\n")
 
     if sharded is None:
         abstract_state = jax.eval_shape(lambda: init_train_state(fmodel, tx, train.seed))
@@ -189,7 +198,22 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
         abstract_state = abstract_sharded_state(fmodel, tx, sharded.state_shardings, train.seed)
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
-    restored = checkpointer.restore_latest(abstract_state, log=log)
+
+    def same_model_and_data(meta: dict) -> None:
+        saved = meta.get("config", {})
+        diffs = config_mismatch({k: v for k, v in saved.items() if k != "TrainConfig"},
+                                {k: v for k, v in fingerprint.items() if k != "TrainConfig"})
+        if diffs:
+            raise CheckpointMismatch(
+                f"{checkpointer.directory} holds checkpoints of a different model/data config; "
+                f"use a new --workdir or restore the config. Differences: " + "; ".join(diffs))
+
+    restored = checkpointer.restore_latest(abstract_state, log=log, accept=same_model_and_data)
+    if primary:  # only now: a refused resume leaves the run's own config files as they were
+        if gin_config is not None:
+            files.write_atomic(os.path.join(workdir, "config.gin"), gin_config)
+        files.write_atomic(os.path.join(workdir, "config.json"),
+                           json.dumps(fingerprint, indent=2) + "\n")
     if restored is None:
         state = (init_train_state(fmodel, tx, train.seed) if sharded is None else
                  init_sharded_train_state(fmodel, tx, train.seed, sharded.state_shardings))
@@ -197,13 +221,6 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
     else:
         state, meta = restored
         saved = meta.get("config", {})
-        frozen = {k: v for k, v in saved.items() if k != "TrainConfig"}
-        current = {k: v for k, v in fingerprint.items() if k != "TrainConfig"}
-        diffs = config_mismatch(frozen, current)
-        if diffs:
-            raise CheckpointError(
-                f"{checkpointer.directory} holds checkpoints of a different model/data config; "
-                f"use a new --workdir or restore the config. Differences: " + "; ".join(diffs))
         for diff in config_mismatch({"TrainConfig": saved.get("TrainConfig", {})},
                                     {"TrainConfig": fingerprint["TrainConfig"]}):
             log(f"note: resuming with a changed training knob: {diff}")
@@ -260,8 +277,7 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
                 if not bool(metrics.pop("finite")):
                     checkpointer.wait()  # so the message lists saves still in flight
                     raise TrainingDiverged(
-                        f"loss became {float(metrics['loss'])} (gradient norm "
-                        f"{float(metrics['grad_norm'])}) at step {step + 1}; stopped without "
+                        f"{_non_finite(metrics)} at step {step + 1}; stopped without "
                         f"saving. Last good checkpoint: "
                         f"{checkpointer.steps()[-1] if checkpointer.steps() else 'none'} "
                         f"in {checkpointer.directory}")

@@ -61,3 +61,54 @@ def test_half_written_and_corrupt_checkpoints_are_skipped(tmp_path):
     assert any("4" in m and "corrupt" in m for m in messages)
     assert any(name.startswith("4.corrupt-") for name in os.listdir(tmp_path))  # kept, not deleted
     ckpt.close()
+
+
+def test_a_truncated_checkpoint_is_reported_in_one_line(tmp_path, capfd):
+    """orbax reads arrays concurrently: when their files are truncated, every read fails and,
+    unfiltered, each failure printed its own traceback (hundreds of lines, the asyncio ones
+    after the restore returned). One warning names the checkpoint and an array instead."""
+    import gc
+    import time
+
+    ckpt = Checkpointer(str(tmp_path), keep=5, async_save=False)
+    ckpt.save(2, _state(2.0), {"step": 2})
+    ckpt.save(4, _state(4.0), {"step": 4})
+    ckpt.close()
+    truncated = 0
+    for root, _, names in os.walk(tmp_path / "4" / "state"):
+        if os.path.basename(root) == "d":  # the array chunks
+            for name in names:
+                os.truncate(os.path.join(root, name), 10)
+                truncated += 1
+    assert truncated
+    messages = []
+    ckpt = Checkpointer(str(tmp_path), keep=5)
+    restored, meta = ckpt.restore_latest(_state(0.0), log=messages.append)
+    ckpt.close()
+    gc.collect()
+    time.sleep(0.5)  # reads still in flight on TensorStore's threads finish
+    gc.collect()
+    assert meta["step"] == 2
+    (message,) = messages
+    assert "checkpoint" in message and "/4 could not be restored" in message
+    assert "\n" not in message and len(message) < 700
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err and "Event loop is closed" not in captured.err
+
+
+def test_the_late_read_filter_passes_other_errors_through():
+    from moejax.train.checkpoint import _late_read_filter
+
+    seen = []
+    hook = _late_read_filter(seen.append)
+    assert _late_read_filter(hook) is hook  # installed once
+
+    class Unraisable:
+        def __init__(self, value):
+            self.exc_value = value
+
+    hook(Unraisable(RuntimeError("Event loop is closed")))
+    other = Unraisable(RuntimeError("something else"))
+    hook(other)
+    hook(Unraisable(ValueError("Event loop is closed")))
+    assert [u.exc_value for u in seen][0] is other.exc_value and len(seen) == 2
