@@ -34,6 +34,20 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(command: str, module, args: argparse.Namespace) -> int:
+    """A subcommand's ``run``, with what no subcommand handles itself reported in one line: a
+    file the system refuses (permissions, a full disk, a path through a file) and Ctrl-C."""
+    try:
+        return int(module.run(args) or 0)
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        print(f"moejax {command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"moejax {command}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Build only the requested subcommand's parser when possible (keeps imports lazy).
@@ -41,13 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
         sp = argparse.ArgumentParser(prog=f"moejax {argv[0]}", description=SUBCOMMANDS[argv[0]][1])
         module.add_arguments(sp)
-        return int(module.run(sp.parse_args(argv[1:])) or 0)
+        return _run(argv[0], module, sp.parse_args(argv[1:]))
     parser = _build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    return _run(args.command, importlib.import_module(args._module), args)
 
 
 if __name__ == "__main__":

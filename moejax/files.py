@@ -5,7 +5,8 @@ left as it was if anything failed (the temporary file is removed). ``locked`` se
 on one machine that read, merge and rewrite a shared file (points files, the gmm tuning table).
 Every step that writes a file a researcher keeps (checkpoints aside: orbax does its own) goes
 through here; figures too (``write_figure``). ``move_aside`` keeps an unusable file or checkpoint
-under a new name instead of deleting or overwriting it.
+under a new name instead of deleting or overwriting it; ``directory_problem`` checks an output
+directory before a command starts its work.
 """
 
 from __future__ import annotations
@@ -80,3 +81,17 @@ def move_aside(path: str, tag: str) -> str:
     aside = f"{path}.{tag}-{int(time.time())}"
     os.rename(path, aside)
     return aside
+
+
+def directory_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be, or become, a directory to write into; None when it can. Nothing is
+    created: commands call it before their work, so a mistyped output path fails at once rather
+    than after an hour of scoring or fitting."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):  # the nearest part of the path that exists
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe} is a file, not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None

@@ -71,3 +71,14 @@ def test_write_figure_writes_a_png_or_nothing(tmp_path):
         files.write_figure(path, figure, not_an_argument=1)
     plt.close(figure)
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["curve.png"]
+
+
+def test_directory_problem_names_a_file_in_the_way_and_creates_nothing(tmp_path):
+    assert files.directory_problem(tmp_path) is None
+    assert files.directory_problem(tmp_path / "new" / "deeper") is None
+    blocker = tmp_path / "config.json"
+    blocker.write_text("{}")
+    assert files.directory_problem(blocker) == f"{blocker} is a file, not a directory"
+    assert files.directory_problem(blocker / "points") == f"{blocker} is a file, not a directory"
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]
+

@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from moejax import files
+
 
 def _capacity(text: str) -> float | None:
     if text.strip().lower() in ("none", "dropless", ""):
@@ -90,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         workdirs = resolve_workdirs(args.workdir, args.root)
         points_path = args.points or f"points.{args.format or 'jsonl'}"
         fmt = points_format(points_path, args.format)
+        problem = files.directory_problem(os.path.dirname(os.path.abspath(points_path)))
+        if problem:
+            raise ValueError(f"--points {points_path}: {problem}")
     except (ValueError, PointsError) as e:
         return error(str(e))
     if not workdirs:

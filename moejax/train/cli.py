@@ -11,6 +11,7 @@ joined first (``moejax.parallel.distributed``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from moejax.ginconf import GinConfigError, parse_gin
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from moejax.parallel.distributed import is_primary, maybe_initialize_distributed
     from moejax.parallel.mesh import configured_mesh
     from moejax.parallel.rules import sharding_rules
-    from moejax.train.checkpoint import CheckpointError
+    from moejax.train.checkpoint import CheckpointError, finalized_steps
     from moejax.train.loop import TrainingDiverged, run_training
 
     try:
@@ -61,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
     except (GinConfigError, ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError) as e:
         print(f"moejax train: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (GinConfigError, ConfigError)) else 1
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoints written so far are complete
+        steps = finalized_steps(os.path.join(args.workdir, "checkpoints"))
+        newest = (f"newest complete checkpoint: step {steps[-1]}; the same command resumes "
+                  f"from it" if steps else "no checkpoint was written yet")
+        print(f"moejax train: interrupted; {newest}", file=sys.stderr)
+        return 130
     if not is_primary():
         return 0
     workdir = summary["workdir"]

@@ -30,6 +30,7 @@ import json
 import os
 import sys
 
+from moejax import files
 from moejax.ginconf import GinConfigError
 
 TARGETS = ("tpu", "cuda")  # the platforms platform.target_device knows
@@ -130,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
                                  f"--target={args.target} asks for another platform")
         if args.topology is None and args.target is None:
             raise ValueError("give --target (tpu, cuda) or a --topology (v5e:4x4, h100:8)")
+        problem = args.out and files.directory_problem(args.out)
+        if problem:
+            raise ValueError(f"--out {args.out}: {problem}")
         capability = _parse_capability(args.gpu) if args.target == "cuda" else None
         from moejax.parallel.mesh import configured_mesh
         from moejax.train.cli import load_configs
@@ -171,8 +175,6 @@ def run(args: argparse.Namespace) -> int:
     # the program: StableHLO as exported, or the HLO XLA compiled
     program_file = "train_step.mlir" if args.topology is None else "train_step.hlo"
     if args.out:
-        from moejax import files
-
         os.makedirs(args.out, exist_ok=True)
         files.write_atomic(os.path.join(args.out, "lowering.json"),
                            json.dumps(summary.to_json(), indent=1) + "\n")

@@ -144,14 +144,28 @@ def test_cli_unknown_binding_names_the_knob(tmp_path):
     assert "num_expert" in out.stderr and "Did you mean MoEConfig.num_experts" in out.stderr
 
 
-def test_changed_model_config_refuses_to_resume(tmp_path):
-    m, d, t = tiny("TrainConfig.steps = 2", "TrainConfig.eval_every = 0")
-    run_training(str(tmp_path), m, d, t)
-    m2, d, t = tiny("TrainConfig.steps = 4", "TrainConfig.eval_every = 0", "MoEConfig.top_k = 1")
+@pytest.mark.parametrize("change, named", [
+    ("MoEConfig.top_k = 1", "top_k"),              # same parameter shapes
+    ("MoEConfig.num_experts = 8", "num_experts"),  # expert weights of another shape
+])
+def test_changed_model_config_refuses_to_resume_and_keeps_the_run(tmp_path, change, named):
+    """A checkpoint of another model is refused by its metadata before any array is read: it
+    is not taken for a corrupt one and moved aside (a run thrown away and retrained from step
+    0), and the run's config.json, config.gin and metrics stay those of the run that wrote it."""
+    m, d, t = tiny("TrainConfig.steps = 2", "TrainConfig.eval_every = 0",
+                   "TrainConfig.checkpoint_every = 1")
+    run_training(str(tmp_path), m, d, t, gin_config="# the first run\n")
+    before = {name: (tmp_path / name).read_bytes()
+              for name in ("config.json", "config.gin", "metrics.jsonl")}
+    steps = sorted(os.listdir(tmp_path / "checkpoints"))
+    m2, d, t = tiny("TrainConfig.steps = 4", "TrainConfig.eval_every = 0", change)
     from moejax.train.checkpoint import CheckpointError
 
-    with pytest.raises(CheckpointError, match="top_k"):
-        run_training(str(tmp_path), m2, d, t)
+    with pytest.raises(CheckpointError, match=f"different model/data config.*{named}"):
+        run_training(str(tmp_path), m2, d, t, gin_config="# the second run\n")
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == steps  # nothing moved aside
+    for name, content in before.items():
+        assert (tmp_path / name).read_bytes() == content, name
 
 
 def test_run_directory_contents(tmp_path):
@@ -189,3 +203,36 @@ def test_run_directory_contents(tmp_path):
             for e in segment["gmm"]} == {(256, 32, 64), (256, 32, 32)}
     assert {(e["requested"], e["impl"]) for e in segment["gmm"]} == {("auto", "cpu")}
     assert {r["task"] for r in evals} >= {"moejax_embedded", "moejax_wiki"}
+
+
+def test_the_divergence_message_names_what_was_not_finite():
+    from moejax.train.loop import _non_finite
+
+    assert _non_finite({"loss": 9.0, "grad_norm": float("nan")}) == (
+        "the gradient norm became non-finite (loss 9.0, gradient norm nan)")
+    assert _non_finite({"loss": float("inf"), "grad_norm": float("nan")}).startswith(
+        "the loss and the gradient norm became non-finite")
+    assert _non_finite({"loss": 3.0, "grad_norm": 1.0}).startswith("the step became non-finite")
+
+
+@pytest.mark.parametrize("where", ["workdir", "points", "out"])
+def test_an_output_path_through_a_file_stops_before_the_work(tmp_path, capsys, where):
+    from moejax.cli import main
+
+    blocker = tmp_path / "config.json"
+    blocker.write_text("{}")
+    if where == "workdir":
+        argv = ["train", "--gin_file=smoke.gin", f"--workdir={blocker}/run"]
+    elif where == "points":
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "config.json").write_text("{}")
+        argv = ["eval", f"--workdir={run}", f"--points={blocker}/p.jsonl"]
+    else:
+        argv = ["lower", "--gin_file=smoke.gin", "--target=tpu", f"--out={blocker}/lowered"]
+    start = time.perf_counter()
+    assert main(argv) == 2
+    assert f"{blocker} is a file, not a directory" in capsys.readouterr().err
+    assert time.perf_counter() - start < 30
+    assert sorted(os.listdir(tmp_path)) == sorted(["config.json"] + (["run"] if where == "points"
+                                                                      else []))
