@@ -1,18 +1,25 @@
 """``moejax fit``: fit a scaling law to scored points and write results, a report and plots.
 
-In: ``--points=FILE`` (CSV, JSONL or Parquet; e.g. from ``moejax eval``) or ``--dataset=clark2022``
-(the embedded Clark et al. 2022 runs, subset as in the paper for ``--router``), ``--law=NAME``,
-optional ``--columns=N=n_active,D=tokens,loss=val_loss``, ``--holdout``, ``--bootstrap=N``.
+In: ``--points=FILE`` (``moejax eval``'s JSONL, CSV or Parquet, or any CSV) or
+``--dataset=clark2022`` (the embedded Clark et al. 2022 runs, subset as in the paper for
+``--router``), ``--law=NAME``, optional ``--columns=N=n_active,D=tokens,loss=val_loss``,
+``--holdout``, ``--bootstrap=N``.
 Out, in ``--out=DIR`` (each file written atomically): ``fit.json`` (the ``FitResult``),
 ``report.md`` (parameters with confidence intervals, RMSE, convergence), and PNG plots:
 ``fitted_vs_observed.png``, ``residuals.png``, ``loss_vs_compute.png`` (points and the fitted
 compute-optimal frontier per expert count), ``iso_loss.png`` (contours of the fitted law).
+A bad input (an option out of range, an unreadable or empty points file, an --out that cannot be
+a directory) stops the command before fitting with ``moejax fit: error: ...`` on stderr, exit 2,
+and nothing written.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "or 'dense' (Dense runs only)")
     parser.add_argument("--loss-column", default="loss_validation", help="clark2022 loss column")
     parser.add_argument("--columns", default="", help="law_var=column,... (e.g. N=n_active,loss=val_loss)")
-    parser.add_argument("--holdout", default=None, help="'paper', 'lowest:K', K or a fraction of lowest-loss runs")
-    parser.add_argument("--bootstrap", type=int, default=0, help="number of bootstrap refits (0: none)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="bootstrap interval level")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
+    parser.add_argument("--holdout", type=_holdout, default=None,
+                        help="'paper', 'lowest:K', K or a fraction of lowest-loss runs")
+    parser.add_argument("--bootstrap", type=_non_negative_int, default=0,
+                        help="number of bootstrap refits (0: none)")
+    parser.add_argument("--confidence", type=_confidence, default=0.95,
+                        help="bootstrap interval level, between 0 and 1")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="bootstrap resampling seed")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -53,14 +64,45 @@ def _parse_columns(text: str) -> dict[str, str]:
     return mapping
 
 
-def _parse_holdout(text):
-    if text is None:
-        return None
+# argparse types: a bad value stops the command before anything is read or fitted.
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
+def _confidence(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not between 0 and 1 (exclusive); e.g. 0.95 for 95 % intervals")
+    return value
+
+
+def _holdout(text: str) -> str | int | float:
+    """'paper' or 'none' as given, K (also 'lowest:K') as an int, a fraction in (0, 1) as is."""
+    if text in ("paper", "none"):
         return text
-    return value if 0 < value < 1 else int(value)
+    count = text.removeprefix("lowest:")
+    if count.isascii() and count.isdigit():
+        return int(count)
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = None
+    if fraction is not None and 0 < fraction < 1:
+        return fraction
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: give 'paper', 'none', 'lowest:K' or K (hold out the K lowest-loss runs, K a "
+        "whole number) or a fraction between 0 and 1 of them")
 
 
 def _load_points(args) -> tuple[pd.DataFrame, str]:
@@ -73,15 +115,102 @@ def _load_points(args) -> tuple[pd.DataFrame, str]:
 
 
 def read_points_table(path: str) -> pd.DataFrame:
-    """Points from ``moejax eval`` (JSON lines, CSV or Parquet, schema-checked) or any user CSV."""
-    from moejax.eval.points import PointsError, load_points  # light: no TensorFlow
-
-    if path.endswith((".jsonl", ".parquet")):
-        return load_points(path)
+    """Points from ``moejax eval`` (JSON lines, CSV or Parquet, schema-checked) or any user CSV.
+    Raises ``FitInputError`` naming ``path`` when it cannot be read or holds no points."""
+    if os.path.isdir(path):
+        raise FitInputError(f"points file {path} is a directory; give a CSV, JSONL or Parquet file")
     try:
-        return load_points(path)
+        if os.path.getsize(path) == 0:
+            raise FitInputError(f"points file {path} is empty")
+        table = _read_points_file(path)
+        if len(table) == 0:
+            with open(path, "rb") as f:
+                blank = not f.read().strip()
+            raise FitInputError(f"points file {path} is empty" if blank else
+                                f"{path} holds no points: it names columns but has no rows")
+    except FileNotFoundError:
+        raise FitInputError(f"points file {path} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise FitInputError(f"{path} is not a points file: not UTF-8 text ({err.reason} at byte "
+                            f"{err.start})") from None
+    except OSError as err:
+        raise FitInputError(f"cannot read points file {path}: {err.strerror or err}") from None
+    return table
+
+
+def _read_points_file(path: str) -> pd.DataFrame:
+    from moejax.eval.points import (  # light: no TensorFlow
+        SCHEMA_VERSION, SUFFIX_FORMATS, PointsError, SchemaVersionError, load_points)
+
+    suffix_format = SUFFIX_FORMATS.get(os.path.splitext(path)[1].lower())
+    if suffix_format in ("jsonl", "parquet"):  # only moejax eval's points come in these formats
+        try:
+            return load_points(path)
+        except SchemaVersionError:
+            if _claims_schema(path, suffix_format):
+                raise  # moejax eval's points of another version: the message says what to do
+            raise FitInputError(
+                f"{path} is not a moejax eval points file: its points have no schema_version. "
+                f"moejax eval writes schema_version ({SCHEMA_VERSION}), run_id and step in every "
+                "point; write hand-made points as CSV instead (any column names, mapped to the "
+                "law's variables with --columns)") from None
+    try:
+        return load_points(path)  # a CSV from moejax eval (typed, schema-checked)
     except PointsError:
+        if _claims_schema(path, "csv"):
+            raise  # a CSV from moejax eval that fails its check is not read as a plain table
+    try:
         return pd.read_csv(path)  # a CSV that did not come from moejax eval
+    except pd.errors.EmptyDataError:
+        raise FitInputError(f"points file {path} is empty") from None
+    except (ValueError, pd.errors.ParserError) as err:  # also UnicodeDecodeError
+        raise FitInputError(f"{path} is not a readable CSV file ({err})") from None
+
+
+def _claims_schema(path: str, format: str) -> bool:
+    """Whether the file says it is moejax eval output: a schema_version column or field."""
+    if format == "parquet":
+        import pyarrow.parquet as pq
+
+        return "schema_version" in pq.read_schema(path).names
+    with open(path, newline="", errors="replace") as f:
+        if format == "csv":
+            return "schema_version" in next(csv.reader(f), [])
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "schema_version" in record:
+                return True
+    return False
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot become a directory before any fitting (and create nothing)."""
+    problem = files.directory_problem(out)
+    if problem:
+        raise FitInputError(f"--out {out}: {problem}")
+
+
+def _write_outputs(out: Path, outputs: dict[str, bytes]) -> None:
+    """Each file atomically; if one cannot be written, the new files and directories this run
+    made are removed again (the results of an earlier fit it replaced cannot come back)."""
+    created = [p for p in (out, *out.parents) if not p.exists()]  # the leaf first
+    new = [out / name for name in outputs if not (out / name).exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, payload in outputs.items():
+            files.write_atomic(out / name, payload)
+    except OSError:
+        for path in new:
+            path.unlink(missing_ok=True)
+        for directory in created:
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _fmt(value) -> str:
@@ -235,24 +364,33 @@ def make_plots(result: FitResult, points: pd.DataFrame) -> dict[str, bytes]:
     return plots
 
 
+def _error(message) -> int:
+    print(f"moejax fit: error: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        _check_out(args.out)
         points, law_name = _load_points(args)
         # Points of one run (its checkpoints, from moejax eval) are not independent draws: the
         # bootstrap resamples whole runs when the points name them.
         run_column = "run_id" if "run_id" in points.columns else None
-        result = fit(points, law_name, columns=_parse_columns(args.columns), holdout=_parse_holdout(args.holdout),
+        result = fit(points, law_name, columns=_parse_columns(args.columns), holdout=args.holdout,
                      bootstrap=args.bootstrap, confidence=args.confidence, seed=args.seed,
                      run_column=run_column, progress=not args.no_progress)
-    except (FitInputError, KeyError, ValueError, FileNotFoundError) as err:
-        print(f"moejax fit: error: {err}")
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    except KeyError as err:  # str() of a KeyError quotes its message
+        return _error(err.args[0] if err.args else err)
+    except (FitInputError, ValueError, OSError) as err:
+        return _error(err)
     source = str(args.points) if args.points is not None else f"{args.dataset} ({args.router}, {args.loss_column})"
-    files.write_atomic(args.out / "fit.json", result.to_json().encode())
-    files.write_atomic(args.out / "report.md", render_report(result, source).encode())
-    for name, payload in make_plots(result, points).items():
-        files.write_atomic(args.out / name, payload)
+    # Everything is rendered before the first file is written: a failure leaves nothing behind.
+    outputs = {"fit.json": result.to_json().encode(),
+               "report.md": render_report(result, source).encode(), **make_plots(result, points)}
+    try:
+        _write_outputs(args.out, outputs)
+    except OSError as err:
+        return _error(f"cannot write the results to --out {args.out}: {err}")
     print(json.dumps({"law": result.law, "parameters": result.parameters, "train_rmse": result.train_rmse,
                       "holdout_rmse": result.holdout_rmse, "converged": result.converged, "out": str(args.out)}))
     return 0 if result.converged else 1

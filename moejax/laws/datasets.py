@@ -35,6 +35,13 @@ def clark_fit_subset(curves: pd.DataFrame, router: str | None = "S-Base", loss_c
     Dense runs alone (for ``clark_dense``). Adds columns N, E, loss; sorted by (E, N)."""
     if router is not None and router not in CLARK_ROUTERS:
         raise ValueError(f"router {router!r}: choose one of {', '.join(CLARK_ROUTERS)} or None for dense only")
+    if loss_column not in curves.columns:
+        losses = [c for c in curves.columns if c.startswith("loss")]
+        raise ValueError(f"loss column {loss_column!r} is not in the data; its loss columns: "
+                         f"{', '.join(losses)}")
+    if parameter_column not in curves.columns:
+        raise ValueError(f"parameter column {parameter_column!r} is not in the data; its columns: "
+                         f"{', '.join(curves.columns)}")
     final = curves.loc[curves.groupby("hyper_id")["step"].idxmax()]
     keep = ((final["routing_frequency"] - routing_frequency).abs() < 1e-9) & (final["k"] == top_k) \
         & (final["seed"] == seed)

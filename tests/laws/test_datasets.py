@@ -28,3 +28,9 @@ def test_unknown_dataset_and_router():
         load_dataset("nope")
     with pytest.raises(ValueError, match="router"):
         clark_fit_subset(load_dataset("clark2022"), "Switch")
+
+
+def test_unknown_loss_column_lists_the_loss_columns(curves):
+    with pytest.raises(ValueError, match="loss column 'nope' is not in the data; its loss columns: "
+                       "loss_c4, .*loss_validation"):
+        clark_fit_subset(curves, "S-Base", loss_column="nope")
