@@ -17,7 +17,8 @@ import sys
 DESCRIPTION = """Expand a design grid (configs/grids/*.gin) into run directories under --root, each
 with its complete run config (run.gin) and a manifest.json of runs with their status, then train
 them, score every finished run (points.jsonl), fit the grid's law (fit/) and write report.md.
-Re-running the same command skips finished runs and resumes partial ones. Launchers: local (here,
+Re-running the same command skips finished runs and resumes partial ones; a root holds the
+sweep of one grid, and bad input is refused before anything is written. Launchers: local (here,
 one run after another; a failed run is reported and the others go on), print (print the train
 commands), tpu_vm (gcloud: sync the code, install, run moejax train on every worker of a TPU VM,
 logs per worker back in each run directory; --dry_run prints the exact gcloud commands).
@@ -72,6 +73,23 @@ def _tpu_vm(args: argparse.Namespace):
                  remote_root=args.remote_root)
 
 
+def parse_only(items: list[str]) -> dict[str, str]:
+    """--only items 'KEY=VALUE' -> {KEY: VALUE}; ConfigError naming an item that is not one, or a
+    key given twice (a point has one value: all items must match)."""
+    from moejax.errors import ConfigError
+
+    only = {}
+    for item in items:
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise ConfigError(f"--only={item!r} is not KEY=VALUE (e.g. --only=MoEConfig.top_k=2)")
+        if key in only:
+            raise ConfigError(f"--only names {key} twice ({only[key]} and {value}); every --only "
+                              "must match, so select one value per sweep")
+        only[key] = value
+    return only
+
+
 def run(args: argparse.Namespace) -> int:
     from moejax.errors import ConfigError
     from moejax.ginconf import GinConfigError
@@ -81,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                                      run_local, save_manifest)
 
     try:
-        only = dict(item.split("=", 1) for item in args.only)
+        only = parse_only(args.only)
         vm = _tpu_vm(args) if args.launcher == "tpu_vm" else None
         grid = load_grid(args.grid)
         # Only the local launcher starts training processes on this machine.
@@ -93,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     runs, dropped = manifest["runs"], manifest["dropped"]
     chosen = f", {len(selected)} selected by --only" if only else ""
-    print(f"grid {grid.name}: {len(runs)} run(s){chosen}, {len(dropped)} combination(s) dropped "
-          f"-> {args.root}/manifest.json")
+    earlier = len(manifest.get("earlier_runs", []))
+    kept = f", {earlier} run(s) of an earlier version of the grid kept" if earlier else ""
+    print(f"grid {grid.name}: {len(runs)} run(s){chosen}, {len(dropped)} combination(s) dropped"
+          f"{kept} -> {args.root}/manifest.json")
     # The launchers see the selected runs; what they record lands in the whole manifest.
     view = {**manifest, "runs": selected}
 
@@ -138,5 +158,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {os.path.abspath(outcome['report'])}")
     if failed:
         print(f"moejax sweep: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    if outcome.get("fit_error"):
+        print(f"moejax sweep: the fit of {grid.fit_law} failed: {outcome['fit_error']}",
+              file=sys.stderr)
+    return 1 if failed or outcome.get("fit_error") else 0

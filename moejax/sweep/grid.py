@@ -233,9 +233,43 @@ def check_bindings(grid: Grid, points: Sequence[GridPoint]) -> None:
             raise GinConfigError(f"grid {grid.name!r}, run {point.run_id}: {e}") from None
 
 
+def check_after_training(grid: Grid) -> None:
+    """Check what runs only after every run trained (which checkpoints to score, the law and its
+    column mapping), so a misspelt law fails before the first run, not hours later."""
+    from moejax.eval.score import parse_steps
+    from moejax.laws.fitting import LOSS_KEY
+    from moejax.laws.forms import get_law
+
+    try:
+        parse_steps(str(grid.eval_steps))
+    except ValueError as e:
+        raise ConfigError(f"Grid.eval_steps = {grid.eval_steps!r}: {e}") from None
+    if grid.fit_law is None:
+        if grid.fit_columns:
+            raise ConfigError(f"Grid.fit_columns = {grid.fit_columns!r} but Grid.fit_law is None: "
+                              "name the law to fit, or leave out the columns")
+        return
+    try:
+        law = get_law(grid.fit_law)
+    except KeyError as e:
+        raise ConfigError(f"Grid.fit_law = {grid.fit_law!r}: {e.args[0]}") from None
+    known = (*law.variable_names, LOSS_KEY)
+    for item in filter(None, (part.strip() for part in str(grid.fit_columns).split(","))):
+        key, sep, column = (part.strip() for part in item.partition("="))
+        if not sep or not key or not column:
+            raise ConfigError(f"Grid.fit_columns = {grid.fit_columns!r}: {item!r} is not "
+                              "law_variable=column (e.g. 'N=n_active,D=tokens_seen,loss=loss')")
+        if key not in known:
+            raise ConfigError(f"Grid.fit_columns = {grid.fit_columns!r}: {key!r} is not a variable "
+                              f"of law {law.name!r} (variables: {', '.join(known)})")
+
+
 def load_grid(path: str) -> Grid:
-    """Parse a grid gin file (it binds only Grid.* and constraint knobs) into a Grid."""
+    """Parse a grid gin file (it binds only Grid.* and constraint knobs) into a Grid, its
+    evaluation and fit checked (``check_after_training``)."""
     from moejax.ginconf import parse_gin
 
     parse_gin([path], [])
-    return Grid()
+    grid = Grid()
+    check_after_training(grid)
+    return grid

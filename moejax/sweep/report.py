@@ -98,7 +98,7 @@ def write_report(root: str, manifest: dict, outcome: dict) -> str:
     if outcome.get("fit"):
         lines += _fit_section(outcome["fit"], outcome.get("fit_converged"))
     elif outcome.get("fit_error"):
-        lines += ["", f"Fit failed: {outcome['fit_error']}."]
+        lines += ["", f"Fit failed: {outcome['fit_error'].rstrip('.')}."]
     path = os.path.join(root, "report.md")
     files.write_atomic(path, "\n".join(lines) + "\n")
     return path

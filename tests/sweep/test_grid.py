@@ -1,11 +1,14 @@
 """Grid expansion: counts, order, constraints, run ids, complete run configs."""
 
+import re
+
 import pytest
 
 from moejax.errors import ConfigError
 from moejax.ginconf import GinConfigError
 from moejax.sweep.constraints import steps_from_tokens
-from moejax.sweep.grid import Grid, combinations, expand, load_grid, top_k_at_most_experts
+from moejax.sweep.grid import (Grid, check_after_training, combinations, expand, load_grid,
+                               top_k_at_most_experts)
 from moejax.sweep.launch import prepare
 from moejax.train.cli import load_configs
 
@@ -78,3 +81,34 @@ def test_bad_grids_name_the_problem(tmp_path):
     grid = Grid(name="k", base_gin_files=["smoke.gin"], axes={"MoEConfig.num_expert": [2, 4]})
     with pytest.raises(GinConfigError, match="(?s)run k-000-num_expert2.*Did you mean MoEConfig.num_experts"):
         prepare(grid, str(tmp_path))
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("Grid.fit_law = 'chinchila'",
+     r"Grid.fit_law = 'chinchila': unknown law 'chinchila'; known laws: .*chinchilla"),
+    ("Grid.fit_columns = 'N n_active'", r"'N n_active' is not law_variable=column"),
+    ("Grid.fit_columns = 'Q=n_active'", r"'Q' is not a variable of law 'chinchilla' "
+                                        r"\(variables: N, D, loss\)"),
+    ("Grid.eval_steps = 'lastest'", r"Grid.eval_steps = 'lastest': .*'latest', 'all'"),
+])
+def test_what_runs_after_training_is_checked_when_the_grid_loads(tmp_path, capsys, binding,
+                                                                 message):
+    """A misspelt law, column mapping or eval_steps fails in a second, before any run trains,
+    naming the Grid knob; nothing is written (not even the root)."""
+    from moejax.cli import main
+
+    grid = tmp_path / "g.gin"
+    grid.write_text(open("configs/grids/smoke_cpu.gin").read() + binding + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_grid(str(grid))
+    root = tmp_path / "sweep"
+    assert main(["sweep", f"--grid={grid}", f"--root={root}", "--dry_run"]) == 2
+    assert re.search(message, capsys.readouterr().err.removeprefix("moejax sweep: error: "))
+    assert not root.exists()
+
+
+def test_fit_columns_without_a_law_is_an_error():
+    with pytest.raises(ConfigError, match="Grid.fit_columns = 'N=n' but Grid.fit_law is None"):
+        check_after_training(Grid(fit_columns="N=n"))
+    check_after_training(Grid(eval_steps="20,40", fit_law="joint_moe",
+                              fit_columns="N=paper.joint_moe.N_act,E=e, loss = loss_c4"))

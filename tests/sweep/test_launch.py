@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,3 +148,217 @@ def test_cpu_paper_grid_end_to_end(tmp_path):
     assert {r["status"] for r in manifest["runs"]} == {"done", "pending"}
     points = load_points(str(root / "points.jsonl"))
     assert sorted(points["num_experts"]) == [1, 2, 4] and set(points["step"]) == {2}
+
+
+def _tree(root):
+    """{relative path: bytes} of every file under root: what a refused command must not change."""
+    tree = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            tree[os.path.relpath(path, root)] = open(path, "rb").read()
+    return tree
+
+
+def _sweep(grid, root, *flags):
+    return main(["sweep", f"--grid={grid}", f"--root={root}", *flags])
+
+
+def _used_root(tmp_path):
+    """A root holding the tiny grid's sweep: one run done, with a checkpoint, and a report."""
+    grid = tmp_path / "tiny.gin"
+    grid.write_text(GRID)
+    root = tmp_path / "sweep"
+    manifest, _ = prepare(load_grid(str(grid)), str(root))
+    manifest["runs"][0].update(status="done", seconds=83.0)
+    save_manifest(str(root), manifest)
+    (root / manifest["runs"][0]["run_id"] / "checkpoints" / "3").mkdir(parents=True)
+    (root / "report.md").write_text("the report\n")
+    (root / "points.jsonl").write_text("{}\n")
+    return grid, root
+
+
+def test_another_grid_is_refused_in_a_used_root(tmp_path, capsys):
+    """D25: a different grid run into a used root (even --dry_run) would rewrite its manifest
+    without the earlier grid's runs and merge both grids' points: refused, nothing changed."""
+    grid, root = _used_root(tmp_path)
+    other = tmp_path / "other.gin"
+    other.write_text(GRID.replace("'tiny'", "'other'"))
+    before = _tree(root)
+    for flags in (["--dry_run"], ["--launcher=print"], []):
+        assert _sweep(other, root, *flags) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"moejax sweep: error: --root={root} holds the sweep of grid "
+                              "'tiny' (2 run(s) in"), err
+        assert "not of grid 'other': use another --root" in err
+        assert _tree(root) == before
+    # the same grid again is fine, and keeps what was recorded
+    assert _sweep(grid, root, "--dry_run") == 0
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert [(r["status"], r.get("seconds")) for r in manifest["runs"]] == [("done", 83.0),
+                                                                          ("pending", None)]
+
+
+def test_an_edited_grid_keeps_earlier_runs_and_refuses_changed_configs(tmp_path, capsys):
+    """The same grid name with an axis value added still works: runs whose id changed stay in
+    the manifest (earlier_runs) with their status. A run that has outputs and whose config the
+    grid now changes is refused; one that only has its run.gin takes the new config."""
+    grid, root = _used_root(tmp_path)
+    # num_experts 1 first: every index shifts, so both old ids leave the grid
+    grid.write_text(GRID.replace("'MoEConfig.num_experts': [2]", "'MoEConfig.num_experts': [1, 2]"))
+    assert _sweep(grid, root, "--dry_run") == 0
+    assert "2 run(s) of an earlier version of the grid kept" in capsys.readouterr().out
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert len(manifest["runs"]) == 3 and {r["status"] for r in manifest["runs"]} == {"pending"}
+    assert [(r["run_id"], r["status"]) for r in manifest["earlier_runs"]] == [
+        ("tiny-000-num_experts2_top_k1", "done"), ("tiny-001-num_experts2_top_k2", "pending")]
+    # back to the original grid: the earlier runs are the grid's runs again, status and all
+    grid.write_text(GRID)
+    assert _sweep(grid, root, "--dry_run") == 0
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["done", "pending"]
+    assert len(manifest["earlier_runs"]) == 3  # the edited grid's, never trained, kept too
+    # more steps for the same run ids: the trained run's checkpoints come from 3 steps
+    before = _tree(root)
+    grid.write_text(GRID.replace("'TrainConfig.steps = 3'", "'TrainConfig.steps = 5'"))
+    assert _sweep(grid, root, "--dry_run") == 2
+    err = capsys.readouterr().err
+    assert ("grid 'tiny' now gives run tiny-000-num_experts2_top_k1 another config than its "
+            f"{root}/tiny-000-num_experts2_top_k1/run.gin ('TrainConfig.steps = 3' there, "
+            "'TrainConfig.steps = 5' now)") in err and "use another --root" in err
+    assert _tree(root) == before
+    # ... while a run not started yet (narrowed to it) takes the new config
+    assert _sweep(grid, root, "--dry_run", "--only=MoEConfig.top_k=2") == 2  # the other one
+    shutil.rmtree(root / "tiny-000-num_experts2_top_k1" / "checkpoints")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["runs"][0]["status"] = "pending"
+    save_manifest(str(root), manifest)
+    assert _sweep(grid, root, "--dry_run") == 0
+    run_gin = root / "tiny-000-num_experts2_top_k1" / "run.gin"
+    assert "TrainConfig.steps = 5" in run_gin.read_text()
+
+
+@pytest.mark.parametrize("only, message", [
+    ("MoEConfig.top_k=3", "--only=MoEConfig.top_k=3: grid 'tiny' has no run with "
+                          "MoEConfig.top_k = 3 (its values: 1, 2)"),
+    ("MoEConfig.top_k=4", "--only=MoEConfig.top_k=4: grid 'tiny' has no run with "
+                          "MoEConfig.top_k = 4 (its values: 1, 2); a constraint dropped "
+                          "{'MoEConfig.num_experts': 2, 'MoEConfig.top_k': 4}: "
+                          "MoEConfig.top_k = 4 > MoEConfig.num_experts = 2"),
+    ("MoEConfig.topk=1", "--only=MoEConfig.topk=1: 'MoEConfig.topk' is not an axis of grid "
+                         "'tiny' (axes: MoEConfig.num_experts, MoEConfig.top_k)"),
+    ("MoEConfig.top_k", "--only='MoEConfig.top_k' is not KEY=VALUE"),
+    ("=2", "--only='=2' is not KEY=VALUE"),
+    ("MoEConfig.top_k=", "--only='MoEConfig.top_k=' is not KEY=VALUE"),
+])
+def test_only_that_selects_nothing_or_is_no_item_is_refused(tmp_path, capsys, only, message):
+    """D23, D24: an --only that is not KEY=VALUE, names no axis or matches no value fails naming
+    it, before anything is written: a fresh root is not even created, a used one not touched."""
+    grid, root = _used_root(tmp_path)
+    before = _tree(root)
+    fresh = tmp_path / "fresh"
+    for where in (root, fresh):
+        assert _sweep(grid, where, "--dry_run", f"--only={only}") == 2
+        assert capsys.readouterr().err.startswith(f"moejax sweep: error: {message}")
+    assert _tree(root) == before and not fresh.exists()
+    # items that each match a value but no run together, and one key given twice
+    assert _sweep(grid, fresh, "--only=MoEConfig.top_k=1", "--only=MoEConfig.top_k=2") == 2
+    assert "--only names MoEConfig.top_k twice (1 and 2)" in capsys.readouterr().err
+    assert not fresh.exists()
+
+
+def test_items_that_match_no_run_together_are_refused(tmp_path, capsys):
+    grid = tmp_path / "g.gin"
+    grid.write_text(GRID.replace("'MoEConfig.num_experts': [2]", "'MoEConfig.num_experts': [1, 2]"))
+    assert _sweep(grid, tmp_path / "r", "--only=MoEConfig.num_experts=1",
+                  "--only=MoEConfig.top_k=2", "--dry_run") == 2
+    assert ("--only=MoEConfig.num_experts=1 --only=MoEConfig.top_k=2: no run of grid 'tiny' has "
+            "these values together; a constraint dropped") in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{\n  "grid": "tiny",\n', "cannot be read as a sweep manifest (Expecting"),
+    ('{"grid": "tiny"}', "is not a sweep manifest: it has no 'runs' list"),
+    ('{"runs": []}', "is not a sweep manifest: it has no 'grid'"),
+    ('[1, 2]', "is not a sweep manifest: it holds a JSON list, not an object"),
+    ('{"grid": "tiny", "runs": [{"dir": "x"}]}',
+     "is not a sweep manifest: it has a run without a 'run_id'"),
+])
+def test_a_broken_manifest_is_named_and_left_alone(tmp_path, capsys, text, problem):
+    """D26: the file named with what is wrong and what to do; neither it nor the runs change."""
+    grid, root = _used_root(tmp_path)
+    (root / "manifest.json").write_text(text)
+    before = _tree(root)
+    assert _sweep(grid, root, "--dry_run") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"moejax sweep: error: {root}/manifest.json {problem}"), err
+    assert "move it aside (the run directories stay) or use another --root" in err
+    assert _tree(root) == before
+
+
+def test_a_root_that_is_a_file_is_refused(tmp_path, capsys):
+    """D9: a file as --root (or under it) is named, not a FileExistsError traceback."""
+    grid = tmp_path / "tiny.gin"
+    grid.write_text(GRID)
+    assert _sweep(grid, grid, "--dry_run") == 2
+    assert capsys.readouterr().err == (f"moejax sweep: error: --root={grid}: {grid} is a file, "
+                                       "not a directory: use another --root\n")
+    assert _sweep(grid, grid / "sub", "--dry_run") == 2
+    assert capsys.readouterr().err == (f"moejax sweep: error: --root={grid / 'sub'}: {grid} is a "
+                                       "file, not a directory: use another --root\n")
+    assert grid.read_text() == GRID
+
+
+def test_a_grid_whose_constraints_drop_every_point_is_refused(tmp_path, capsys):
+    grid = tmp_path / "empty.gin"
+    # top-k 4 of 2 experts: top_k_at_most_experts drops the only combination
+    grid.write_text(GRID.replace("'MoEConfig.top_k': [1, 2, 4]", "'MoEConfig.top_k': [4]"))
+    assert _sweep(grid, tmp_path / "root", "--dry_run") == 2
+    err = capsys.readouterr().err
+    assert "keeps no run: its constraints dropped all 1 combination(s)" in err, err
+    assert not (tmp_path / "root").exists()
+
+
+def test_a_failed_fit_fails_the_sweep_with_its_message(tmp_path, capsys, monkeypatch):
+    """D27: trained runs whose points do not fit the law (too few here) exit 1 with the fit's
+    own message in report.md and on stderr; points that fit (the main job's) exit 0."""
+    from moejax.sweep import launch
+
+    def train(root, manifest, **kwargs):
+        for run in manifest["runs"]:
+            run["status"] = "done"
+
+    points = tmp_path / "points.csv"
+    monkeypatch.setattr(launch, "run_local", train)
+    monkeypatch.setattr(launch, "evaluate_and_fit", lambda grid, root, manifest, runs: (
+        launch.fit_and_report(grid, root, manifest, str(points))))
+    grid = tmp_path / "tiny.gin"
+    grid.write_text(GRID + "Grid.fit_law = 'chinchilla'\n"
+                           "Grid.fit_columns = 'N=n_active,D=tokens_seen,loss=loss'\n")
+    rows = open(os.path.join(REPO, "tests/laws/data/smoke_cpu_points.csv")).readlines()
+    points.write_text("".join(rows[:3]))  # two points for five parameters
+    assert _sweep(grid, tmp_path / "few") == 1
+    message = "law 'chinchilla' has 5 parameters but only 2 training points; need more than 5"
+    assert (f"moejax sweep: the fit of chinchilla failed: {message}\n"
+            in capsys.readouterr().err)
+    assert f"Fit failed: {message}." in (tmp_path / "few" / "report.md").read_text()
+    points.write_text("".join(rows))
+    assert _sweep(grid, tmp_path / "all") == 0
+    report = (tmp_path / "all" / "report.md").read_text()
+    assert "## Fitted law: `chinchilla` (converged)" in report and "Fit failed" not in report
+
+
+def test_eval_steps_reach_the_scorer_as_steps(tmp_path, monkeypatch):
+    """Grid.eval_steps = '20,40' is parsed into steps, not scored character by character."""
+    import moejax.eval
+    from moejax.sweep import launch
+
+    asked = []
+    monkeypatch.setattr(moejax.eval, "score_runs", lambda dirs, steps, **kwargs: (
+        asked.append(steps) or type("Summary", (), {"failures": []})()))
+    grid = tmp_path / "tiny.gin"
+    grid.write_text(GRID.replace("'latest'", "'40,20'"))
+    manifest = {"grid": "tiny", "runs": [{"run_id": "r", "dir": str(tmp_path), "status": "done"}]}
+    launch.evaluate_and_fit(load_grid(str(grid)), str(tmp_path), manifest)
+    assert asked == [[20, 40]]
