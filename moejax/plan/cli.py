@@ -3,9 +3,13 @@
 Two modes.
 - Joint MoE (default): ``--flops`` (training FLOPs), optionally ``--memory-bytes`` (bf16 weights,
   plus KV cache for ``--context-tokens``), ``--inference-tokens`` (expected tokens served, 2 N_act
-  FLOPs each), ``--experts=1,2,4,...``, ``--fit=fit.json`` (a ``joint_moe`` fit from ``moejax fit``;
-  default the paper's Table 3) and ``--hardware`` for the serving cost. Out: a table per expert
-  count (active/total parameters, d_model, tokens, predicted loss, serving cost per token).
+  FLOPs each, paid from ``--flops``), ``--experts=1,2,4,...``, ``--fit=fit.json`` (a ``joint_moe``
+  fit from ``moejax fit``; default the paper's Table 3) and ``--hardware`` for the serving cost.
+  Per expert count: the inference-aware optimum (6 N D + 2 N D_inf = flops), shrunk to the largest
+  model that fits the memory budget. Out: a table per expert count (active/total parameters,
+  d_model, tokens, predicted loss, serving cost per token), with the counts that fit no model and
+  why. Expert counts are whole numbers: the law takes real E, but every plan becomes a model with
+  that many experts.
 - Liew et al. (``--liew``): ``--memory-params`` (total-parameter budget), ``--active-params``
   (inference budget), a grid of ``--depths``, ``--widths``, ``--experts``, ``--top-ks``,
   ``--granularities``. Out: concrete architectures counted exactly by ``moejax.model.accounting``,
@@ -13,6 +17,8 @@ Two modes.
 
 With ``--out=DIR``: ``plan.json``, ``report.md``, ``plan.png`` and one gin file per top
 recommendation (``recommended_<rank>_<name>.gin``) that ``moejax train`` runs as it is.
+Bad arguments and budgets no model meets exit 2 with ``moejax plan: error: ...`` on stderr, before
+anything is written.
 """
 
 from __future__ import annotations
@@ -22,81 +28,204 @@ import dataclasses
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
-import scipy.optimize
-
-from moejax.files import write_atomic, write_figure
+from moejax.errors import ConfigError
+from moejax.files import directory_problem, write_atomic, write_figure
 from moejax.model import accounting
+from moejax.model.config import validate_model_config
 from moejax.plan.hardware import HARDWARE_PRESETS, serving_cost_per_token
-from moejax.plan.joint_moe import (JOINT_MOE_TABLE3, inference_aware_optimal,
-                                   joint_moe_counts, kv_cache_bytes, memory_optimal)
+from moejax.plan.joint_moe import JOINT_MOE_TABLE3, budget_plans, kv_cache_bytes
+from moejax.plan.liew import Candidate
 from moejax.plan.recommend import (candidate_config, candidate_grid, gin_text,
                                    joint_moe_architecture, joint_moe_learning_rate, rank_by_liew)
 
+SERVING_DEVICES = (1, 2, 4, 8, 16, 32, 64)  # device counts the serving cost is the best of
 
-def _ints(text: str) -> list[int]:
-    return [int(float(x)) for x in text.split(",") if x.strip()]
+
+def _number(text: str) -> float:
+    """An argparse type: a real number (inf allowed, nan not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    return value
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0 (a budget)."""
+    value = _number(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _positive_or_inf(text: str) -> float:
+    """An argparse type: a number > 0; inf means no limit."""
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (or inf for no limit), got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0 (a token count)."""
+    value = _number(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``8``, ``8.0`` and ``1e3`` are whole)."""
+    value = _number(text.strip())
+    if not (1 <= value < math.inf and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a whole number >= 1")
+    return int(value)
+
+
+def _counts(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of whole numbers >= 1, at least one."""
+    counts = [_count(item) for item in text.split(",") if item.strip()]
+    if not counts:
+        raise argparse.ArgumentTypeError(f"{text!r} lists no number")
+    return counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--flops", type=float, default=None,
-                        help="training budget in FLOPs (6 N_act D); required without --liew")
-    parser.add_argument("--memory-bytes", type=float, default=None, help="memory budget in bytes (bf16 weights)")
-    parser.add_argument("--context-tokens", type=float, default=0.0, help="KV-cache tokens counted in memory")
-    parser.add_argument("--inference-tokens", type=float, default=0.0, help="expected tokens served")
-    parser.add_argument("--experts", default="1,2,4,8,16,32,64", help="expert counts to consider")
-    parser.add_argument("--fit", type=Path, default=None, help="fit.json of a joint_moe fit (default: Table 3)")
+    parser.add_argument("--flops", type=_positive, default=None,
+                        help="training budget in FLOPs (6 N_act D, plus 2 N_act per inference "
+                             "token); required without --liew")
+    parser.add_argument("--memory-bytes", type=_positive, default=None,
+                        help="memory budget in bytes (bf16 weights)")
+    parser.add_argument("--context-tokens", type=_non_negative, default=0.0,
+                        help="KV-cache tokens counted in memory")
+    parser.add_argument("--inference-tokens", type=_non_negative, default=0.0,
+                        help="expected tokens served, paid from --flops")
+    parser.add_argument("--experts", type=_counts, default="1,2,4,8,16,32,64",
+                        help="expert counts to consider (whole numbers >= 1)")
+    parser.add_argument("--fit", type=Path, default=None,
+                        help="fit.json of a joint_moe fit (default: Table 3)")
     parser.add_argument("--hardware", choices=sorted(HARDWARE_PRESETS), default="h100")
-    parser.add_argument("--serving-context", type=float, default=4096, help="context per served sequence")
-    parser.add_argument("--liew", action="store_true", help="rank concrete architectures by Liew et al.'s rule")
-    parser.add_argument("--memory-params", type=float, default=None, help="--liew: total-parameter budget")
-    parser.add_argument("--active-params", type=float, default=math.inf, help="--liew: active-parameter budget")
-    parser.add_argument("--depths", default="4,8,12,16,24", help="--liew: blocks to consider")
-    parser.add_argument("--widths", default="256,512,768,1024,1536,2048", help="--liew: d_model values")
-    parser.add_argument("--top-ks", default="1,2,4,8", help="--liew: top-k values")
-    parser.add_argument("--granularities", default="1", help="--liew: expert granularities (d_ff / d_expert)")
-    parser.add_argument("--vocab-size", type=int, default=8064, help="--liew: vocabulary rows counted")
-    parser.add_argument("--top", type=int, default=3, help="gin files written for this many recommendations")
-    parser.add_argument("--out", type=Path, default=None, help="directory for plan.json, report.md, plan.png, gin files")
+    parser.add_argument("--serving-context", type=_non_negative, default=4096,
+                        help="context per served sequence")
+    parser.add_argument("--liew", action="store_true",
+                        help="rank concrete architectures by Liew et al.'s rule")
+    parser.add_argument("--memory-params", type=_positive, default=None,
+                        help="--liew: total-parameter budget")
+    parser.add_argument("--active-params", type=_positive_or_inf, default=math.inf,
+                        help="--liew: active-parameter budget")
+    parser.add_argument("--depths", type=_counts, default="4,8,12,16,24",
+                        help="--liew: blocks to consider")
+    parser.add_argument("--widths", type=_counts, default="256,512,768,1024,1536,2048",
+                        help="--liew: d_model values (heads of 64)")
+    parser.add_argument("--top-ks", type=_counts, default="1,2,4,8", help="--liew: top-k values")
+    parser.add_argument("--granularities", type=_counts, default="1",
+                        help="--liew: expert granularities (d_ff / d_expert)")
+    parser.add_argument("--vocab-size", type=_count, default=8064,
+                        help="--liew: vocabulary rows counted")
+    parser.add_argument("--top", type=_count, default=3,
+                        help="gin files written for this many recommendations (>= 1)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for plan.json, report.md, plan.png, gin files")
 
 
-def joint_moe_rows(args, parameters) -> list[dict]:
-    """One plan per expert count under the compute (and memory / inference) budget."""
-    rows = []
-    for num_experts in [float(x) for x in args.experts.split(",") if x.strip()]:
-        if args.memory_bytes is not None:
-            _, plans = memory_optimal(args.flops, args.memory_bytes, [num_experts], args.context_tokens, parameters)
-            if not plans:
-                continue
-            plan = plans[0]
-            n_active, tokens, loss, d_model = plan.n_active, plan.tokens, plan.loss, plan.d_model
-        else:
-            n_active, tokens, loss = inference_aware_optimal(args.flops, args.inference_tokens, num_experts,
-                                                             parameters)
-            d_model = scipy.optimize.brentq(lambda d: joint_moe_counts(d, num_experts).n_active - n_active,
-                                            1e-3, 1e7)
-        counts = joint_moe_counts(d_model, num_experts)
-        serving = serving_cost_per_token(counts.n_total, counts.n_active, kv_cache_bytes(d_model, 1),
-                                         args.serving_context, args.hardware)
-        rows.append({"E": num_experts, "d_model": d_model, "n_active": counts.n_active, "n_total": counts.n_total,
-                     "tokens": tokens, "loss": loss, "serving": dataclasses.asdict(serving)})
-    return rows
+def load_joint_moe_fit(path: Path) -> dict[str, float]:
+    """The parameters of a ``joint_moe`` fit.json; ConfigError naming the file and the problem."""
+    try:
+        fitted = json.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"--fit={path}: cannot read it: {err.strerror or err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--fit={path} is not JSON: {err}") from None
+    if not isinstance(fitted, dict):
+        raise ConfigError(f"--fit={path} holds no fit (a JSON object with 'law' and 'parameters')")
+    if fitted.get("law") != "joint_moe":
+        raise ConfigError(f"{path} holds a {fitted.get('law')!r} fit; plan needs joint_moe")
+    parameters = fitted.get("parameters")
+    if not isinstance(parameters, dict):
+        raise ConfigError(f"--fit={path} has no 'parameters' object")
+    missing = [name for name in JOINT_MOE_TABLE3 if name not in parameters]
+    if missing:
+        raise ConfigError(f"--fit={path} lacks the joint_moe parameter(s) {', '.join(missing)} "
+                          f"(a joint_moe fit has {', '.join(JOINT_MOE_TABLE3)})")
+    bad = [name for name in JOINT_MOE_TABLE3
+           if isinstance(parameters[name], bool) or not isinstance(parameters[name], (int, float))
+           or not math.isfinite(parameters[name])]
+    if bad:
+        raise ConfigError(f"--fit={path}: parameter(s) {', '.join(bad)} are not finite numbers")
+    values = {name: float(parameters[name]) for name in JOINT_MOE_TABLE3}
+    if not 1 < values["E_start"] < values["E_max"]:
+        raise ConfigError(f"--fit={path}: the saturating expert count needs 1 < E_start < E_max, "
+                          f"got E_start = {values['E_start']:g}, E_max = {values['E_max']:g}")
+    return values
 
 
-def _joint_moe_report(args, rows, source) -> str:
+def check_out(out: Path | None) -> None:
+    """Refuse an --out that cannot become a directory, before any work is done."""
+    problem = out is not None and directory_problem(out)
+    if problem:
+        raise ConfigError(f"--out={out}: {problem}")
+
+
+def _write_out(out: Path, texts: dict[str, str]) -> None:
+    """Every file of a plan, made in memory first, so a refused plan leaves no directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        write_atomic(out / name, text)
+
+
+def _serving(plan, args) -> dict | None:
+    """Yun et al.'s serving cost of a plan on --hardware; None when the weights fit on none of
+    SERVING_DEVICES devices."""
+    try:
+        cost = serving_cost_per_token(plan.n_total, plan.n_active, kv_cache_bytes(plan.d_model, 1),
+                                      args.serving_context, args.hardware, SERVING_DEVICES)
+    except ValueError:
+        return None
+    return dataclasses.asdict(cost)
+
+
+def joint_moe_rows(args, parameters) -> tuple[list[dict], list[dict]]:
+    """(one plan per expert count under the compute, memory and inference budgets,
+    [{E, reason}] for the counts no model of which meets them)."""
+    plans, skipped = budget_plans(args.flops, args.experts, memory_bytes=args.memory_bytes,
+                                  context_tokens=args.context_tokens,
+                                  inference_tokens=args.inference_tokens, parameters=parameters)
+    rows = [{"E": plan.num_experts, "d_model": plan.d_model, "n_active": plan.n_active,
+             "n_total": plan.n_total, "tokens": plan.tokens, "loss": plan.loss,
+             "memory_bytes": plan.memory_bytes, "size_set_by": plan.size_set_by,
+             "serving": _serving(plan, args)} for plan in plans]
+    return rows, [{"E": num_experts, "reason": reason} for num_experts, reason in skipped]
+
+
+def _cost_cell(serving: dict | None) -> str:
+    if serving is None:
+        return f"over {max(SERVING_DEVICES)} devices"
+    return f"{3600 * serving['cost_per_token']:.3g}"
+
+
+def _joint_moe_report(args, rows, skipped, source) -> str:
     out = io.StringIO()
     budget = f"training FLOPs {args.flops:.3g}"
     if args.memory_bytes is not None:
-        budget += f", memory {args.memory_bytes:.3g} bytes (+ KV cache of {args.context_tokens:g} tokens)"
+        budget += (f", memory {args.memory_bytes:.3g} bytes (+ KV cache of "
+                   f"{args.context_tokens:g} tokens)")
     if args.inference_tokens:
-        budget += f", {args.inference_tokens:.3g} inference tokens"
+        budget += (f", {args.inference_tokens:.3g} inference tokens (2 N_act FLOPs each, paid "
+                   "from the training FLOPs)")
     out.write(f"# moejax plan (Joint MoE law, {source})\n\nBudget: {budget}.\n\n")
-    out.write(f"| E | d_model | N_act | N_total | tokens | predicted loss | {args.hardware} cost/token "
-              f"(device-s) |\n|---|---|---|---|---|---|---|\n")
+    out.write(f"| E | d_model | N_act | N_total | tokens | predicted loss | size set by | "
+              f"{args.hardware} cost/token (device-s) |\n|---|---|---|---|---|---|---|---|\n")
     for row in rows:
-        out.write(f"| {row['E']:g} | {row['d_model']:.0f} | {row['n_active']:.3g} | {row['n_total']:.3g} | "
-                  f"{row['tokens']:.3g} | {row['loss']:.4f} | {3600 * row['serving']['cost_per_token']:.3g} |\n")
+        out.write(f"| {row['E']:g} | {row['d_model']:.0f} | {row['n_active']:.3g} | "
+                  f"{row['n_total']:.3g} | {row['tokens']:.3g} | {row['loss']:.4f} | "
+                  f"{row['size_set_by']} | {_cost_cell(row['serving'])} |\n")
+    if skipped:
+        out.write("\nNo model fits for:\n" + "".join(f"- {item['reason']}\n" for item in skipped))
     best = min(rows, key=lambda r: r["loss"])
     out.write(f"\nRecommended: E = {best['E']:g} (lowest predicted loss).\n")
     return out.getvalue()
@@ -166,88 +295,138 @@ def _plot_liew(path: Path, ranked: list, memory_budget: float, active_budget: fl
 def _run_joint_moe(args) -> int:
     parameters, source = JOINT_MOE_TABLE3, "published Table 3"
     if args.fit is not None:
-        fitted = json.loads(args.fit.read_text())
-        if fitted.get("law") != "joint_moe":
-            print(f"moejax plan: error: {args.fit} holds a {fitted.get('law')!r} fit; plan needs joint_moe")
-            return 2
-        parameters, source = fitted["parameters"], f"fit {args.fit}"
-    rows = joint_moe_rows(args, parameters)
-    if not rows:
-        print("moejax plan: error: no expert count fits the memory budget")
-        return 2
-    report = _joint_moe_report(args, rows, source)
+        parameters, source = load_joint_moe_fit(args.fit), f"fit {args.fit}"
+    rows, skipped = joint_moe_rows(args, parameters)
+    report = _joint_moe_report(args, rows, skipped, source)
     print(report)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
         ranked = sorted(rows, key=lambda r: r["loss"])[: args.top]
-        files = []
+        texts = {}
         for rank, row in enumerate(ranked, 1):
             config = joint_moe_architecture(row["d_model"], int(row["E"]))
-            name = f"recommended_{rank}_E{int(row['E'])}.gin"
-            write_atomic(args.out / name, gin_text(
+            texts[f"recommended_{rank}_E{int(row['E'])}.gin"] = gin_text(
                 config, tokens=row["tokens"], learning_rate=joint_moe_learning_rate(config),
-                title=f"moejax plan rank {rank}: E = {row['E']:g}, predicted loss {row['loss']:.4f}, "
-                      f"{row['tokens']:.3g} tokens"))
-            files.append(name)
+                title=f"moejax plan rank {rank}: E = {row['E']:g}, predicted loss "
+                      f"{row['loss']:.4f}, {row['tokens']:.3g} tokens")
+        files = list(texts)
         report += "\nGin files (train with `moejax train --gin_file=FILE --workdir=...`): " + \
             ", ".join(f"`{f}`" for f in files) + "\n"
-        write_atomic(args.out / "plan.json", json.dumps(
-            {"law": "joint_moe", "source": source, "plans": rows, "recommended": ranked[0],
-             "gin_files": files}, indent=2))
-        write_atomic(args.out / "report.md", report)
+        texts["plan.json"] = json.dumps(
+            {"law": "joint_moe", "source": source, "plans": rows, "skipped": skipped,
+             "recommended": ranked[0], "gin_files": files}, indent=2)
+        texts["report.md"] = report
+        _write_out(args.out, texts)
         _plot(args.out / "plan.png", rows, f"compute {args.flops:.2g} FLOPs")
         print(f"wrote {args.out}/report.md, plan.json, plan.png and {len(files)} gin file(s)")
     return 0
 
 
+def _check_widths(widths: list[int], vocab_size: int) -> None:
+    """Every --widths value must make a valid model with heads of 64 (candidate_config)."""
+    for width in widths:
+        config = candidate_config(Candidate(1, width, 1, 1), vocab_size=vocab_size)
+        try:
+            validate_model_config(config)
+        except ConfigError as err:
+            raise ConfigError(f"--widths: {width} makes no valid model ({err}); use multiples "
+                              "of 64") from None
+
+
+def _liew_candidates(args) -> list:
+    _check_widths(args.widths, args.vocab_size)
+    candidates = candidate_grid(args.depths, args.widths, args.experts, args.top_ks,
+                                args.granularities)
+    if not candidates:
+        raise ConfigError("--depths/--widths/--experts/--top-ks/--granularities give no candidate: "
+                          "each needs 1 <= top-k <= E, a granularity dividing 4 x width, and "
+                          "top-k = granularity = 1 when E = 1")
+    return candidates
+
+
+def _no_liew_fit(args, candidates) -> str:
+    """Why no candidate fits: the budgets against the grid's smallest counts."""
+    every = rank_by_liew(candidates, vocab_size=args.vocab_size, memory_budget_params=math.inf)
+    return (f"no candidate fits the budgets N_total <= {args.memory_params:.3g}, N_active <= "
+            f"{args.active_params:.3g}: the grid's smallest N_total is "
+            f"{min(r.n_total for r in every):.3g} and smallest N_active "
+            f"{min(r.n_active for r in every):.3g}; raise them or add smaller --depths/--widths")
+
+
 def _run_liew(args) -> int:
-    if args.memory_params is None:
-        print("moejax plan: error: --liew needs --memory-params (the total-parameter budget)")
-        return 2
-    candidates = candidate_grid(_ints(args.depths), _ints(args.widths), _ints(args.experts),
-                                _ints(args.top_ks), _ints(args.granularities))
-    ranked = rank_by_liew(candidates, vocab_size=args.vocab_size, memory_budget_params=args.memory_params,
+    candidates = _liew_candidates(args)
+    ranked = rank_by_liew(candidates, vocab_size=args.vocab_size,
+                          memory_budget_params=args.memory_params,
                           inference_budget_params=args.active_params)
     if not ranked:
-        print("moejax plan: error: no candidate fits the budgets; widen --depths/--widths or raise them")
-        return 2
+        raise ConfigError(_no_liew_fit(args, candidates))
     out = io.StringIO()
     out.write(f"# moejax plan (Liew et al. rule)\n\nBudgets: N_total <= {args.memory_params:.3g}, "
-              f"N_active <= {args.active_params:.3g}; {len(candidates)} candidates, {len(ranked)} feasible.\n\n"
-              "| rank | architecture | N_total | N_active | sparsity E/K |\n|---|---|---|---|---|\n")
+              f"N_active <= {args.active_params:.3g}; {len(candidates)} candidates, "
+              f"{len(ranked)} feasible.\n\n"
+              "| rank | architecture | N_total | N_active | sparsity E/K |\n"
+              "|---|---|---|---|---|\n")
     for rank, item in enumerate(ranked[:20], 1):
-        out.write(f"| {rank} | {item.candidate.name} | {item.n_total:.4g} | {item.n_active:.4g} | "
-                  f"{item.candidate.sparsity:g} |\n")
+        out.write(f"| {rank} | {item.candidate.name} | {item.n_total:.4g} | "
+                  f"{item.n_active:.4g} | {item.candidate.sparsity:g} |\n")
     report = out.getvalue()
     print(report)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        files = []
+        texts = {}
         for rank, item in enumerate(ranked[: args.top], 1):
             config = candidate_config(item.candidate, vocab_size=args.vocab_size)
             tokens = None if args.flops is None else args.flops / (
                 6.0 * accounting.parameter_counts(config).active)
-            name = f"recommended_{rank}_{item.candidate.name}.gin"
-            write_atomic(args.out / name, gin_text(
+            texts[f"recommended_{rank}_{item.candidate.name}.gin"] = gin_text(
                 dataclasses.replace(config, vocab_size=None), tokens=tokens,
-                title=f"moejax plan (Liew rule) rank {rank}: {item.candidate.name}"))
-            files.append(name)
-        write_atomic(args.out / "plan.json", json.dumps(
-            {"rule": "liew", "ranked": [{"name": r.candidate.name, "n_total": r.n_total, "n_active": r.n_active,
-                                         **dataclasses.asdict(r.candidate)} for r in ranked],
-             "gin_files": files}, indent=2))
-        write_atomic(args.out / "report.md", report + "\nGin files: " +
-                          ", ".join(f"`{f}`" for f in files) + "\n")
+                title=f"moejax plan (Liew rule) rank {rank}: {item.candidate.name}")
+        files = list(texts)
+        texts["plan.json"] = json.dumps(
+            {"rule": "liew", "ranked": [{"name": r.candidate.name, "n_total": r.n_total,
+                                         "n_active": r.n_active, **dataclasses.asdict(r.candidate)}
+                                        for r in ranked],
+             "gin_files": files}, indent=2)
+        texts["report.md"] = report + "\nGin files: " + ", ".join(f"`{f}`" for f in files) + "\n"
+        _write_out(args.out, texts)
         _plot_liew(args.out / "plan.png", ranked, args.memory_params, args.active_params,
                    args.top)
         print(f"wrote {args.out}/report.md, plan.json, plan.png and {len(files)} gin file(s)")
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def _other_mode_budgets(args) -> list[str]:
+    """The budget flags given that the chosen mode would ignore (a silently dropped budget)."""
     if args.liew:
-        return _run_liew(args)
-    if args.flops is None:
-        print("moejax plan: error: --flops (the training budget) is required without --liew")
+        given = {"--memory-bytes": args.memory_bytes is not None,
+                 "--inference-tokens": args.inference_tokens != 0,
+                 "--context-tokens": args.context_tokens != 0, "--fit": args.fit is not None}
+    else:
+        given = {"--memory-params": args.memory_params is not None,
+                 "--active-params": args.active_params != math.inf}
+    return [flag for flag, is_given in given.items() if is_given]
+
+
+def _check_arguments(args) -> None:
+    """What the mode needs, and an --out that can be written, before any work."""
+    if args.liew and args.memory_params is None:
+        raise ConfigError("--liew needs --memory-params (the total-parameter budget)")
+    if not args.liew and args.flops is None:
+        raise ConfigError("--flops (the training budget) is required without --liew")
+    ignored = _other_mode_budgets(args)
+    if ignored:
+        mode = "--liew" if args.liew else "the Joint MoE mode (without --liew)"
+        raise ConfigError(f"{', '.join(ignored)} would be ignored by {mode}; the Joint MoE mode "
+                          "takes --memory-bytes, --context-tokens, --inference-tokens, --fit; "
+                          "--liew takes --memory-params, --active-params")
+    check_out(args.out)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        _check_arguments(args)
+        return _run_liew(args) if args.liew else _run_joint_moe(args)
+    except (ConfigError, ValueError) as err:  # InfeasiblePlan is a ValueError
+        print(f"moejax plan: error: {err}", file=sys.stderr)
         return 2
-    return _run_joint_moe(args)
+    except OSError as err:  # --out not writable (permissions, a full disk)
+        print(f"moejax plan: error: cannot write --out={args.out}: {err}", file=sys.stderr)
+        return 1
