@@ -16,6 +16,7 @@ import os
 import sys
 
 from moejax import files
+from moejax.arguments import integer_at_least
 
 
 def _capacity(text: str) -> float | None:
@@ -27,16 +28,6 @@ def _capacity(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not 'none' or a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0 (or 'none' for dropless), got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -53,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "current directory)")
     parser.add_argument("--format", choices=("jsonl", "csv", "parquet"), default=None,
                         help="points file format (default: from the --points suffix, else jsonl)")
-    parser.add_argument("--eval_batches", type=_positive_int, default=None,
+    parser.add_argument("--eval_batches", type=integer_at_least(1), default=None,
                         help="validation batches per task (default: the run's "
                              "TrainConfig.eval_batches)")
     parser.add_argument("--eval_capacity_factor", type=_capacity, default=None,

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from moejax import files
+from moejax.arguments import integer_at_least
 from moejax.laws.datasets import CLARK_ROUTERS, DATASETS, clark_fit_subset, load_dataset
 from moejax.laws.fitting import FitInputError, FitResult, fit, predict
 from moejax.laws.forms import get_law, list_laws
@@ -44,11 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--columns", default="", help="law_var=column,... (e.g. N=n_active,loss=val_loss)")
     parser.add_argument("--holdout", type=_holdout, default=None,
                         help="'paper', 'lowest:K', K or a fraction of lowest-loss runs")
-    parser.add_argument("--bootstrap", type=_non_negative_int, default=0,
+    parser.add_argument("--bootstrap", type=integer_at_least(0), default=0,
                         help="number of bootstrap refits (0: none)")
     parser.add_argument("--confidence", type=_confidence, default=0.95,
                         help="bootstrap interval level, between 0 and 1")
-    parser.add_argument("--seed", type=_non_negative_int, default=0,
+    parser.add_argument("--seed", type=integer_at_least(0), default=0,
                         help="bootstrap resampling seed")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -65,16 +66,6 @@ def _parse_columns(text: str) -> dict[str, str]:
 
 
 # argparse types: a bad value stops the command before anything is read or fitted.
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
-    return value
-
 
 def _confidence(text: str) -> float:
     try:

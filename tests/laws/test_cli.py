@@ -107,9 +107,9 @@ def test_points_that_are_a_directory_are_refused_by_name(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option, message", [
-    ("--bootstrap=-3", "argument --bootstrap: -3 is negative"),
+    ("--bootstrap=-3", "argument --bootstrap: -3 is below 0; give 0 or more"),
     ("--bootstrap=two", "argument --bootstrap: 'two' is not an integer"),
-    ("--seed=-1", "argument --seed: -1 is negative"),
+    ("--seed=-1", "argument --seed: -1 is below 0"),
     ("--confidence=2", "argument --confidence: 2 is not between 0 and 1"),
     ("--confidence=0", "argument --confidence: 0 is not between 0 and 1"),
     ("--confidence=nan", "argument --confidence: nan is not between 0 and 1"),
