@@ -102,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     scored_runs = sum(1 for r in summary.runs if r.points)
+    where = (f"-> {os.path.abspath(points_path)}" if summary.points else
+             f"(nothing written to {os.path.abspath(points_path)})")
     print(f"moejax eval: scored {len(summary.points)} checkpoint(s) of {scored_runs} of "
-          f"{len(summary.runs)} run(s) -> {os.path.abspath(points_path)}")
+          f"{len(summary.runs)} run(s) {where}")
     if summary.failures:
         print(f"moejax eval: {len(summary.failures)} failure(s):", file=sys.stderr)
         for workdir, step, message in summary.failures:

@@ -50,3 +50,14 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "give --workdir" in err and "no run directories" in err and "--steps='soon'" in err
     assert "suffix says csv" in err
+
+
+def test_nothing_scored_says_nothing_was_written(trained_run, tmp_path, capsys):
+    root = tmp_path / "sweep"
+    shutil.copytree(trained_run, root / "b")
+    _corrupt(str(root / "b"), 4)
+    points = tmp_path / "points.csv"
+    assert main([f"--root={root}", f"--points={points}", "--steps=latest"]) == 1
+    assert (f"scored 0 checkpoint(s) of 0 of 1 run(s) (nothing written to {points})"
+            in capsys.readouterr().out)
+    assert not points.exists()
