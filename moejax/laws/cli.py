@@ -28,7 +28,7 @@ import pandas as pd
 from moejax import files
 from moejax.arguments import integer_at_least
 from moejax.laws.datasets import CLARK_ROUTERS, DATASETS, clark_fit_subset, load_dataset
-from moejax.laws.fitting import FitInputError, FitResult, fit, predict
+from moejax.laws.fitting import FitInputError, FitResult, fit, parse_columns, predict
 from moejax.laws.forms import get_law, list_laws
 
 
@@ -53,16 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap resampling seed")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _parse_columns(text: str) -> dict[str, str]:
-    mapping = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, column = item.partition("=")
-        if not sep or not key or not column:
-            raise FitInputError(f"--columns item {item!r} is not law_var=column")
-        mapping[key.strip()] = column.strip()
-    return mapping
 
 
 # argparse types: a bad value stops the command before anything is read or fitted.
@@ -367,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
         # Points of one run (its checkpoints, from moejax eval) are not independent draws: the
         # bootstrap resamples whole runs when the points name them.
         run_column = "run_id" if "run_id" in points.columns else None
-        result = fit(points, law_name, columns=_parse_columns(args.columns), holdout=args.holdout,
+        result = fit(points, law_name, columns=parse_columns(args.columns), holdout=args.holdout,
                      bootstrap=args.bootstrap, confidence=args.confidence, seed=args.seed,
                      run_column=run_column, progress=not args.no_progress)
     except KeyError as err:  # str() of a KeyError quotes its message

@@ -57,6 +57,19 @@ class FitInputError(ValueError):
     """The points cannot identify the law (missing columns, bad values, too few or flat points)."""
 
 
+def parse_columns(text: str) -> dict[str, str]:
+    """'N=n_active,D=tokens_seen,loss=loss' (``--columns``, ``Grid.fit_columns``) -> {law variable:
+    points column}; FitInputError naming an item that is not ``variable=column``."""
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, column = (part.strip() for part in item.partition("="))
+        if not sep or not key or not column:
+            raise FitInputError(f"{item!r} is not law_variable=column "
+                                "(e.g. 'N=n_active,D=tokens_seen,loss=loss')")
+        mapping[key] = column
+    return mapping
+
+
 @dataclasses.dataclass
 class FitResult:
     """Outcome of ``fit``. RMSEs are of ln L (natural log of the loss). ``intervals`` maps each

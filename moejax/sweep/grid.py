@@ -237,7 +237,7 @@ def check_after_training(grid: Grid) -> None:
     """Check what runs only after every run trained (which checkpoints to score, the law and its
     column mapping), so a misspelt law fails before the first run, not hours later."""
     from moejax.eval.score import parse_steps
-    from moejax.laws.fitting import LOSS_KEY
+    from moejax.laws.fitting import LOSS_KEY, FitInputError, parse_columns
     from moejax.laws.forms import get_law
 
     try:
@@ -254,11 +254,11 @@ def check_after_training(grid: Grid) -> None:
     except KeyError as e:
         raise ConfigError(f"Grid.fit_law = {grid.fit_law!r}: {e.args[0]}") from None
     known = (*law.variable_names, LOSS_KEY)
-    for item in filter(None, (part.strip() for part in str(grid.fit_columns).split(","))):
-        key, sep, column = (part.strip() for part in item.partition("="))
-        if not sep or not key or not column:
-            raise ConfigError(f"Grid.fit_columns = {grid.fit_columns!r}: {item!r} is not "
-                              "law_variable=column (e.g. 'N=n_active,D=tokens_seen,loss=loss')")
+    try:
+        columns = parse_columns(str(grid.fit_columns))
+    except FitInputError as e:
+        raise ConfigError(f"Grid.fit_columns = {grid.fit_columns!r}: {e}") from None
+    for key in columns:
         if key not in known:
             raise ConfigError(f"Grid.fit_columns = {grid.fit_columns!r}: {key!r} is not a variable "
                               f"of law {law.name!r} (variables: {', '.join(known)})")

@@ -261,14 +261,13 @@ def fit_and_report(grid: Grid, root: str, manifest: dict, points_path: str | Non
                 f"--out={os.path.join(root, 'fit')}", "--no-progress"]
         if grid.fit_columns:
             args.append(f"--columns={grid.fit_columns}")
-        out, err = _Tee(sys.stdout), _Tee(sys.stderr)
+        err = _Tee(sys.stderr)
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with contextlib.redirect_stderr(err):
                 code = moejax_main(args)
             # 0: converged; 1: fitted and reported, but the optimiser did not converge; else
-            # failed, having printed why
-            said = err.text.getvalue() + out.text.getvalue()
-            error = None if code in (0, 1) else _fit_error(said, code)
+            # failed, having said why on stderr
+            error = None if code in (0, 1) else _fit_error(err.text.getvalue(), code)
         except Exception as e:  # noqa: BLE001 - after hours of training, report instead
             code, error = None, f"moejax fit failed: {type(e).__name__}: {e}"
         outcome["fit"] = os.path.join(root, "fit") if error is None else None

@@ -53,8 +53,8 @@ def _quiet_failed_reads():
     """orbax reads a checkpoint's arrays in concurrent tasks. When one read fails, the others'
     errors surface later as asyncio's "Task exception was never retrieved" log records and
     Python's "Exception ignored in <coroutine>" messages: hundreds of lines for one corrupt
-    checkpoint, burying the one warning that names it. Inside this block they are dropped, and
-    the failed tasks are collected before it ends; the caller reports the failure itself."""
+    checkpoint, burying the one warning that names it. Inside this block they are dropped (the
+    caller collects the failed tasks before it ends, and reports the failure itself)."""
     logger = logging.getLogger("asyncio")
     level, hook = logger.level, sys.unraisablehook
     logger.setLevel(logging.CRITICAL)
@@ -62,7 +62,6 @@ def _quiet_failed_reads():
     try:
         yield
     finally:
-        gc.collect()
         logger.setLevel(level)
         sys.unraisablehook = _late_read_filter(hook)
 
@@ -153,6 +152,8 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
             except Exception as e:  # orbax raises many types for truncated or mismatched files
                 failure = f"{type(e).__name__}: {_gist(e)}"  # not e: its tasks must be freed
+            if failure is not None:
+                gc.collect()  # the failed reads' tasks, while their messages are dropped
         if failure is not None:
             raise CheckpointError(f"checkpoint {step_dir} could not be restored: {failure}")
         return restored.state, dict(restored.meta)
@@ -190,6 +191,23 @@ def config_fingerprint(*configs) -> dict:
     for c in configs:
         out[type(c).__name__] = json.loads(json.dumps(dataclasses.asdict(c), default=str))
     return out
+
+
+def same_model_and_data(fingerprint: dict, directory: str) -> Callable[[dict], None]:
+    """``restore_latest``'s ``accept`` for a run of the configs ``fingerprint`` describes: a
+    checkpoint of another model or data config raises CheckpointMismatch listing the differences
+    (training knobs may change between resumes)."""
+    current = {k: v for k, v in fingerprint.items() if k != "TrainConfig"}
+
+    def accept(meta: dict) -> None:
+        saved = {k: v for k, v in meta.get("config", {}).items() if k != "TrainConfig"}
+        diffs = config_mismatch(saved, current)
+        if diffs:
+            raise CheckpointMismatch(
+                f"{directory} holds checkpoints of a different model/data config; use a new "
+                f"--workdir or restore the config. Differences: " + "; ".join(diffs))
+
+    return accept
 
 
 def config_mismatch(saved: dict, current: dict) -> list[str]:

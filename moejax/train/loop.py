@@ -43,8 +43,8 @@ from moejax.parallel.rules import sharding_rules
 from moejax.parallel.sharding import (abstract_sharded_state, init_sharded_train_state,
                                       make_sharded_eval_step, make_sharded_train_step, put_batch,
                                       setup_sharded_training)
-from moejax.train.checkpoint import (Checkpointer, CheckpointMismatch, config_fingerprint,
-                                     config_mismatch)
+from moejax.train.checkpoint import (Checkpointer, config_fingerprint, config_mismatch,
+                                     same_model_and_data)
 from moejax.train.config import TrainConfig, validate_train_config
 from moejax.train.kernel_log import KernelLog
 from moejax.train.metrics import MetricsWriter, load_jsonl
@@ -198,17 +198,8 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
         abstract_state = abstract_sharded_state(fmodel, tx, sharded.state_shardings, train.seed)
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
-
-    def same_model_and_data(meta: dict) -> None:
-        saved = meta.get("config", {})
-        diffs = config_mismatch({k: v for k, v in saved.items() if k != "TrainConfig"},
-                                {k: v for k, v in fingerprint.items() if k != "TrainConfig"})
-        if diffs:
-            raise CheckpointMismatch(
-                f"{checkpointer.directory} holds checkpoints of a different model/data config; "
-                f"use a new --workdir or restore the config. Differences: " + "; ".join(diffs))
-
-    restored = checkpointer.restore_latest(abstract_state, log=log, accept=same_model_and_data)
+    restored = checkpointer.restore_latest(
+        abstract_state, log=log, accept=same_model_and_data(fingerprint, checkpointer.directory))
     if primary:  # only now: a refused resume leaves the run's own config files as they were
         if gin_config is not None:
             files.write_atomic(os.path.join(workdir, "config.gin"), gin_config)
