@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "--topology, compile it for a TPU slice or NVIDIA GPUs: memory per device"),
     "sweep": ("moejax.sweep.cli", "expand a design grid into runs, train, evaluate, fit and report"),
     "eval": ("moejax.eval.cli", "score checkpoints of runs and export one point per run and step"),
+    "export": ("moejax.export.cli", "write a run's checkpoint as a Hugging Face model directory "
+               "(Mixtral or Qwen2-MoE safetensors, config and tokenizer)"),
     "fit": ("moejax.laws.cli", "fit a scaling law to scored points (or the embedded Clark 2022 data)"),
     "plan": ("moejax.plan.cli", "recommend MoE configurations for compute, memory and inference budgets"),
 }

@@ -1,0 +1,188 @@
+"""``moejax export``: write one checkpoint of a run as a Hugging Face model directory.
+
+    moejax export --workdir=runs/a [--step=latest|N] [--format=auto|mixtral|qwen2_moe] \
+        [--dtype=float32|bfloat16] [--max_shard_size=5GB] [--out=DIR]
+
+The directory (default ``<workdir>/exports/<format>-step<N>``) holds ``config.json``, the weights
+as safetensors (sharded past ``--max_shard_size``, with their index), the tokenizer files and
+``moejax_export.json`` (which run, step, configs and code wrote it). It is written next to its
+final place and renamed into it whole, so a failed or interrupted export leaves nothing; an
+existing directory is never overwritten. Then, in Python:
+``transformers.AutoModelForCausalLM.from_pretrained(DIR)``.
+
+Exit status: 0 written, 1 the run, checkpoint or model cannot be exported (the message says
+why), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+from moejax import files
+
+DTYPES = ("float32", "bfloat16")
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30}
+
+
+def shard_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB' or a byte count -> bytes (> 0)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 5GB, 500MB or 2GiB")
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text}")
+    return size
+
+
+def _step(text: str) -> str | int:
+    if text.strip().lower() == "latest":
+        return "latest"
+    try:
+        step = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'latest' or a step number") from None
+    if step < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {step}")
+    return step
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from moejax.export.hf import FORMATS
+
+    parser.add_argument("--workdir", required=True, help="the run directory to export from")
+    parser.add_argument("--step", type=_step, default="latest",
+                        help="checkpoint step to export: 'latest' (default) or a step number")
+    parser.add_argument("--format", choices=("auto", *FORMATS), default="auto",
+                        help="'auto' (default): mixtral when the model fits it, else qwen2_moe")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="stored dtype of the weights (default float32, as trained)")
+    parser.add_argument("--max_shard_size", type=shard_size, default=shard_size("5GB"),
+                        help="largest weight file before the weights are split (default 5GB)")
+    parser.add_argument("--out", default=None,
+                        help="directory to create (default <workdir>/exports/<format>-step<N>); "
+                             "must not exist")
+
+
+class _Refused(Exception):
+    """Why the export cannot be done, for a one-line error."""
+
+
+def _choose_step(workdir: str, wanted: str | int) -> int:
+    from moejax.train.run import checkpoint_steps
+
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise _Refused(f"{workdir} has no finalized checkpoint")
+    if wanted == "latest":
+        return steps[-1]
+    if wanted not in steps:
+        raise _Refused(f"{workdir} has no finalized checkpoint at step {wanted}; it has "
+                       f"{', '.join(map(str, steps))}")
+    return wanted
+
+
+def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "auto",
+               dtype: str = "float32", max_shard_bytes: int = 5 * 10**9, out: str | None = None,
+               log=print) -> dict:
+    """Export one checkpoint of ``workdir``; returns what was written (directory, step, format,
+    tensors, bytes of weights). Raises _Refused, or
+    the configuration's, checkpoint's or format's own error, before anything is written."""
+    import jax.numpy as jnp
+
+    from moejax.eval.score import code_version
+    from moejax.export import hf, safetensors, tokenizer
+    from moejax.train.run import load_run_configs, restore_run
+
+    workdir = os.path.abspath(workdir)
+    model_config, data_config, train_config = load_run_configs(workdir)
+    fmt = hf.choose_format(model_config, format_name)
+    chosen_step = _choose_step(workdir, step)
+    out = os.path.abspath(out or os.path.join(workdir, "exports",
+                                              f"{fmt.name}-step{chosen_step}"))
+    if os.path.lexists(out):
+        raise _Refused(f"{out} exists; give another --out (nothing is overwritten)")
+    problem = files.directory_problem(os.path.dirname(out))
+    if problem:
+        raise _Refused(f"--out {out}: {problem}")
+    if model_config.moe.capacity_factor is not None:
+        log(f"note: the run trained with capacity_factor = {model_config.moe.capacity_factor}; "
+            "the exported model routes dropless, as `moejax eval` does by default")
+
+    _, state, meta = restore_run(workdir, chosen_step)
+    tensors = fmt.tensors(state.params, model_config)
+    stored = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-",
+                               dir=os.path.dirname(out))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # mkdtemp's is 0700: the export is for sharing
+    try:
+        written = safetensors.write_checkpoint(
+            partial, tensors, dtype=stored, max_shard_bytes=max_shard_bytes,
+            metadata={"format": "pt"}, progress=lambda line: log(f"  {line}"))
+        extra = {
+            "config.json": fmt.config_json(
+                model_config, max_position_embeddings=data_config.seq_len, dtype=dtype),
+            "generation_config.json": {"eos_token_id": 1, "pad_token_id": 0},
+            "moejax_export.json": {
+                "workdir": workdir, "step": chosen_step, "format": fmt.name, "dtype": dtype,
+                "checkpoint_saved_at": meta.get("time"), "exported_at": time.time(),
+                "code_version": code_version(), "config": meta.get("config")},
+        }
+        for name, content in extra.items():
+            with open(os.path.join(partial, name), "w") as f:
+                json.dump(content, f, indent=2)
+        for name, content in tokenizer.tokenizer_files(data_config.vocabulary,
+                                                       data_config.seq_len).items():
+            with open(os.path.join(partial, name), "wb") as f:
+                f.write(content)
+        os.rename(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return {"out": out, "workdir": workdir, "step": chosen_step, "format": fmt.name,
+            "dtype": dtype, "tensors": len(tensors),
+            "weight_bytes": sum(os.path.getsize(os.path.join(out, name)) for name in written)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from moejax.errors import ConfigError
+    from moejax.export.hf import ExportError
+    from moejax.train.checkpoint import CheckpointError
+
+    if not os.path.isdir(args.workdir):
+        print(f"moejax export: error: --workdir {args.workdir} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        done = export_run(args.workdir, step=args.step, format_name=args.format,
+                          dtype=args.dtype, max_shard_bytes=args.max_shard_size, out=args.out,
+                          log=lambda line: print(line, file=sys.stderr))
+    except (_Refused, ExportError, CheckpointError, ConfigError) as e:
+        print(f"moejax export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"moejax export: {done['workdir']} step {done['step']} as {done['format']} "
+          f"({done['tensors']} tensors, {done['dtype']}, {done['weight_bytes'] / 2**20:.1f} MiB) "
+          f"-> {done['out']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run without the top-level ``moejax`` command (``python -m moejax.export.cli``)."""
+    parser = argparse.ArgumentParser(prog="moejax export", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Hugging Face ``transformers`` formats of a moejax model: which fit, their config, their tensors.
+
+In: a ``ModelConfig`` and the params tree of a checkpoint. Out: a format's ``config.json`` fields
+and its (name, array) list in the file layout Hugging Face checkpoints use, or ``ExportError``
+listing everything about the model that the format cannot hold.
+
+Both formats are the decoder moejax trains (pre-RMSNorm blocks, rotary embedding on pairs
+(i, i + H/2), grouped-query attention with query head n reading key/value head n // (N/G),
+SwiGLU), so embeddings, attention, norms and dense layers map one to one. They differ in the MoE
+layer:
+- ``mixtral`` (MixtralForCausalLM): every block MoE, softmax router whose K chosen weights are
+  renormalized to sum to one, no shared experts.
+- ``qwen2_moe`` (Qwen2MoeForCausalLM): any blocks MoE (``mlp_only_layers`` lists the dense ones),
+  renormalized or raw softmax weights (``norm_topk_prob``), and one shared expert scaled by a
+  sigmoid gate. moejax's shared experts have no gate (n of width F are one of width nF): the gate
+  is written zero, so it is sigmoid(0) = 1/2 for every token, and the shared down projection is
+  written times 2, which is exact in binary floating point. A model without shared experts gets a
+  shared expert of width 1 whose weights are zero: it adds exactly 0. Its query/key/value biases
+  are written zero.
+Neither holds heterogeneous expert groups, expert-choice routing, sigmoid router scores, or an
+auxiliary-loss-free balancing bias (it changes which experts are chosen). Capacity routing is a
+training choice: the exported model routes dropless, as ``moejax eval`` does by default.
+
+Layout: a Hugging Face linear weight is (out, in) and applied as x @ W.T; moejax's are (in, out)
+with heads kept apart (w_q_DNH), so every weight is transposed, and heads are flattened with the
+head index major (the n-th head is rows n*H .. n*H + H - 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from moejax.model.config import ModelConfig, moe_layer_indices
+
+Tensors = list[tuple[str, np.ndarray]]
+
+
+class ExportError(ValueError):
+    """A model that a format cannot represent; the message lists every reason."""
+
+
+def _array(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
+
+
+def _heads_in(w_DNH) -> np.ndarray:
+    """(D, N, H) query/key/value weight -> (N*H, D)."""
+    w = _array(w_DNH)
+    return w.reshape(w.shape[0], -1).T
+
+
+def _heads_out(w_NHD) -> np.ndarray:
+    """(N, H, D) output weight -> (D, N*H)."""
+    w = _array(w_NHD)
+    return w.reshape(-1, w.shape[-1]).T
+
+
+def _swiglu(w_in_DF2, w_out_FD, names: tuple[str, str, str], prefix: str,
+            down_scale: float = 1.0) -> Tensors:
+    """A fused (D, 2F) gate|up and (F, D) down SwiGLU as three (out, in) weights."""
+    w_in = _array(w_in_DF2)
+    width = w_in.shape[1] // 2
+    gate, up, down = names
+    down_weight = _array(w_out_FD).T
+    return [(f"{prefix}.{gate}.weight", w_in[:, :width].T),
+            (f"{prefix}.{up}.weight", w_in[:, width:].T),
+            (f"{prefix}.{down}.weight", down_weight * down_scale if down_scale != 1.0
+             else down_weight)]
+
+
+def unsupported(config: ModelConfig) -> list[str]:
+    """What about ``config`` no format here can hold."""
+    problems = []
+    moe = config.moe
+    if moe is None:
+        return ["a dense model (ModelConfig.moe = None): both formats are MoE; it is a Llama "
+                "(LlamaForCausalLM), which moejax does not write yet"]
+    if len(moe.groups) > 1:
+        problems.append(f"MoEConfig.expert_groups = {moe.expert_groups!r}: heterogeneous expert "
+                        "groups, each with its own router, have no Hugging Face format")
+    if moe.routing != "token_choice":
+        problems.append(f"MoEConfig.routing = {moe.routing!r}: only token-choice routing")
+    if moe.router_scores != "softmax":
+        problems.append(f"MoEConfig.router_scores = {moe.router_scores!r}: only softmax scores")
+    if moe.bias_update_rate > 0:
+        problems.append(f"MoEConfig.bias_update_rate = {moe.bias_update_rate}: the balancing "
+                        "bias changes which experts are chosen and has no place in the format")
+    return problems
+
+
+class _Format:
+    """Mapping shared by the formats: embeddings, attention, norms, the output projection."""
+
+    name = ""
+    model_type = ""
+    architecture = ""
+    ff = "mlp"  # module name of a block's feed-forward
+    qkv_bias = False
+
+    def problems(self, config: ModelConfig) -> list[str]:
+        return unsupported(config)
+
+    def config_json(self, config: ModelConfig, *, max_position_embeddings: int,
+                    dtype: str) -> dict[str, Any]:
+        moe = config.moe
+        group = moe.groups[0]
+        return {
+            "architectures": [self.architecture], "model_type": self.model_type,
+            "vocab_size": config.vocab_size, "hidden_size": config.d_model,
+            "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
+            "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim,
+            "hidden_act": "silu", "max_position_embeddings": max_position_embeddings,
+            "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta,
+            "tie_word_embeddings": config.tie_embeddings, "initializer_range": config.init_std,
+            "attention_dropout": 0.0, "use_cache": True,
+            "num_experts_per_tok": group.top_k, "output_router_logits": False,
+            "router_aux_loss_coef": moe.aux_loss_weight,
+            # moejax's vocabularies: pad 0, EOS 1, no BOS (moejax.data.vocabularies)
+            "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None,
+            "torch_dtype": dtype, "dtype": dtype,
+            **self.moe_fields(config),
+        }
+
+    def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def tensors(self, params: dict, config: ModelConfig) -> Tensors:
+        """Every tensor of the format, in the order of a Hugging Face checkpoint."""
+        problems = self.problems(config)
+        if problems:
+            raise ExportError(f"the model cannot be written as {self.name}: " + "; ".join(problems))
+        out: Tensors = [("model.embed_tokens.weight", _array(params["embed_VD"]))]
+        moe_blocks = set(moe_layer_indices(config))
+        for i in range(config.n_layers):
+            block, prefix = params["blocks"][i], f"model.layers.{i}"
+            out.append((f"{prefix}.input_layernorm.weight", _array(block["attn_norm"]["scale"])))
+            attn = block["attn"]
+            for proj, key in (("q_proj", "w_q_DNH"), ("k_proj", "w_k_DGH"), ("v_proj", "w_v_DGH")):
+                weight = _heads_in(attn[key])
+                out.append((f"{prefix}.self_attn.{proj}.weight", weight))
+                if self.qkv_bias:
+                    out.append((f"{prefix}.self_attn.{proj}.bias",
+                                np.zeros(weight.shape[0], np.float32)))
+            out.append((f"{prefix}.self_attn.o_proj.weight", _heads_out(attn["w_o_NHD"])))
+            out.append((f"{prefix}.post_attention_layernorm.weight",
+                        _array(block["ff_norm"]["scale"])))
+            if i in moe_blocks:
+                out += self.moe_tensors(block["ff"], f"{prefix}.{self.ff}", config)
+            else:
+                out += _swiglu(block["ff"]["w_in_DF2"], block["ff"]["w_out_FD"],
+                               ("gate_proj", "up_proj", "down_proj"), f"{prefix}.mlp")
+        out.append(("model.norm.weight", _array(params["final_norm"]["scale"])))
+        if not config.tie_embeddings:
+            out.append(("lm_head.weight", _array(params["unembed_DV"]).T))
+        return out
+
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
+        raise NotImplementedError
+
+
+def _experts(group: dict, prefix: str, names: tuple[str, str, str]) -> Tensors:
+    """The router (E, D) and each expert's three weights."""
+    out: Tensors = [(f"{prefix}.gate.weight", _array(group["router"]["w_DE"]).T)]
+    w_in, w_out = group["experts"]["w_in_EDF2"], group["experts"]["w_out_EFD"]
+    for e in range(w_in.shape[0]):
+        out += _swiglu(w_in[e], w_out[e], names, f"{prefix}.experts.{e}")
+    return out
+
+
+class Mixtral(_Format):
+    name, model_type, architecture = "mixtral", "mixtral", "MixtralForCausalLM"
+    ff = "block_sparse_moe"
+
+    def problems(self, config: ModelConfig) -> list[str]:
+        problems = unsupported(config)
+        if config.moe is None or problems:
+            return problems
+        dense = sorted(set(range(config.n_layers)) - set(moe_layer_indices(config)))
+        if dense:
+            problems.append(f"blocks {dense} are dense (ModelConfig.first_dense_layers = "
+                            f"{config.first_dense_layers}, moe_every = {config.moe_every}): "
+                            "every Mixtral block is MoE")
+        if not config.moe.renormalize:
+            problems.append("MoEConfig.renormalize = False: Mixtral always renormalizes the K "
+                            "chosen weights")
+        if config.moe.num_shared_experts:
+            problems.append(f"MoEConfig.num_shared_experts = {config.moe.num_shared_experts}: "
+                            "Mixtral has no shared experts")
+        return problems
+
+    def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
+        group = config.moe.groups[0]
+        return {"intermediate_size": group.d_expert, "num_local_experts": group.num_experts,
+                "sliding_window": None, "router_jitter_noise": 0.0}
+
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
+        return _experts(ff["groups"][0], prefix, ("w1", "w3", "w2"))
+
+
+class Qwen2Moe(_Format):
+    name, model_type, architecture = "qwen2_moe", "qwen2_moe", "Qwen2MoeForCausalLM"
+    qkv_bias = True
+    ff = "mlp"
+
+    def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
+        moe = config.moe
+        group = moe.groups[0]
+        dense = sorted(set(range(config.n_layers)) - set(moe_layer_indices(config)))
+        return {"intermediate_size": config.dense_d_ff, "moe_intermediate_size": group.d_expert,
+                "shared_expert_intermediate_size": moe.shared_width or 1,
+                "num_experts": group.num_experts, "norm_topk_prob": moe.renormalize,
+                "decoder_sparse_step": 1, "mlp_only_layers": dense, "qkv_bias": True,
+                "use_sliding_window": False, "sliding_window": None}
+
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
+        names = ("gate_proj", "up_proj", "down_proj")
+        out = _experts(ff["groups"][0], prefix, names)
+        d_model = config.d_model
+        if config.moe.num_shared_experts:
+            # the format's gate sigmoid(0) = 1/2 halves the shared output: double it back
+            out += _swiglu(ff["shared"]["w_in_DF2"], ff["shared"]["w_out_FD"], names,
+                           f"{prefix}.shared_expert", down_scale=2.0)
+        else:  # the format always has a shared expert: one of width 1 that outputs 0
+            out += _swiglu(np.zeros((d_model, 2), np.float32), np.zeros((1, d_model), np.float32),
+                           names, f"{prefix}.shared_expert")
+        out.append((f"{prefix}.shared_expert_gate.weight", np.zeros((1, d_model), np.float32)))
+        return out
+
+
+FORMATS: dict[str, _Format] = {f.name: f for f in (Mixtral(), Qwen2Moe())}
+
+
+def choose_format(config: ModelConfig, name: str = "auto") -> _Format:
+    """The format called ``name``, or for "auto" the first in ``FORMATS`` that holds the model
+    (Mixtral when it fits: the most widely supported); ExportError names every reason when none
+    (or the named one) does."""
+    if name != "auto":
+        if name not in FORMATS:
+            raise ExportError(f"unknown format {name!r}: one of auto, {', '.join(FORMATS)}")
+        problems = FORMATS[name].problems(config)
+        if problems:
+            raise ExportError(f"the model cannot be written as {name}: " + "; ".join(problems))
+        return FORMATS[name]
+    reasons = {}
+    for fmt in FORMATS.values():
+        problems = fmt.problems(config)
+        if not problems:
+            return fmt
+        reasons[fmt.name] = problems
+    common = unsupported(config)
+    if common:
+        raise ExportError("the model fits no Hugging Face format here: " + "; ".join(common))
+    raise ExportError("the model fits no Hugging Face format here: " + "; ".join(
+        f"{name}: {', '.join(problems)}" for name, problems in reasons.items()))

@@ -1,0 +1,114 @@
+"""The forward pass of Hugging Face's MixtralForCausalLM and Qwen2MoeForCausalLM, in float64 numpy,
+written from transformers' modeling files (v4.57 / v5.18) and reading only what they read: the
+checkpoint's tensors by their Hugging Face names and config.json. Nothing of moejax is used, so
+logits that agree with moejax's show the export put every weight where transformers looks for it.
+
+Conventions followed (transformers' names in brackets): linear layers are x @ W.T [nn.Linear];
+RMSNorm is w * x / sqrt(mean(x^2) + eps) [MixtralRMSNorm]; rotary frequencies base^(-2i/H) and
+q * cos + rotate_half(q) * sin with rotate_half(x) = (-x2, x1) [apply_rotary_pos_emb]; key/value
+head g serves query heads g*n_rep .. (g+1)*n_rep - 1 [repeat_kv]; softmax router over all experts,
+top-k, optional renormalization [MixtralSparseMoeBlock, Qwen2MoeTopKRouter]; Qwen2-MoE's shared
+expert scaled by sigmoid(x @ gate.T) [Qwen2MoeSparseMoeBlock]; layer i sparse unless listed in
+mlp_only_layers and when (i + 1) % decoder_sparse_step == 0 [Qwen2MoeDecoderLayer].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _linear(x, tensors, name):
+    y = x @ tensors[f"{name}.weight"].T
+    bias = tensors.get(f"{name}.bias")
+    return y if bias is None else y + bias
+
+
+def _rms_norm(x, weight, eps):
+    return weight * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps))
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def _silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def _mlp(x, tensors, prefix, names=("gate_proj", "up_proj", "down_proj")):
+    gate, up, down = names
+    hidden = _silu(_linear(x, tensors, f"{prefix}.{gate}")) * _linear(x, tensors, f"{prefix}.{up}")
+    return _linear(hidden, tensors, f"{prefix}.{down}")
+
+
+def _attention(x_TD, tensors, prefix, config):
+    seq = x_TD.shape[0]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    q = _linear(x_TD, tensors, f"{prefix}.q_proj").reshape(seq, heads, head_dim)
+    k = _linear(x_TD, tensors, f"{prefix}.k_proj").reshape(seq, kv_heads, head_dim)
+    v = _linear(x_TD, tensors, f"{prefix}.v_proj").reshape(seq, kv_heads, head_dim)
+    inv_freq = 1.0 / config["rope_theta"] ** (np.arange(0, head_dim, 2) / head_dim)
+    angles = np.arange(seq)[:, None] * inv_freq[None, :]
+    cos = np.concatenate([np.cos(angles)] * 2, axis=-1)[:, None, :]
+    sin = np.concatenate([np.sin(angles)] * 2, axis=-1)[:, None, :]
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    n_rep = heads // kv_heads
+    k = np.repeat(k, n_rep, axis=1)  # head g -> g*n_rep .. g*n_rep + n_rep - 1
+    v = np.repeat(v, n_rep, axis=1)
+    scores = np.einsum("tnh,snh->nts", q, k) * head_dim ** -0.5
+    scores = np.where(np.tril(np.ones((seq, seq), bool))[None], scores, -np.inf)
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs = scores / scores.sum(axis=-1, keepdims=True)
+    out = np.einsum("nts,snh->tnh", probs, v).reshape(seq, heads * head_dim)
+    return _linear(out, tensors, f"{prefix}.o_proj")
+
+
+def _sparse(x_TD, tensors, prefix, config, expert_names, renormalize):
+    logits = _linear(x_TD, tensors, f"{prefix}.gate")
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    top_k = config["num_experts_per_tok"]
+    out = np.zeros_like(x_TD)
+    for t in range(x_TD.shape[0]):
+        chosen = np.argsort(-probs[t], kind="stable")[:top_k]
+        weights = probs[t, chosen]
+        if renormalize:
+            weights = weights / weights.sum()
+        for e, w in zip(chosen, weights):
+            out[t] += w * _mlp(x_TD[t], tensors, f"{prefix}.experts.{e}", expert_names)
+    return out
+
+
+def _feed_forward(x_TD, tensors, layer, config):
+    prefix = f"model.layers.{layer}"
+    if config["model_type"] == "mixtral":
+        return _sparse(x_TD, tensors, f"{prefix}.block_sparse_moe", config, ("w1", "w3", "w2"),
+                       renormalize=True)
+    sparse = (layer not in config["mlp_only_layers"]
+              and (layer + 1) % config["decoder_sparse_step"] == 0)
+    if not sparse:
+        return _mlp(x_TD, tensors, f"{prefix}.mlp")
+    routed = _sparse(x_TD, tensors, f"{prefix}.mlp", config,
+                     ("gate_proj", "up_proj", "down_proj"), config["norm_topk_prob"])
+    gate = 1.0 / (1.0 + np.exp(-_linear(x_TD, tensors, f"{prefix}.mlp.shared_expert_gate")))
+    return routed + gate * _mlp(x_TD, tensors, f"{prefix}.mlp.shared_expert")
+
+
+def logits(tensors: dict[str, np.ndarray], config: dict, tokens_T) -> np.ndarray:
+    """(T, V) float64 logits of one sequence."""
+    tensors = {k: np.asarray(v, np.float64) for k, v in tensors.items()}
+    eps = config["rms_norm_eps"]
+    x = tensors["model.embed_tokens.weight"][np.asarray(tokens_T)]
+    for layer in range(config["num_hidden_layers"]):
+        prefix = f"model.layers.{layer}"
+        h = _rms_norm(x, tensors[f"{prefix}.input_layernorm.weight"], eps)
+        x = x + _attention(h, tensors, f"{prefix}.self_attn", config)
+        h = _rms_norm(x, tensors[f"{prefix}.post_attention_layernorm.weight"], eps)
+        x = x + _feed_forward(h, tensors, layer, config)
+    x = _rms_norm(x, tensors["model.norm.weight"], eps)
+    head = tensors["model.embed_tokens.weight" if config["tie_word_embeddings"]
+                   else "lm_head.weight"]
+    return x @ head.T

@@ -1,0 +1,166 @@
+"""The Hugging Face formats against transformers' forward pass (tests/export/hf_reference.py,
+float64 numpy from the tensors as the ``safetensors`` library reads them back): the same tokens
+must give the same logits as moejax's own model."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from moejax.export import hf
+from moejax.export.safetensors import write_checkpoint
+from moejax.model.config import ModelConfig, MoEConfig
+from moejax.model.functional import build_model
+from tests.export import hf_reference
+
+TOKENS = np.array([5, 17, 3, 99, 42, 7, 7, 120, 64, 1, 88, 30], np.int32)
+
+
+def _config(**model_fields) -> ModelConfig:
+    moe_fields = model_fields.pop("moe", {})
+    base = dict(vocab_size=128, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=48,
+                rope_theta=500.0, norm_eps=1e-5, tie_embeddings=False)
+    base.update(model_fields)
+    moe = dict(num_experts=4, top_k=2, d_expert=16, renormalize=True)
+    moe.update(moe_fields)
+    return ModelConfig(moe=MoEConfig(**moe), **base)
+
+
+def _random_params(model, seed):
+    """Random parameters with norms away from 1, so a misplaced norm weight shows."""
+    params = model.init(jax.random.key(seed))
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    return jax.tree.unflatten(treedef, [
+        leaf * (1.0 + 0.5 * jax.random.uniform(k, leaf.shape)) for leaf, k in zip(leaves, keys)])
+
+
+def _export(tmp_path, config, params, fmt="auto", max_shard_bytes=1 << 40):
+    chosen = hf.choose_format(config, fmt)
+    write_checkpoint(str(tmp_path), chosen.tensors(params, config), dtype=np.float32,
+                     max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
+    config_json = chosen.config_json(config, max_position_embeddings=64, dtype="float32")
+    tensors = {}
+    for path in sorted(tmp_path.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return chosen, json.loads(json.dumps(config_json)), tensors
+
+
+CASES = {
+    # name: (model fields, format auto picks)
+    "mixtral, GQA, untied": (dict(), "mixtral"),
+    "mixtral, tied, d_head 12": (dict(tie_embeddings=True, d_head=12, n_kv_heads=1), "mixtral"),
+    "qwen2_moe, raw weights, no shared": (dict(moe=dict(renormalize=False)), "qwen2_moe"),
+    "qwen2_moe, 2 shared, first dense, every 2nd": (
+        dict(n_layers=4, first_dense_layers=1, moe_every=2,
+             moe=dict(num_shared_experts=2, d_shared_expert=8, top_k=1)), "qwen2_moe"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_logits_match_the_transformers_forward_pass(tmp_path, name):
+    fields, expected_format = CASES[name]
+    config = _config(**fields)
+    model = build_model(config)
+    params = _random_params(model, seed=len(name))
+    chosen, config_json, tensors = _export(tmp_path, config, params)
+    assert chosen.name == expected_format
+    ours, _ = model.apply(params, TOKENS[None])
+    reference = hf_reference.logits(tensors, config_json, TOKENS)
+    assert reference.shape == (len(TOKENS), config.vocab_size)
+    np.testing.assert_allclose(np.asarray(ours[0]), reference, rtol=2e-4, atol=2e-4)
+    # and the choices are not all alike: the logits vary across the vocabulary
+    assert np.std(reference) > 0.1
+
+
+def test_a_misplaced_weight_is_caught(tmp_path):
+    """The comparison can fail: gate and up projections swapped in one expert change the logits."""
+    config = _config()
+    model = build_model(config)
+    params = _random_params(model, seed=3)
+    _, config_json, tensors = _export(tmp_path, config, params)
+    prefix = "model.layers.1.block_sparse_moe.experts.0"
+    tensors[f"{prefix}.w1.weight"], tensors[f"{prefix}.w3.weight"] = (
+        tensors[f"{prefix}.w3.weight"], tensors[f"{prefix}.w1.weight"])
+    ours, _ = model.apply(params, TOKENS[None])
+    reference = hf_reference.logits(tensors, config_json, TOKENS)
+    assert np.max(np.abs(np.asarray(ours[0]) - reference)) > 1e-3
+
+
+def test_names_and_shapes_are_those_of_hugging_face_checkpoints(tmp_path):
+    config = _config(n_layers=2)
+    model = build_model(config)
+    _, config_json, tensors = _export(tmp_path, config, model.init(jax.random.key(0)))
+    assert tensors["model.embed_tokens.weight"].shape == (128, 32)
+    assert tensors["model.layers.0.self_attn.q_proj.weight"].shape == (4 * 8, 32)
+    assert tensors["model.layers.0.self_attn.k_proj.weight"].shape == (2 * 8, 32)
+    assert tensors["model.layers.0.self_attn.o_proj.weight"].shape == (32, 4 * 8)
+    assert tensors["model.layers.1.block_sparse_moe.gate.weight"].shape == (4, 32)
+    assert tensors["model.layers.1.block_sparse_moe.experts.3.w1.weight"].shape == (16, 32)
+    assert tensors["model.layers.1.block_sparse_moe.experts.3.w2.weight"].shape == (32, 16)
+    assert tensors["lm_head.weight"].shape == (128, 32)
+    # 2 embeddings + final norm + per layer 2 norms, 4 attention, router, 4 experts x 3
+    assert len(tensors) == 3 + 2 * (2 + 4 + 1 + 4 * 3)
+    assert config_json["num_local_experts"] == 4 and config_json["intermediate_size"] == 16
+    assert config_json["architectures"] == ["MixtralForCausalLM"]
+
+
+def test_shards_split_the_tensors_and_index_them(tmp_path):
+    config = _config(n_layers=2)
+    model = build_model(config)
+    params = model.init(jax.random.key(0))
+    _, _, tensors = _export(tmp_path, config, params, max_shard_bytes=40_000)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert sorted(index["weight_map"]) == sorted(tensors)
+    for name, shard in index["weight_map"].items():
+        assert name in load_file(str(tmp_path / shard))
+    assert index["metadata"]["total_size"] == sum(t.nbytes for t in tensors.values())
+
+
+def test_bfloat16_export_rounds_the_float32_weights(tmp_path):
+    from safetensors import safe_open
+
+    config = _config(n_layers=1)
+    model = build_model(config)
+    params = model.init(jax.random.key(0))
+    chosen = hf.choose_format(config)
+    write_checkpoint(str(tmp_path), chosen.tensors(params, config), dtype=jax.numpy.bfloat16,
+                     max_shard_bytes=1 << 40, metadata={"format": "pt"})
+    with safe_open(str(tmp_path / "model.safetensors"), framework="flax") as f:
+        embed = f.get_tensor("model.embed_tokens.weight")
+    assert embed.dtype == jax.numpy.bfloat16
+    expected = np.asarray(params["embed_VD"]).astype(jax.numpy.bfloat16)
+    np.testing.assert_array_equal(np.asarray(embed, np.float32), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("fields, fragments", [
+    (dict(moe=dict(expert_groups=((4, 16, 1), (2, 32, 1)))), ["expert_groups", "heterogeneous"]),
+    (dict(moe=dict(router_scores="sigmoid")), ["router_scores = 'sigmoid'"]),
+    (dict(moe=dict(routing="expert_choice")), ["routing = 'expert_choice'"]),
+    (dict(moe=dict(bias_update_rate=1e-3)), ["bias_update_rate = 0.001"]),
+])
+def test_models_no_format_holds_are_refused_with_the_reason(fields, fragments):
+    with pytest.raises(hf.ExportError) as error:
+        hf.choose_format(_config(**fields))
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_mixtral_named_explicitly_says_why_it_does_not_fit():
+    config = _config(first_dense_layers=1, moe=dict(renormalize=False, num_shared_experts=1))
+    with pytest.raises(hf.ExportError) as error:
+        hf.choose_format(config, "mixtral")
+    message = str(error.value)
+    assert "blocks [0] are dense" in message
+    assert "renormalize = False" in message and "num_shared_experts = 1" in message
+    assert hf.choose_format(config).name == "qwen2_moe"
+
+
+def test_a_dense_model_is_refused():
+    config = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, d_ff=48)
+    with pytest.raises(hf.ExportError, match="dense model"):
+        hf.choose_format(config)
