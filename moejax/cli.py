@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("moejax.sweep.cli", "expand a design grid into runs, train, evaluate, fit and report"),
     "eval": ("moejax.eval.cli", "score checkpoints of runs and export one point per run and step"),
     "export": ("moejax.export.cli", "write a run's checkpoint as a Hugging Face model directory "
-               "(Mixtral or Qwen2-MoE safetensors, config and tokenizer)"),
+               "(Mixtral, Qwen2-MoE or Llama safetensors, config and tokenizer)"),
     "fit": ("moejax.laws.cli", "fit a scaling law to scored points (or the embedded Clark 2022 data)"),
     "plan": ("moejax.plan.cli", "recommend MoE configurations for compute, memory and inference budgets"),
 }

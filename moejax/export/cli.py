@@ -1,13 +1,13 @@
 """``moejax export``: write one checkpoint of a run as a Hugging Face model directory.
 
-    moejax export --workdir=runs/a [--step=latest|N] [--format=auto|mixtral|qwen2_moe] \
+    moejax export --workdir=runs/a [--step=latest|N] [--format=auto|mixtral|qwen2_moe|llama] \
         [--dtype=float32|bfloat16] [--max_shard_size=5GB] [--out=DIR]
 
-The directory (default ``<workdir>/exports/<format>-step<N>``) holds ``config.json``, the weights
-as safetensors (sharded past ``--max_shard_size``, with their index), the tokenizer files and
-``moejax_export.json`` (which run, step, configs and code wrote it). It is written next to its
-final place and renamed into it whole, so a failed or interrupted export leaves nothing; an
-existing directory is never overwritten. Then, in Python:
+A dense run is written as Llama. The directory (default ``<workdir>/exports/<format>-step<N>``)
+holds ``config.json``, the weights as safetensors (sharded past ``--max_shard_size``, with their
+index), the tokenizer files and ``moejax_export.json`` (which run, step, configs and code wrote
+it). It is written next to its final place and renamed into it whole, so a failed or
+interrupted export leaves nothing; an existing directory is never overwritten. Then, in Python:
 ``transformers.AutoModelForCausalLM.from_pretrained(DIR)``.
 
 Exit status: 0 written, 1 the run, checkpoint or model cannot be exported (the message says
@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=_step, default="latest",
                         help="checkpoint step to export: 'latest' (default) or a step number")
     parser.add_argument("--format", choices=("auto", *FORMATS), default="auto",
-                        help="'auto' (default): mixtral when the model fits it, else qwen2_moe")
+                        help="'auto' (default): mixtral when the model fits it, else qwen2_moe; "
+                             "llama for a dense model")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="stored dtype of the weights (default float32, as trained)")
     parser.add_argument("--max_shard_size", type=shard_size, default=shard_size("5GB"),
@@ -114,7 +115,7 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
     problem = files.directory_problem(os.path.dirname(out))
     if problem:
         raise _Refused(f"--out {out}: {problem}")
-    if model_config.moe.capacity_factor is not None:
+    if model_config.moe is not None and model_config.moe.capacity_factor is not None:
         log(f"note: the run trained with capacity_factor = {model_config.moe.capacity_factor}; "
             "the exported model routes dropless, as `moejax eval` does by default")
 

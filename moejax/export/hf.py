@@ -4,10 +4,10 @@ In: a ``ModelConfig`` and the params tree of a checkpoint. Out: a format's ``con
 and its (name, array) list in the file layout Hugging Face checkpoints use, or ``ExportError``
 listing everything about the model that the format cannot hold.
 
-Both formats are the decoder moejax trains (pre-RMSNorm blocks, rotary embedding on pairs
+The formats are the decoder moejax trains (pre-RMSNorm blocks, rotary embedding on pairs
 (i, i + H/2), grouped-query attention with query head n reading key/value head n // (N/G),
-SwiGLU), so embeddings, attention, norms and dense layers map one to one. They differ in the MoE
-layer:
+SwiGLU), so embeddings, attention, norms and dense layers map one to one. A dense model is
+``llama`` (LlamaForCausalLM). The MoE formats differ in the MoE layer:
 - ``mixtral`` (MixtralForCausalLM): every block MoE, softmax router whose K chosen weights are
   renormalized to sum to one, no shared experts.
 - ``qwen2_moe`` (Qwen2MoeForCausalLM): any blocks MoE (``mlp_only_layers`` lists the dense ones),
@@ -17,8 +17,8 @@ layer:
   written times 2, which is exact in binary floating point. A model without shared experts gets a
   shared expert of width 1 whose weights are zero: it adds exactly 0. Its query/key/value biases
   are written zero.
-Neither holds heterogeneous expert groups, expert-choice routing, sigmoid router scores, or an
-auxiliary-loss-free balancing bias (it changes which experts are chosen). Capacity routing is a
+Neither MoE format holds heterogeneous expert groups, expert-choice routing, sigmoid router
+scores, or an auxiliary-loss-free balancing bias (it changes which experts are chosen). Capacity routing is a
 training choice: the exported model routes dropless, as ``moejax eval`` does by default.
 
 Layout: a Hugging Face linear weight is (out, in) and applied as x @ W.T; moejax's are (in, out)
@@ -70,13 +70,12 @@ def _swiglu(w_in_DF2, w_out_FD, names: tuple[str, str, str], prefix: str,
              else down_weight)]
 
 
-def unsupported(config: ModelConfig) -> list[str]:
-    """What about ``config`` no format here can hold."""
+def moe_problems(config: ModelConfig) -> list[str]:
+    """What about the MoE layer of ``config`` no MoE format here can hold."""
     problems = []
     moe = config.moe
     if moe is None:
-        return ["a dense model (ModelConfig.moe = None): both formats are MoE; it is a Llama "
-                "(LlamaForCausalLM), which moejax does not write yet"]
+        return ["ModelConfig.moe = None: a dense model (format llama)"]
     if len(moe.groups) > 1:
         problems.append(f"MoEConfig.expert_groups = {moe.expert_groups!r}: heterogeneous expert "
                         "groups, each with its own router, have no Hugging Face format")
@@ -91,21 +90,20 @@ def unsupported(config: ModelConfig) -> list[str]:
 
 
 class _Format:
-    """Mapping shared by the formats: embeddings, attention, norms, the output projection."""
+    """Mapping shared by the formats: embeddings, attention, norms, dense feed-forward layers,
+    the output projection. A format adds its feed-forward fields and its MoE layer's tensors."""
 
     name = ""
     model_type = ""
     architecture = ""
-    ff = "mlp"  # module name of a block's feed-forward
+    ff = "mlp"  # module name of a block's MoE feed-forward
     qkv_bias = False
 
     def problems(self, config: ModelConfig) -> list[str]:
-        return unsupported(config)
+        raise NotImplementedError
 
     def config_json(self, config: ModelConfig, *, max_position_embeddings: int,
                     dtype: str) -> dict[str, Any]:
-        moe = config.moe
-        group = moe.groups[0]
         return {
             "architectures": [self.architecture], "model_type": self.model_type,
             "vocab_size": config.vocab_size, "hidden_size": config.d_model,
@@ -115,15 +113,13 @@ class _Format:
             "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta,
             "tie_word_embeddings": config.tie_embeddings, "initializer_range": config.init_std,
             "attention_dropout": 0.0, "use_cache": True,
-            "num_experts_per_tok": group.top_k, "output_router_logits": False,
-            "router_aux_loss_coef": moe.aux_loss_weight,
             # moejax's vocabularies: pad 0, EOS 1, no BOS (moejax.data.vocabularies)
             "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None,
             "torch_dtype": dtype, "dtype": dtype,
-            **self.moe_fields(config),
+            **self.feed_forward_fields(config),
         }
 
-    def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
+    def feed_forward_fields(self, config: ModelConfig) -> dict[str, Any]:
         raise NotImplementedError
 
     def tensors(self, params: dict, config: ModelConfig) -> Tensors:
@@ -160,6 +156,40 @@ class _Format:
         raise NotImplementedError
 
 
+class Llama(_Format):
+    """A dense model: LlamaForCausalLM (no biases)."""
+
+    name, model_type, architecture = "llama", "llama", "LlamaForCausalLM"
+
+    def problems(self, config: ModelConfig) -> list[str]:
+        if config.moe is not None:
+            return ["an MoE model (ModelConfig.moe is set): Llama has no experts"]
+        return []
+
+    def feed_forward_fields(self, config: ModelConfig) -> dict[str, Any]:
+        return {"intermediate_size": config.dense_d_ff, "attention_bias": False,
+                "mlp_bias": False}
+
+
+class _MoEFormat(_Format):
+    """An MoE format: what no MoE format holds (``moe_problems``) plus its own limits."""
+
+    def problems(self, config: ModelConfig) -> list[str]:
+        problems = moe_problems(config)
+        return problems or self.own_problems(config)
+
+    def own_problems(self, config: ModelConfig) -> list[str]:
+        return []
+
+    def feed_forward_fields(self, config: ModelConfig) -> dict[str, Any]:
+        return {"num_experts_per_tok": config.moe.groups[0].top_k,
+                "output_router_logits": False,
+                "router_aux_loss_coef": config.moe.aux_loss_weight, **self.moe_fields(config)}
+
+    def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
+        raise NotImplementedError
+
+
 def _experts(group: dict, prefix: str, names: tuple[str, str, str]) -> Tensors:
     """The router (E, D) and each expert's three weights."""
     out: Tensors = [(f"{prefix}.gate.weight", _array(group["router"]["w_DE"]).T)]
@@ -169,14 +199,12 @@ def _experts(group: dict, prefix: str, names: tuple[str, str, str]) -> Tensors:
     return out
 
 
-class Mixtral(_Format):
+class Mixtral(_MoEFormat):
     name, model_type, architecture = "mixtral", "mixtral", "MixtralForCausalLM"
     ff = "block_sparse_moe"
 
-    def problems(self, config: ModelConfig) -> list[str]:
-        problems = unsupported(config)
-        if config.moe is None or problems:
-            return problems
+    def own_problems(self, config: ModelConfig) -> list[str]:
+        problems = []
         dense = sorted(set(range(config.n_layers)) - set(moe_layer_indices(config)))
         if dense:
             problems.append(f"blocks {dense} are dense (ModelConfig.first_dense_layers = "
@@ -199,7 +227,7 @@ class Mixtral(_Format):
         return _experts(ff["groups"][0], prefix, ("w1", "w3", "w2"))
 
 
-class Qwen2Moe(_Format):
+class Qwen2Moe(_MoEFormat):
     name, model_type, architecture = "qwen2_moe", "qwen2_moe", "Qwen2MoeForCausalLM"
     qkv_bias = True
     ff = "mlp"
@@ -229,13 +257,13 @@ class Qwen2Moe(_Format):
         return out
 
 
-FORMATS: dict[str, _Format] = {f.name: f for f in (Mixtral(), Qwen2Moe())}
+FORMATS: dict[str, _Format] = {f.name: f for f in (Mixtral(), Qwen2Moe(), Llama())}
 
 
 def choose_format(config: ModelConfig, name: str = "auto") -> _Format:
     """The format called ``name``, or for "auto" the first in ``FORMATS`` that holds the model
-    (Mixtral when it fits: the most widely supported); ExportError names every reason when none
-    (or the named one) does."""
+    (for an MoE, Mixtral when it fits: the most widely supported); ExportError names every
+    reason when none (or the named one) does."""
     if name != "auto":
         if name not in FORMATS:
             raise ExportError(f"unknown format {name!r}: one of auto, {', '.join(FORMATS)}")
@@ -249,8 +277,9 @@ def choose_format(config: ModelConfig, name: str = "auto") -> _Format:
         if not problems:
             return fmt
         reasons[fmt.name] = problems
-    common = unsupported(config)
+    common = moe_problems(config)  # only an MoE model gets here
     if common:
         raise ExportError("the model fits no Hugging Face format here: " + "; ".join(common))
     raise ExportError("the model fits no Hugging Face format here: " + "; ".join(
-        f"{name}: {', '.join(problems)}" for name, problems in reasons.items()))
+        f"{name}: {', '.join(problems)}" for name, problems in reasons.items()
+        if isinstance(FORMATS[name], _MoEFormat)))

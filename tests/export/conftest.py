@@ -1,5 +1,6 @@
-"""One tiny trained run for the export tests (byte vocabulary, 4 experts top-2 renormalized, so
-it fits Mixtral; checkpoints at steps 2 and 4; ~10 s on 2 CPU cores)."""
+"""Tiny trained runs for the export tests (byte vocabulary; checkpoints at steps 2 and 4; ~10 s
+each on 2 CPU cores): an MoE with 4 experts, top-2 renormalized (so it fits Mixtral), and the
+dense model of the same size."""
 
 import pytest
 
@@ -14,11 +15,21 @@ TINY = [
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A finished run (checkpoints at steps 2 and 4); tests copy it before changing it."""
+    """A finished MoE run; tests copy it before changing it."""
+    return _train(tmp_path_factory.mktemp("export_runs") / "run", ["smoke.gin"])
+
+
+@pytest.fixture(scope="session")
+def trained_dense_run(tmp_path_factory):
+    """The dense model of the same size (ModelConfig.moe = None)."""
+    return _train(tmp_path_factory.mktemp("export_runs") / "dense_run",
+                  ["base.gin", "models/dense_tiny.gin"])
+
+
+def _train(workdir, gin_files) -> str:
     from moejax.train.cli import load_configs
     from moejax.train.loop import run_training
 
-    workdir = tmp_path_factory.mktemp("export_runs") / "run"
-    model, data, train = load_configs(["smoke.gin"], TINY)
+    model, data, train = load_configs(gin_files, TINY)
     run_training(str(workdir), model, data, train, log=lambda line: None)
     return str(workdir)

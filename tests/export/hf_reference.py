@@ -1,4 +1,5 @@
-"""The forward pass of Hugging Face's MixtralForCausalLM and Qwen2MoeForCausalLM, in float64 numpy,
+"""The forward pass of Hugging Face's MixtralForCausalLM, Qwen2MoeForCausalLM and LlamaForCausalLM
+(no biases), in float64 numpy,
 written from transformers' modeling files (v4.57 / v5.18) and reading only what they read: the
 checkpoint's tensors by their Hugging Face names and config.json. Nothing of moejax is used, so
 logits that agree with moejax's show the export put every weight where transformers looks for it.
@@ -84,6 +85,8 @@ def _sparse(x_TD, tensors, prefix, config, expert_names, renormalize):
 
 def _feed_forward(x_TD, tensors, layer, config):
     prefix = f"model.layers.{layer}"
+    if config["model_type"] == "llama":
+        return _mlp(x_TD, tensors, f"{prefix}.mlp")
     if config["model_type"] == "mixtral":
         return _sparse(x_TD, tensors, f"{prefix}.block_sparse_moe", config, ("w1", "w3", "w2"),
                        renormalize=True)

@@ -47,6 +47,22 @@ def test_export_writes_a_model_directory_whose_logits_are_the_checkpoint_s(train
     np.testing.assert_allclose(np.asarray(ours[0]), reference, rtol=1e-4, atol=1e-4)
 
 
+def test_a_dense_run_is_written_as_llama(trained_dense_run, tmp_path, capsys):
+    from moejax.train.run import restore_run
+
+    out = tmp_path / "hf"
+    code, stdout, stderr = _export(capsys, "--workdir", trained_dense_run, "--out", str(out))
+    assert code == 0, stderr
+    assert "as llama" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["intermediate_size"] == 64
+    model, state, _ = restore_run(trained_dense_run, 4)
+    tokens = np.array([10, 72, 101, 32, 107, 105, 110, 103, 1, 200], np.int32)
+    ours, _ = model.apply(state.params, tokens[None])
+    reference = hf_reference.logits(load_file(str(out / "model.safetensors")), config, tokens)
+    np.testing.assert_allclose(np.asarray(ours[0]), reference, rtol=1e-4, atol=1e-4)
+
+
 def test_default_directory_step_format_and_shards(trained_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

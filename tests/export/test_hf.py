@@ -20,12 +20,13 @@ TOKENS = np.array([5, 17, 3, 99, 42, 7, 7, 120, 64, 1, 88, 30], np.int32)
 
 def _config(**model_fields) -> ModelConfig:
     moe_fields = model_fields.pop("moe", {})
+    dense = model_fields.pop("dense", False)
     base = dict(vocab_size=128, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=48,
                 rope_theta=500.0, norm_eps=1e-5, tie_embeddings=False)
     base.update(model_fields)
     moe = dict(num_experts=4, top_k=2, d_expert=16, renormalize=True)
     moe.update(moe_fields)
-    return ModelConfig(moe=MoEConfig(**moe), **base)
+    return ModelConfig(moe=None if dense else MoEConfig(**moe), **base)
 
 
 def _random_params(model, seed):
@@ -56,6 +57,7 @@ CASES = {
     "qwen2_moe, 2 shared, first dense, every 2nd": (
         dict(n_layers=4, first_dense_layers=1, moe_every=2,
              moe=dict(num_shared_experts=2, d_shared_expert=8, top_k=1)), "qwen2_moe"),
+    "llama, dense, GQA, tied": (dict(dense=True, tie_embeddings=True), "llama"),
 }
 
 
@@ -160,7 +162,13 @@ def test_mixtral_named_explicitly_says_why_it_does_not_fit():
     assert hf.choose_format(config).name == "qwen2_moe"
 
 
-def test_a_dense_model_is_refused():
-    config = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, d_ff=48)
-    with pytest.raises(hf.ExportError, match="dense model"):
-        hf.choose_format(config)
+def test_dense_models_are_llama_and_moe_ones_are_not():
+    dense, moe = _config(dense=True), _config()
+    assert hf.choose_format(dense).name == "llama"
+    with pytest.raises(hf.ExportError, match="ModelConfig.moe = None: a dense model"):
+        hf.choose_format(dense, "mixtral")
+    with pytest.raises(hf.ExportError, match="Llama has no experts"):
+        hf.choose_format(moe, "llama")
+    config_json = hf.FORMATS["llama"].config_json(dense, max_position_embeddings=64,
+                                                  dtype="float32")
+    assert config_json["intermediate_size"] == 48 and "num_experts_per_tok" not in config_json

@@ -20,12 +20,14 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"{' and '.join(MISSING)} 
 SCRIPT = os.path.join(os.path.dirname(__file__), "transformers_logits.py")
 
 
-@pytest.mark.parametrize("fmt", ["mixtral", "qwen2_moe"])
-def test_transformers_gives_the_same_logits_and_token_ids(trained_run, tmp_path, fmt):
+@pytest.mark.parametrize("run, fmt", [("trained_run", "mixtral"), ("trained_run", "qwen2_moe"),
+                                      ("trained_dense_run", "llama")])
+def test_transformers_gives_the_same_logits_and_token_ids(request, tmp_path, run, fmt):
     from moejax.data.vocabularies import get_vocabulary
     from moejax.export.cli import export_run
     from moejax.train.run import restore_run
 
+    trained_run = request.getfixturevalue(run)
     out = export_run(trained_run, format_name=fmt, out=str(tmp_path / fmt),
                      log=lambda line: None)["out"]
     text = "The king said: Ünïcode café, 1603."
@@ -33,8 +35,8 @@ def test_transformers_gives_the_same_logits_and_token_ids(trained_run, tmp_path,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     theirs = json.loads(result.stdout.strip().splitlines()[-1])
-    assert theirs["class"] == {"mixtral": "MixtralForCausalLM",
-                               "qwen2_moe": "Qwen2MoeForCausalLM"}[fmt]
+    assert theirs["class"] == {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+                               "llama": "LlamaForCausalLM"}[fmt]
     ids = [int(i) for i in get_vocabulary("byte").encode(text)]
     assert theirs["ids"] == ids and theirs["decoded"] == text
     model, state, _ = restore_run(trained_run, 4)
