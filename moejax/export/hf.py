@@ -18,8 +18,9 @@ SwiGLU), so embeddings, attention, norms and dense layers map one to one. A dens
   shared expert of width 1 whose weights are zero: it adds exactly 0. Its query/key/value biases
   are written zero.
 Neither MoE format holds heterogeneous expert groups, expert-choice routing, sigmoid router
-scores, or an auxiliary-loss-free balancing bias (it changes which experts are chosen). Capacity routing is a
-training choice: the exported model routes dropless, as ``moejax eval`` does by default.
+scores, or an auxiliary-loss-free balancing bias (it changes which experts are chosen).
+Capacity routing is a training choice: the exported model routes dropless, as ``moejax eval``
+does by default.
 
 Layout: a Hugging Face linear weight is (out, in) and applied as x @ W.T; moejax's are (in, out)
 with heads kept apart (w_q_DNH), so every weight is transposed, and heads are flattened with the
