@@ -16,7 +16,7 @@ use their capacity (1.0 when unset). Scoring is deterministic: the same checkpoi
 gives the same numbers.
 
 A checkpoint that is missing, half-written, corrupt or written by another config fails with the
-``CheckpointError`` message of ``moejax.train.run.restore_run``; the failure is recorded for that
+``CheckpointError`` message of ``moejax.train.run.restore_params``; the failure is recorded for that
 (run, step) and scoring goes on.
 """
 
@@ -201,7 +201,7 @@ def score_run(workdir: str, steps: str | Sequence[int] = LATEST, *,
     from moejax.errors import ConfigError
     from moejax.model.functional import build_model
     from moejax.train.checkpoint import CheckpointError
-    from moejax.train.run import checkpoint_steps, load_run_configs, restore_run
+    from moejax.train.run import checkpoint_steps, load_run_configs, restore_params
     from moejax.train.step import make_eval_step
 
     workdir = os.path.abspath(workdir)
@@ -222,12 +222,12 @@ def score_run(workdir: str, steps: str | Sequence[int] = LATEST, *,
     eval_model = None
     for step in chosen:
         try:
-            _, state, meta = restore_run(workdir, step)
+            _, params, buffers, meta = restore_params(workdir, step)
             if eval_model is None:  # one compilation per run
                 eval_model = build_model(with_eval_capacity(model_config, eval_capacity_factor))
                 eval_step = make_eval_step(eval_model)
                 batches = (batch_cache or EvalBatchCache()).get(data_config, num_batches)
-            losses, tokens = score_state(eval_step, state.params, state.buffers, batches)
+            losses, tokens = score_state(eval_step, params, buffers, batches)
             result.points.append(points_lib.build_point(
                 identity=identity, step=step, model=model_config,
                 data=data_config, train=train_config, losses=losses, eval_tokens=tokens,

@@ -102,7 +102,7 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
 
     from moejax.eval.score import code_version
     from moejax.export import hf, safetensors, tokenizer
-    from moejax.train.run import load_run_configs, restore_run
+    from moejax.train.run import load_run_configs, restore_params
 
     workdir = os.path.abspath(workdir)
     model_config, data_config, train_config = load_run_configs(workdir)
@@ -119,8 +119,8 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
         log(f"note: the run trained with capacity_factor = {model_config.moe.capacity_factor}; "
             "the exported model routes dropless, as `moejax eval` does by default")
 
-    _, state, meta = restore_run(workdir, chosen_step)
-    tensors = fmt.tensors(state.params, model_config)
+    _, params, _, meta = restore_params(workdir, chosen_step)
+    tensors = fmt.tensors(params, model_config)
     stored = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
     os.makedirs(os.path.dirname(out), exist_ok=True)
     partial = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-",

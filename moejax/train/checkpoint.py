@@ -133,30 +133,33 @@ class Checkpointer:
         in that layout, whatever mesh wrote the checkpoint; leaves without one go to the default
         device, so a checkpoint written on a mesh also restores on one device.
         """
+        step_dir = self._finalized_dir(step)
+        target = _restore_target(abstract_state)
+        restored = _reading(step_dir, lambda: self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())))
+        return restored.state, dict(restored.meta)
+
+    def restore_parts(self, step: int, abstract_parts: dict) -> tuple[dict, dict]:
+        """Restore only some top-level fields of the saved state, e.g. ``{"params": ...,
+        "buffers": ...}`` without the optimizer state (a third of an Adam state's bytes), onto
+        the shapes in ``abstract_parts``; returns (the parts as a dict, meta)."""
+        step_dir = self._finalized_dir(step)
+        target = _restore_target(abstract_parts)
+        args = ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)
+
+        def read():
+            with ocp.PyTreeCheckpointer() as reader:
+                return reader.restore(os.path.join(step_dir, "state"), args=args)
+
+        return _reading(step_dir, read), self.read_meta(step)
+
+    def _finalized_dir(self, step: int) -> str:
         step_dir = os.path.join(self.directory, str(step))
         if not _is_finalized(step_dir):
             raise CheckpointError(f"checkpoint {step_dir} is missing or was never finalized")
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-        def target_leaf(leaf):
-            if not hasattr(leaf, "shape"):  # a Python scalar
-                return ocp.utils.to_shape_dtype_struct(leaf)
-            return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                        sharding=getattr(leaf, "sharding", None) or device)
-
-        target = jax.tree.map(target_leaf, abstract_state)
-        failure = None
-        with _quiet_failed_reads():
-            try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-            except Exception as e:  # orbax raises many types for truncated or mismatched files
-                failure = f"{type(e).__name__}: {_gist(e)}"  # not e: its tasks must be freed
-            if failure is not None:
-                gc.collect()  # the failed reads' tasks, while their messages are dropped
-        if failure is not None:
-            raise CheckpointError(f"checkpoint {step_dir} could not be restored: {failure}")
-        return restored.state, dict(restored.meta)
+        return step_dir
 
     def restore_latest(self, abstract_state: Any, *, log=print,
                        accept: Callable[[dict], None] | None = None) -> tuple[Any, dict] | None:
@@ -183,6 +186,33 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _restore_target(abstract: Any) -> Any:
+    """``abstract`` with every leaf a ShapeDtypeStruct carrying where to put it: its own sharding
+    when it has one (restored in that layout whatever mesh wrote it), else the default device."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def target_leaf(leaf):
+        if not hasattr(leaf, "shape"):  # a Python scalar
+            return ocp.utils.to_shape_dtype_struct(leaf)
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                    sharding=getattr(leaf, "sharding", None) or device)
+
+    return jax.tree.map(target_leaf, abstract)
+
+
+def _reading(step_dir: str, read: Callable[[], Any]) -> Any:
+    """``read()``, with whatever orbax raises for truncated or mismatched files turned into one
+    CheckpointError naming the step directory (and the failed reads' noise kept quiet)."""
+    failure = None
+    with _quiet_failed_reads():
+        try:
+            return read()
+        except Exception as e:  # orbax raises many types for truncated or mismatched files
+            failure = f"{type(e).__name__}: {_gist(e)}"  # not e: its tasks must be freed
+        gc.collect()  # the failed reads' tasks, while their messages are dropped
+    raise CheckpointError(f"checkpoint {step_dir} could not be restored: {failure}")
 
 
 def config_fingerprint(*configs) -> dict:

@@ -29,6 +29,36 @@ def test_round_trip_restores_identical_arrays(tmp_path):
     ckpt.close()
 
 
+def test_restoring_only_the_parameters_reads_nothing_else(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=2, async_save=False)
+    ckpt.save(3, _state(3.0), {"step": 3})
+    wanted = {"params": _state(0.0)["params"]}
+    parts, meta = ckpt.restore_parts(3, wanted)
+    assert meta["step"] == 3 and sorted(parts) == ["params"]
+    np.testing.assert_array_equal(parts["params"]["blocks"][0]["w"], np.full((3, 3), 3.0))
+    np.testing.assert_array_equal(parts["params"]["norm"], np.ones(3))
+    ckpt.close()
+
+
+def test_restoring_parts_of_a_missing_or_truncated_step_is_one_checkpoint_error(tmp_path):
+    import pytest
+
+    from moejax.train.checkpoint import CheckpointError
+
+    ckpt = Checkpointer(str(tmp_path), keep=2, async_save=False)
+    ckpt.save(2, _state(2.0), {"step": 2})
+    wanted = {"params": _state(0.0)["params"]}
+    with pytest.raises(CheckpointError, match="/5 is missing or was never finalized"):
+        ckpt.restore_parts(5, wanted)
+    for root, _, names in os.walk(tmp_path / "2" / "state"):
+        if os.path.basename(root) == "d":
+            for name in names:
+                os.truncate(os.path.join(root, name), 10)
+    with pytest.raises(CheckpointError, match="/2 could not be restored"):
+        ckpt.restore_parts(2, wanted)
+    ckpt.close()
+
+
 def test_keeps_only_last_k(tmp_path):
     ckpt = Checkpointer(str(tmp_path), keep=2, async_save=False)
     for step in (1, 2, 3):

@@ -6,7 +6,7 @@ import pytest
 from moejax.train.checkpoint import CheckpointError
 from moejax.train.cli import load_configs
 from moejax.train.loop import run_training, validate_all
-from moejax.train.run import checkpoint_steps, load_run_configs, restore_run
+from moejax.train.run import checkpoint_steps, load_run_configs, restore_params, restore_run
 
 BINDINGS = ["ModelConfig.d_model = 32", "ModelConfig.n_layers = 2", "ModelConfig.n_heads = 2",
             "ModelConfig.d_ff = 64", "DataConfig.vocabulary = 'byte'", "DataConfig.seq_len = 32",
@@ -25,6 +25,12 @@ def test_reopen_a_heterogeneous_run(tmp_path):
     fmodel, state, meta = restore_run(str(tmp_path), 4)
     assert int(state.step) == 4 and meta["step"] == 4
     assert any(np.abs(b).sum() > 0 for b in jax.tree.leaves(state.buffers))  # biases moved
+    _, params, buffers, params_meta = restore_params(str(tmp_path), 4)
+    assert params_meta == meta
+    for restored, full in ((params, state.params), (buffers, state.buffers)):
+        assert jax.tree.structure(restored) == jax.tree.structure(full)
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(full)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_missing_run_and_step_are_named(tmp_path):
@@ -34,3 +40,5 @@ def test_missing_run_and_step_are_named(tmp_path):
     run_training(str(tmp_path), model, data, train)
     with pytest.raises(CheckpointError, match="never finalized"):
         restore_run(str(tmp_path), 7)
+    with pytest.raises(CheckpointError, match="never finalized"):
+        restore_params(str(tmp_path), 7)
