@@ -96,8 +96,9 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
                dtype: str = "float32", max_shard_bytes: int = 5 * 10**9, out: str | None = None,
                log=print) -> dict:
     """Export one checkpoint of ``workdir``; returns what was written (directory, step, format,
-    tensors, bytes of weights). Raises _Refused, or
-    the configuration's, checkpoint's or format's own error, before anything is written."""
+    tensors, bytes of weights). A run, step, output or model that cannot be exported raises
+    (_Refused, or the configuration's, checkpoint's or format's own error) before anything is
+    written; an error while writing removes what was written and is raised again."""
     import jax.numpy as jnp
 
     from moejax.eval.score import code_version
