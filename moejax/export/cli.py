@@ -116,6 +116,8 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
     problem = files.directory_problem(os.path.dirname(out))
     if problem:
         raise _Refused(f"--out {out}: {problem}")
+    for note in fmt.notes(model_config):
+        log(f"note: {note}")
     if model_config.moe is not None and model_config.moe.capacity_factor is not None:
         log(f"note: the run trained with capacity_factor = {model_config.moe.capacity_factor}; "
             "the exported model routes dropless, as `moejax eval` does by default")

@@ -103,6 +103,10 @@ class _Format:
     def problems(self, config: ModelConfig) -> list[str]:
         raise NotImplementedError
 
+    def notes(self, config: ModelConfig) -> list[str]:
+        """What a user of the export should know: limits of some transformers versions."""
+        return []
+
     def config_json(self, config: ModelConfig, *, max_position_embeddings: int,
                     dtype: str) -> dict[str, Any]:
         return {
@@ -232,6 +236,13 @@ class Qwen2Moe(_MoEFormat):
     name, model_type, architecture = "qwen2_moe", "qwen2_moe", "Qwen2MoeForCausalLM"
     qkv_bias = True
     ff = "mlp"
+
+    def notes(self, config: ModelConfig) -> list[str]:
+        if config.head_dim * config.n_heads == config.d_model:
+            return []
+        return [f"head_dim x heads = {config.head_dim * config.n_heads} is not the hidden size "
+                f"{config.d_model}: transformers 5 loads this Qwen2-MoE, transformers 4 refuses "
+                "it (its attention requires them equal)"]
 
     def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
         moe = config.moe

@@ -53,7 +53,8 @@ CASES = {
     # name: (model fields, format auto picks)
     "mixtral, GQA, untied": (dict(), "mixtral"),
     "mixtral, tied, d_head 12": (dict(tie_embeddings=True, d_head=12, n_kv_heads=1), "mixtral"),
-    "qwen2_moe, raw weights, no shared": (dict(moe=dict(renormalize=False)), "qwen2_moe"),
+    "qwen2_moe, raw weights, no shared, d_head 12": (dict(d_head=12, moe=dict(renormalize=False)),
+                                                     "qwen2_moe"),
     "qwen2_moe, 2 shared, first dense, every 2nd": (
         dict(n_layers=4, first_dense_layers=1, moe_every=2,
              moe=dict(num_shared_experts=2, d_shared_expert=8, top_k=1)), "qwen2_moe"),
@@ -160,6 +161,14 @@ def test_mixtral_named_explicitly_says_why_it_does_not_fit():
     assert "blocks [0] are dense" in message
     assert "renormalize = False" in message and "num_shared_experts = 1" in message
     assert hf.choose_format(config).name == "qwen2_moe"
+
+
+def test_a_qwen2_moe_whose_heads_do_not_span_the_hidden_size_comes_with_a_note():
+    """transformers 4.57.6 raises 'hidden_size must be divisible by num_heads' for it (seen)."""
+    odd = _config(d_head=12, moe=dict(renormalize=False))
+    (note,) = hf.choose_format(odd).notes(odd)
+    assert "48 is not the hidden size 32" in note and "transformers 4 refuses" in note
+    assert hf.choose_format(_config(moe=dict(renormalize=False))).notes(_config()) == []
 
 
 def test_dense_models_are_llama_and_moe_ones_are_not():
