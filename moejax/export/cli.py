@@ -19,11 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import contextlib
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 from moejax import files
 
@@ -78,6 +82,24 @@ class _Refused(Exception):
     """Why the export cannot be done, for a one-line error."""
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP while writing (a scheduler's kill, a closed terminal): like Ctrl-C, it
+    must remove the partial directory before the process ends."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exception():
+    def raise_terminated(signum, frame):
+        raise _Terminated(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _choose_step(workdir: str, wanted: str | int) -> int:
     from moejax.train.run import checkpoint_steps
 
@@ -105,8 +127,11 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
     from moejax.export import hf, safetensors, tokenizer
     from moejax.train.run import load_run_configs, restore_params
 
+    from moejax.model.config import validate_model_config
+
     workdir = os.path.abspath(workdir)
     model_config, data_config, train_config = load_run_configs(workdir)
+    validate_model_config(model_config)
     fmt = hf.choose_format(model_config, format_name)
     chosen_step = _choose_step(workdir, step)
     out = os.path.abspath(out or os.path.join(workdir, "exports",
@@ -124,6 +149,11 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
 
     _, params, _, meta = restore_params(workdir, chosen_step)
     tensors = fmt.tensors(params, model_config)
+    not_finite = [name for name, array in tensors if not np.isfinite(array).all()]
+    if not_finite:
+        raise _Refused(f"step {chosen_step} has non-finite weights in {len(not_finite)} "
+                       f"tensor(s), e.g. {', '.join(not_finite[:3])}: a diverged run or a damaged "
+                       "checkpoint; export an earlier --step")
     stored = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
     os.makedirs(os.path.dirname(out), exist_ok=True)
     partial = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-",
@@ -132,26 +162,33 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
     os.umask(umask)
     os.chmod(partial, 0o777 & ~umask)  # mkdtemp's is 0700: the export is for sharing
     try:
-        written = safetensors.write_checkpoint(
-            partial, tensors, dtype=stored, max_shard_bytes=max_shard_bytes,
-            metadata={"format": "pt"}, progress=lambda line: log(f"  {line}"))
-        extra = {
-            "config.json": fmt.config_json(
-                model_config, max_position_embeddings=data_config.seq_len, dtype=dtype),
-            "generation_config.json": {"eos_token_id": 1, "pad_token_id": 0},
-            "moejax_export.json": {
-                "workdir": workdir, "step": chosen_step, "format": fmt.name, "dtype": dtype,
-                "checkpoint_saved_at": meta.get("time"), "exported_at": time.time(),
-                "code_version": code_version(), "config": meta.get("config")},
-        }
-        for name, content in extra.items():
-            with open(os.path.join(partial, name), "w") as f:
-                json.dump(content, f, indent=2)
-        for name, content in tokenizer.tokenizer_files(data_config.vocabulary,
-                                                       data_config.seq_len).items():
-            with open(os.path.join(partial, name), "wb") as f:
-                f.write(content)
-        os.rename(partial, out)
+        with _terminate_as_exception():
+            written = safetensors.write_checkpoint(
+                partial, tensors, dtype=stored, max_shard_bytes=max_shard_bytes,
+                metadata={"format": "pt"}, progress=lambda line: log(f"  {line}"))
+            extra = {
+                "config.json": fmt.config_json(
+                    model_config, max_position_embeddings=data_config.seq_len, dtype=dtype),
+                "generation_config.json": {"eos_token_id": 1, "pad_token_id": 0},
+                "moejax_export.json": {
+                    "workdir": workdir, "step": chosen_step, "format": fmt.name, "dtype": dtype,
+                    "checkpoint_saved_at": meta.get("time"), "exported_at": time.time(),
+                    "code_version": code_version(), "config": meta.get("config")},
+            }
+            for name, content in extra.items():
+                with open(os.path.join(partial, name), "w") as f:
+                    json.dump(content, f, indent=2)
+            for name, content in tokenizer.tokenizer_files(data_config.vocabulary,
+                                                           data_config.seq_len).items():
+                with open(os.path.join(partial, name), "wb") as f:
+                    f.write(content)
+            if os.path.lexists(out):  # another export got there first
+                raise _Refused(f"{out} appeared while writing; nothing is overwritten")
+            try:
+                os.rename(partial, out)
+            except OSError as e:  # a non-empty directory appeared at out since the check
+                raise _Refused(f"{out} appeared while writing ({e.strerror}); nothing is "
+                               "overwritten") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -175,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
     except (_Refused, ExportError, CheckpointError, ConfigError) as e:
         print(f"moejax export: error: {e}", file=sys.stderr)
         return 1
+    except _Terminated as e:
+        print(f"moejax export: {e} while writing; nothing was written", file=sys.stderr)
+        return 128 + signal.Signals[str(e)].value
     print(f"moejax export: {done['workdir']} step {done['step']} as {done['format']} "
           f"({done['tensors']} tensors, {done['dtype']}, {done['weight_bytes'] / 2**20:.1f} MiB) "
           f"-> {done['out']}")
@@ -183,9 +223,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run without the top-level ``moejax`` command (``python -m moejax.export.cli``)."""
+    from moejax.cli import _run
+
     parser = argparse.ArgumentParser(prog="moejax export", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return _run("export", sys.modules[__name__], parser.parse_args(argv))
 
 
 if __name__ == "__main__":

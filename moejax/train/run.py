@@ -55,7 +55,7 @@ def load_run_configs(workdir: str) -> tuple[ModelConfig, DataConfig, TrainConfig
             return configs_from_json(f.read())
     except FileNotFoundError:
         raise CheckpointError(f"{workdir} is not a moejax run directory: no config.json") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is unreadable: {type(e).__name__}: {e}") from None
 
 

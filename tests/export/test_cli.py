@@ -147,11 +147,65 @@ def test_a_write_that_fails_midway_leaves_nothing(trained_run, tmp_path, capsys,
         return real_write(path, *args, **kwargs)
 
     monkeypatch.setattr(safetensors_lib, "write_file", write_then_fail)
-    with pytest.raises(OSError):
-        export_cli.main(["--workdir", trained_run, "--out", str(tmp_path / "x"),
-                         "--max_shard_size", "20KB"])
+    code, _, stderr = _export(capsys, "--workdir", trained_run, "--out", str(tmp_path / "x"),
+                              "--max_shard_size", "20KB")
+    assert code == 1 and "No space left on device" in stderr
     assert len(calls) == 2
     assert os.listdir(tmp_path) == []  # neither the directory nor its partial twin
+
+
+def test_sigterm_while_writing_leaves_nothing(trained_run, tmp_path, capsys, monkeypatch):
+    import signal
+
+    calls = []
+    real_write = safetensors_lib.write_file
+
+    def write_then_terminate(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a batch scheduler's kill would
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors_lib, "write_file", write_then_terminate)
+    code, _, stderr = _export(capsys, "--workdir", trained_run, "--out", str(tmp_path / "x"),
+                              "--max_shard_size", "20KB")
+    assert code == 128 + signal.SIGTERM and "SIGTERM while writing; nothing was written" in stderr
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+def test_non_finite_weights_are_refused_with_a_tensor_named(trained_run, tmp_path, capsys,
+                                                            monkeypatch):
+    import moejax.train.run as run_lib
+
+    real_restore = run_lib.restore_params
+
+    def restore_with_nan(workdir, step):
+        model, params, buffers, meta = real_restore(workdir, step)
+        params["final_norm"]["scale"] = params["final_norm"]["scale"].at[0].set(np.nan)
+        return model, params, buffers, meta
+
+    monkeypatch.setattr(run_lib, "restore_params", restore_with_nan)
+    code, _, stderr = _export(capsys, "--workdir", trained_run, "--out", str(tmp_path / "x"))
+    assert code == 1 and "non-finite weights in 1 tensor(s), e.g. model.norm.weight" in stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda text: b"\x9c\xff" + os.urandom(64), "config.json is unreadable"),
+    (lambda text: text.replace(b'"d_model": 32', b'"d_model": "abc"'), "ModelConfig.d_model"),
+])
+def test_a_damaged_config_json_is_one_line(trained_run, tmp_path, capsys, damage, named):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    path = run / "config.json"
+    damaged = damage(path.read_bytes())
+    assert damaged != path.read_bytes()
+    path.write_bytes(damaged)
+    code, _, stderr = _export(capsys, "--workdir", str(run))
+    assert code == 1 and named in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (run / "exports").exists()
 
 
 @pytest.mark.parametrize("text, size", [("5GB", 5 * 10**9), ("500MB", 5 * 10**8),
