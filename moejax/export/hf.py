@@ -235,7 +235,6 @@ class Mixtral(_MoEFormat):
 class Qwen2Moe(_MoEFormat):
     name, model_type, architecture = "qwen2_moe", "qwen2_moe", "Qwen2MoeForCausalLM"
     qkv_bias = True
-    ff = "mlp"
 
     def notes(self, config: ModelConfig) -> list[str]:
         if config.head_dim * config.n_heads == config.d_model:

@@ -136,17 +136,26 @@ def test_a_corrupt_checkpoint_is_named_and_nothing_is_written(trained_run, tmp_p
     assert [p for p in os.listdir(tmp_path) if "partial" in p] == []
 
 
-def test_a_write_that_fails_midway_leaves_nothing(trained_run, tmp_path, capsys, monkeypatch):
+def _on_second_file(monkeypatch, action) -> list:
+    """Make the export's second weight file call ``action(path)`` first; returns the paths."""
     calls = []
     real_write = safetensors_lib.write_file
 
-    def write_then_fail(path, *args, **kwargs):
+    def write(path, *args, **kwargs):
         calls.append(path)
         if len(calls) == 2:
-            raise OSError(28, "No space left on device", path)
+            action(path)
         return real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(safetensors_lib, "write_file", write_then_fail)
+    monkeypatch.setattr(safetensors_lib, "write_file", write)
+    return calls
+
+
+def test_a_write_that_fails_midway_leaves_nothing(trained_run, tmp_path, capsys, monkeypatch):
+    def disk_full(path):
+        raise OSError(28, "No space left on device", path)
+
+    calls = _on_second_file(monkeypatch, disk_full)
     code, _, stderr = _export(capsys, "--workdir", trained_run, "--out", str(tmp_path / "x"),
                               "--max_shard_size", "20KB")
     assert code == 1 and "No space left on device" in stderr
@@ -157,16 +166,8 @@ def test_a_write_that_fails_midway_leaves_nothing(trained_run, tmp_path, capsys,
 def test_sigterm_while_writing_leaves_nothing(trained_run, tmp_path, capsys, monkeypatch):
     import signal
 
-    calls = []
-    real_write = safetensors_lib.write_file
-
-    def write_then_terminate(path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # as a batch scheduler's kill would
-        return real_write(path, *args, **kwargs)
-
-    monkeypatch.setattr(safetensors_lib, "write_file", write_then_terminate)
+    # as a batch scheduler's kill would
+    _on_second_file(monkeypatch, lambda path: os.kill(os.getpid(), signal.SIGTERM))
     code, _, stderr = _export(capsys, "--workdir", trained_run, "--out", str(tmp_path / "x"),
                               "--max_shard_size", "20KB")
     assert code == 128 + signal.SIGTERM and "SIGTERM while writing; nothing was written" in stderr
