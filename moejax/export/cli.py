@@ -1,9 +1,9 @@
 """``moejax export``: write one checkpoint of a run as a Hugging Face model directory.
 
-    moejax export --workdir=runs/a [--step=latest|N] [--format=auto|mixtral|qwen2_moe|llama] \
-        [--dtype=float32|bfloat16] [--max_shard_size=5GB] [--out=DIR]
+    moejax export --workdir=runs/a [--step=latest|N] [--format=auto|mixtral|qwen2_moe|qwen3_moe|
+        olmoe|llama|qwen3] [--dtype=float32|bfloat16] [--max_shard_size=5GB] [--out=DIR]
 
-A dense run is written as Llama. The directory (default ``<workdir>/exports/<format>-step<N>``)
+A dense run is written as Llama (as Qwen3 with per-head query/key norms). The directory (default ``<workdir>/exports/<format>-step<N>``)
 holds ``config.json``, the weights as safetensors (sharded past ``--max_shard_size``, with their
 index), the tokenizer files and ``moejax_export.json`` (which run, step, configs and code wrote
 it). It is written next to its final place and renamed into it whole, so a failed or
@@ -67,8 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=_step, default="latest",
                         help="checkpoint step to export: 'latest' (default) or a step number")
     parser.add_argument("--format", choices=("auto", *FORMATS), default="auto",
-                        help="'auto' (default): mixtral when the model fits it, else qwen2_moe; "
-                             "llama for a dense model")
+                        help="'auto' (default): the first that holds the model of mixtral, "
+                             "qwen2_moe (no query/key norm), qwen3_moe (per-head), olmoe "
+                             "(across heads); llama or qwen3 for a dense model")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="stored dtype of the weights (default float32, as trained)")
     parser.add_argument("--max_shard_size", type=shard_size, default=shard_size("5GB"),

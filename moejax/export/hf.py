@@ -6,8 +6,10 @@ listing everything about the model that the format cannot hold.
 
 The formats are the decoder moejax trains (pre-RMSNorm blocks, rotary embedding on pairs
 (i, i + H/2), grouped-query attention with query head n reading key/value head n // (N/G),
-SwiGLU), so embeddings, attention, norms and dense layers map one to one. A dense model is
-``llama`` (LlamaForCausalLM). The MoE formats differ in the MoE layer:
+SwiGLU), so embeddings, attention, norms and dense layers map one to one. Query/key norms
+(``ModelConfig.qk_norm``) decide the family: none, Llama/Mixtral/Qwen2-MoE; "per_head", the
+Qwen3 formats; "across_heads", OLMoE. A dense model is ``llama`` (LlamaForCausalLM) or ``qwen3``
+(Qwen3ForCausalLM). The MoE formats differ in the MoE layer:
 - ``mixtral`` (MixtralForCausalLM): every block MoE, softmax router whose K chosen weights are
   renormalized to sum to one, no shared experts.
 - ``qwen2_moe`` (Qwen2MoeForCausalLM): any blocks MoE (``mlp_only_layers`` lists the dense ones),
@@ -17,7 +19,11 @@ SwiGLU), so embeddings, attention, norms and dense layers map one to one. A dens
   written times 2, which is exact in binary floating point. A model without shared experts gets a
   shared expert of width 1 whose weights are zero: it adds exactly 0. Its query/key/value biases
   are written zero.
-Neither MoE format holds heterogeneous expert groups, expert-choice routing, sigmoid router
+- ``qwen3_moe`` (Qwen3MoeForCausalLM): as Qwen2-MoE without shared experts or biases, with a
+  per-head query/key RMSNorm (one (H,) scale for all query heads, one for all key heads).
+- ``olmoe`` (OlmoeForCausalLM): every block MoE, no shared experts, query/key RMSNorm over all
+  N*H query (G*H key) features, which requires N*H = d_model.
+No MoE format holds heterogeneous expert groups, expert-choice routing, sigmoid router
 scores, or an auxiliary-loss-free balancing bias (it changes which experts are chosen).
 Capacity routing is a training choice: the exported model routes dropless, as ``moejax eval``
 does by default.
@@ -76,7 +82,7 @@ def moe_problems(config: ModelConfig) -> list[str]:
     problems = []
     moe = config.moe
     if moe is None:
-        return ["ModelConfig.moe = None: a dense model (format llama)"]
+        return ["ModelConfig.moe = None: a dense model (formats llama, qwen3)"]
     if len(moe.groups) > 1:
         problems.append(f"MoEConfig.expert_groups = {moe.expert_groups!r}: heterogeneous expert "
                         "groups, each with its own router, have no Hugging Face format")
@@ -99,8 +105,17 @@ class _Format:
     architecture = ""
     ff = "mlp"  # module name of a block's MoE feed-forward
     qkv_bias = False
+    qk_norm = "none"  # the ModelConfig.qk_norm the format's attention has
 
     def problems(self, config: ModelConfig) -> list[str]:
+        """Every reason the format cannot hold ``config`` (empty when it can)."""
+        problems = self.feed_forward_problems(config)
+        if config.qk_norm != self.qk_norm:
+            problems.append(f"ModelConfig.qk_norm = {config.qk_norm!r}: {self.architecture} "
+                            f"has qk_norm {self.qk_norm!r}")
+        return problems
+
+    def feed_forward_problems(self, config: ModelConfig) -> list[str]:
         raise NotImplementedError
 
     def notes(self, config: ModelConfig) -> list[str]:
@@ -145,6 +160,10 @@ class _Format:
                     out.append((f"{prefix}.self_attn.{proj}.bias",
                                 np.zeros(weight.shape[0], np.float32)))
             out.append((f"{prefix}.self_attn.o_proj.weight", _heads_out(attn["w_o_NHD"])))
+            if config.qk_norm != "none":  # (H,) per head, or (N, H) flattened head-major
+                for norm in ("q_norm", "k_norm"):
+                    out.append((f"{prefix}.self_attn.{norm}.weight",
+                                _array(attn[norm]["scale"]).reshape(-1)))
             out.append((f"{prefix}.post_attention_layernorm.weight",
                         _array(block["ff_norm"]["scale"])))
             if i in moe_blocks:
@@ -166,9 +185,9 @@ class Llama(_Format):
 
     name, model_type, architecture = "llama", "llama", "LlamaForCausalLM"
 
-    def problems(self, config: ModelConfig) -> list[str]:
+    def feed_forward_problems(self, config: ModelConfig) -> list[str]:
         if config.moe is not None:
-            return ["an MoE model (ModelConfig.moe is set): Llama has no experts"]
+            return [f"an MoE model (ModelConfig.moe is set): {self.architecture} has no experts"]
         return []
 
     def feed_forward_fields(self, config: ModelConfig) -> dict[str, Any]:
@@ -176,10 +195,22 @@ class Llama(_Format):
                 "mlp_bias": False}
 
 
+class Qwen3(Llama):
+    """A dense model with per-head query/key norms: Qwen3ForCausalLM."""
+
+    name, model_type, architecture = "qwen3", "qwen3", "Qwen3ForCausalLM"
+    qk_norm = "per_head"
+
+    def feed_forward_fields(self, config: ModelConfig) -> dict[str, Any]:
+        return {"intermediate_size": config.dense_d_ff, "attention_bias": False,
+                "use_sliding_window": False, "sliding_window": None,
+                "max_window_layers": config.n_layers}
+
+
 class _MoEFormat(_Format):
     """An MoE format: what no MoE format holds (``moe_problems``) plus its own limits."""
 
-    def problems(self, config: ModelConfig) -> list[str]:
+    def feed_forward_problems(self, config: ModelConfig) -> list[str]:
         problems = moe_problems(config)
         return problems or self.own_problems(config)
 
@@ -204,24 +235,36 @@ def _experts(group: dict, prefix: str, names: tuple[str, str, str]) -> Tensors:
     return out
 
 
+def _dense_blocks(config: ModelConfig) -> list[int]:
+    return sorted(set(range(config.n_layers)) - set(moe_layer_indices(config)))
+
+
+def _all_moe_problem(config: ModelConfig, architecture: str) -> list[str]:
+    dense = _dense_blocks(config)
+    if not dense:
+        return []
+    return [f"blocks {dense} are dense (ModelConfig.first_dense_layers = "
+            f"{config.first_dense_layers}, moe_every = {config.moe_every}): every "
+            f"{architecture} block is MoE"]
+
+
+def _no_shared_problem(config: ModelConfig, architecture: str) -> list[str]:
+    if not config.moe.num_shared_experts:
+        return []
+    return [f"MoEConfig.num_shared_experts = {config.moe.num_shared_experts}: {architecture} "
+            "has no shared experts"]
+
+
 class Mixtral(_MoEFormat):
     name, model_type, architecture = "mixtral", "mixtral", "MixtralForCausalLM"
     ff = "block_sparse_moe"
 
     def own_problems(self, config: ModelConfig) -> list[str]:
-        problems = []
-        dense = sorted(set(range(config.n_layers)) - set(moe_layer_indices(config)))
-        if dense:
-            problems.append(f"blocks {dense} are dense (ModelConfig.first_dense_layers = "
-                            f"{config.first_dense_layers}, moe_every = {config.moe_every}): "
-                            "every Mixtral block is MoE")
+        problems = _all_moe_problem(config, "Mixtral")
         if not config.moe.renormalize:
             problems.append("MoEConfig.renormalize = False: Mixtral always renormalizes the K "
                             "chosen weights")
-        if config.moe.num_shared_experts:
-            problems.append(f"MoEConfig.num_shared_experts = {config.moe.num_shared_experts}: "
-                            "Mixtral has no shared experts")
-        return problems
+        return problems + _no_shared_problem(config, "Mixtral")
 
     def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
         group = config.moe.groups[0]
@@ -246,12 +289,11 @@ class Qwen2Moe(_MoEFormat):
     def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
         moe = config.moe
         group = moe.groups[0]
-        dense = sorted(set(range(config.n_layers)) - set(moe_layer_indices(config)))
         return {"intermediate_size": config.dense_d_ff, "moe_intermediate_size": group.d_expert,
                 "shared_expert_intermediate_size": moe.shared_width or 1,
                 "num_experts": group.num_experts, "norm_topk_prob": moe.renormalize,
-                "decoder_sparse_step": 1, "mlp_only_layers": dense, "qkv_bias": True,
-                "use_sliding_window": False, "sliding_window": None}
+                "decoder_sparse_step": 1, "mlp_only_layers": _dense_blocks(config),
+                "qkv_bias": True, "use_sliding_window": False, "sliding_window": None}
 
     def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
         names = ("gate_proj", "up_proj", "down_proj")
@@ -268,7 +310,47 @@ class Qwen2Moe(_MoEFormat):
         return out
 
 
-FORMATS: dict[str, _Format] = {f.name: f for f in (Mixtral(), Qwen2Moe(), Llama())}
+class Qwen3Moe(_MoEFormat):
+    name, model_type, architecture = "qwen3_moe", "qwen3_moe", "Qwen3MoeForCausalLM"
+    qk_norm = "per_head"
+
+    def own_problems(self, config: ModelConfig) -> list[str]:
+        return _no_shared_problem(config, "Qwen3-MoE")
+
+    def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
+        group = config.moe.groups[0]
+        return {"intermediate_size": config.dense_d_ff, "moe_intermediate_size": group.d_expert,
+                "num_experts": group.num_experts, "norm_topk_prob": config.moe.renormalize,
+                "decoder_sparse_step": 1, "mlp_only_layers": _dense_blocks(config),
+                "attention_bias": False, "use_sliding_window": False, "sliding_window": None}
+
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
+        return _experts(ff["groups"][0], prefix, ("gate_proj", "up_proj", "down_proj"))
+
+
+class Olmoe(_MoEFormat):
+    name, model_type, architecture = "olmoe", "olmoe", "OlmoeForCausalLM"
+    qk_norm = "across_heads"
+
+    def own_problems(self, config: ModelConfig) -> list[str]:
+        problems = _all_moe_problem(config, "OLMoE") + _no_shared_problem(config, "OLMoE")
+        if config.head_dim * config.n_heads != config.d_model:
+            problems.append(f"ModelConfig.d_head = {config.d_head}: OLMoE's head width is "
+                            f"d_model / n_heads = {config.d_model / config.n_heads:g}")
+        return problems
+
+    def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
+        group = config.moe.groups[0]
+        return {"intermediate_size": group.d_expert, "num_experts": group.num_experts,
+                "norm_topk_prob": config.moe.renormalize, "attention_bias": False,
+                "clip_qkv": None}
+
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
+        return _experts(ff["groups"][0], prefix, ("gate_proj", "up_proj", "down_proj"))
+
+
+FORMATS: dict[str, _Format] = {f.name: f for f in (Mixtral(), Qwen2Moe(), Qwen3Moe(), Olmoe(),
+                                                   Llama(), Qwen3())}
 
 
 def choose_format(config: ModelConfig, name: str = "auto") -> _Format:
@@ -287,10 +369,10 @@ def choose_format(config: ModelConfig, name: str = "auto") -> _Format:
         problems = fmt.problems(config)
         if not problems:
             return fmt
-        reasons[fmt.name] = problems
-    common = moe_problems(config)  # only an MoE model gets here
+        if isinstance(fmt, _MoEFormat) == (config.moe is not None):  # formats of its kind
+            reasons[fmt.name] = problems
+    common = moe_problems(config) if config.moe is not None else []
     if common:
         raise ExportError("the model fits no Hugging Face format here: " + "; ".join(common))
     raise ExportError("the model fits no Hugging Face format here: " + "; ".join(
-        f"{name}: {', '.join(problems)}" for name, problems in reasons.items()
-        if isinstance(FORMATS[name], _MoEFormat)))
+        f"{name}: {', '.join(problems)}" for name, problems in reasons.items()))

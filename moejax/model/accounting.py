@@ -67,6 +67,12 @@ def attention_params_per_block(c: ModelConfig) -> int:
     return q_and_out + k_and_v
 
 
+def qk_norm_params_per_block(c: ModelConfig) -> int:
+    """Scales of the query and key norms: (H,) each per head, (N, H) and (G, H) across heads."""
+    return {"none": 0, "per_head": 2 * c.head_dim,
+            "across_heads": (c.n_heads + c.kv_heads) * c.head_dim}[c.qk_norm]
+
+
 def parameter_counts(c: ModelConfig) -> ParameterCounts:
     """Exact counts; equals the number of parameters the Flax model initialises."""
     n_moe = len(moe_layer_indices(c))
@@ -81,7 +87,7 @@ def parameter_counts(c: ModelConfig) -> ParameterCounts:
     return ParameterCounts(
         embedding=c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2),
         attention=c.n_layers * attention_params_per_block(c),
-        norms=(2 * c.n_layers + 1) * c.d_model,
+        norms=(2 * c.n_layers + 1) * c.d_model + c.n_layers * qk_norm_params_per_block(c),
         dense_ff=n_dense * _swiglu_params(c.d_model, c.dense_d_ff),
         router=router,
         routed_experts=routed,

@@ -24,6 +24,10 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # "block" only its input, recomputing the rest (one more forward, the least memory); "dots" the
 # outputs of its matmuls (dense ones; not the expert kernels'), recomputing the elementwise rest.
 REMAT = ("none", "block", "dots")
+# How queries and keys are normalised before the rotary embedding (moejax.model.layers.QK_NORMS):
+# "none"; "per_head" an RMSNorm over each head's H features (Qwen3-MoE); "across_heads" one over
+# all heads' features together (OLMoE). Both keep attention logits bounded at high learning rates.
+QK_NORM = ("none", "per_head", "across_heads")
 
 
 class ExpertGroup(NamedTuple):
@@ -141,7 +145,10 @@ class ModelConfig:
       first_dense_layers: the first k blocks stay dense whatever moe_every says.
       tie_embeddings: reuse the token embedding as the output projection.
       rope_theta: base of the rotary position embedding.
-      norm_eps: RMSNorm epsilon.
+      norm_eps: RMSNorm epsilon (also of the query/key norms).
+      qk_norm: RMSNorm of queries and keys before the rotary embedding, one of ``QK_NORM``:
+        "none", "per_head" (each head alone, scales (H,): Qwen3-MoE) or "across_heads" (all
+        heads of a token together, scales (N, H): OLMoE).
       compute_dtype: dtype of activations and matmuls ("float32" on CPU, "bfloat16" on
         accelerators); parameters are always float32, router and loss math float32.
       init_std: standard deviation of the embedding initialiser.
@@ -165,6 +172,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
+    qk_norm: str = "none"
     compute_dtype: str = "float32"
     init_std: float = 0.02
     remat: str = "none"
@@ -237,6 +245,7 @@ def validate_model_config(config: ModelConfig) -> ModelConfig:
     _require(c.compute_dtype in COMPUTE_DTYPES, "ModelConfig.compute_dtype", c.compute_dtype,
              f"one of {COMPUTE_DTYPES}")
     _require(c.remat in REMAT, "ModelConfig.remat", c.remat, f"one of {REMAT}")
+    _require(c.qk_norm in QK_NORM, "ModelConfig.qk_norm", c.qk_norm, f"one of {QK_NORM}")
     _require(c.rope_theta > 0, "ModelConfig.rope_theta", c.rope_theta, "> 0")
     _require(c.norm_eps > 0, "ModelConfig.norm_eps", c.norm_eps, "> 0")
     _require(c.init_std > 0, "ModelConfig.init_std", c.init_std, "> 0")

@@ -1,4 +1,5 @@
-"""Dense transformer pieces: RMSNorm, rotary embedding, grouped-query causal attention, SwiGLU.
+"""Dense transformer pieces: RMSNorm, query/key norms, rotary embedding, grouped-query causal
+attention, SwiGLU.
 
 In/out: activations x_BTD in the compute dtype. Parameters are float32 and cast at use.
 Attention runs through ``jax.nn.dot_product_attention`` with a mask that is causal and keeps
@@ -23,17 +24,54 @@ def _linear_init(fan_in: int, scale: float = 1.0):
     return jax.nn.initializers.truncated_normal(scale / math.sqrt(fan_in))
 
 
-class RMSNorm(nnx.Module):
-    """x / rms(x) * scale, computed in float32 and returned in the input dtype."""
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """x / rms(x) * scale over the trailing ``scale.ndim`` axes of x, computed in float32 and
+    returned in x's dtype."""
+    axes = tuple(range(-scale.ndim, 0))
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32**2, axis=axes, keepdims=True) + eps)
+    return (normed * scale).astype(x.dtype)
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+
+class RMSNorm(nnx.Module):
+    """RMSNorm over the trailing axes that ``shape`` names: (D,) for the residual stream; (H,)
+    normalises each head of an (..., N, H) projection on its own with one scale for all heads,
+    (N, H) all heads of a token together with a scale per feature."""
+
+    def __init__(self, shape: int | tuple[int, ...], eps: float = 1e-6,
+                 axis_names: tuple[str, ...] = ("norm",)):
         self.eps = eps
-        self.scale = logical_param(jnp.ones((dim,), jnp.float32), ("norm",))
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.scale = logical_param(jnp.ones(shape, jnp.float32), axis_names)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32**2, axis=-1, keepdims=True) + self.eps)
-        return (normed * self.scale[...]).astype(x.dtype)
+        return rms_norm(x, self.scale[...], self.eps)
+
+
+class NoNorm(nnx.Module):
+    """The identity, holding no parameters (``qk_norm = "none"``)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x
+
+
+def _no_qk_norm(heads: int, head_dim: int, heads_axis: str, eps: float) -> nnx.Module:
+    return NoNorm()
+
+
+def _per_head_qk_norm(heads: int, head_dim: int, heads_axis: str, eps: float) -> nnx.Module:
+    return RMSNorm((head_dim,), eps, ("head_dim",))
+
+
+def _across_heads_qk_norm(heads: int, head_dim: int, heads_axis: str, eps: float) -> nnx.Module:
+    return RMSNorm((heads, head_dim), eps, (heads_axis, "head_dim"))
+
+
+# ModelConfig.qk_norm -> the norm applied to queries and to keys before the rotary embedding,
+# built as f(heads, head_dim, logical heads axis, eps). Queries and keys each get their own scale.
+QK_NORMS = {"none": _no_qk_norm,  # plain attention
+            "per_head": _per_head_qk_norm,  # each head over its H features (Qwen3-MoE, Gemma 3)
+            "across_heads": _across_heads_qk_norm}  # all N*H features (OLMoE, OLMo 2)
 
 
 def rotary_embedding(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
@@ -58,11 +96,15 @@ def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
 
 
 class Attention(nnx.Module):
-    """Causal multi-head attention with grouped-query key/value heads and rotary positions."""
+    """Causal multi-head attention with grouped-query key/value heads and rotary positions;
+    queries and keys pass through ``QK_NORMS[qk_norm]`` before the rotation."""
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
-                 rope_theta: float, out_scale: float, compute_dtype, rngs: nnx.Rngs):
+                 rope_theta: float, out_scale: float, compute_dtype, rngs: nnx.Rngs,
+                 qk_norm: str = "none", norm_eps: float = 1e-6):
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.q_norm = QK_NORMS[qk_norm](n_heads, head_dim, "heads", norm_eps)
+        self.k_norm = QK_NORMS[qk_norm](n_kv_heads, head_dim, "kv_heads", norm_eps)
         self.rope_theta = rope_theta
         self.compute_dtype = compute_dtype
         init = _linear_init(d_model)
@@ -82,9 +124,9 @@ class Attention(nnx.Module):
         q_BTNH = jnp.einsum("btd,dnh->btnh", x, self.w_q_DNH[...].astype(dt))
         k_BTGH = jnp.einsum("btd,dgh->btgh", x, self.w_k_DGH[...].astype(dt))
         v_BTGH = jnp.einsum("btd,dgh->btgh", x, self.w_v_DGH[...].astype(dt))
-        q_BTNH = constrain(rotary_embedding(q_BTNH, positions_BT, self.rope_theta),
+        q_BTNH = constrain(rotary_embedding(self.q_norm(q_BTNH), positions_BT, self.rope_theta),
                            ("batch", "seq", "heads", "head_dim"))
-        k_BTGH = constrain(rotary_embedding(k_BTGH, positions_BT, self.rope_theta),
+        k_BTGH = constrain(rotary_embedding(self.k_norm(k_BTGH), positions_BT, self.rope_theta),
                            ("batch", "seq", "kv_heads", "head_dim"))
         v_BTGH = constrain(v_BTGH, ("batch", "seq", "kv_heads", "head_dim"))
         out_BTNH = jax.nn.dot_product_attention(

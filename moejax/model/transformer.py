@@ -27,7 +27,8 @@ class Block(nnx.Module):
         self.is_moe = is_moe
         self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
         self.attn = Attention(c.d_model, c.n_heads, c.kv_heads, c.head_dim, rope_theta=c.rope_theta,
-                              out_scale=out_scale, compute_dtype=dt, rngs=rngs)
+                              out_scale=out_scale, compute_dtype=dt, rngs=rngs,
+                              qk_norm=c.qk_norm, norm_eps=c.norm_eps)
         self.ff_norm = RMSNorm(c.d_model, c.norm_eps)
         if is_moe:
             self.ff = MoEFeedForward(c.d_model, c.moe, n_layers=c.n_layers, init_std=c.init_std,

@@ -26,10 +26,26 @@ def trained_dense_run(tmp_path_factory):
                   ["base.gin", "models/dense_tiny.gin"])
 
 
-def _train(workdir, gin_files) -> str:
+@pytest.fixture(scope="session")
+def train_tiny(tmp_path_factory):
+    """``train_tiny(gin_files, bindings)``: a finished run of TINY plus ``bindings``, trained once
+    per distinct (gin_files, bindings) in the session."""
+    runs = {}
+
+    def train(gin_files: tuple[str, ...], bindings: tuple[str, ...] = ()) -> str:
+        key = (tuple(gin_files), tuple(bindings))
+        if key not in runs:
+            runs[key] = _train(tmp_path_factory.mktemp("export_runs") / f"run{len(runs)}",
+                               list(gin_files), list(bindings))
+        return runs[key]
+
+    return train
+
+
+def _train(workdir, gin_files, bindings=()) -> str:
     from moejax.train.cli import load_configs
     from moejax.train.loop import run_training
 
-    model, data, train = load_configs(gin_files, TINY)
+    model, data, train = load_configs(gin_files, TINY + list(bindings))
     run_training(str(workdir), model, data, train, log=lambda line: None)
     return str(workdir)

@@ -1,5 +1,5 @@
-"""The forward pass of Hugging Face's MixtralForCausalLM, Qwen2MoeForCausalLM and LlamaForCausalLM
-(no biases), in float64 numpy,
+"""The forward pass of Hugging Face's MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM,
+OlmoeForCausalLM, LlamaForCausalLM and Qwen3ForCausalLM (no biases), in float64 numpy,
 written from transformers' modeling files (v4.57 / v5.18) and reading only what they read: the
 checkpoint's tensors by their Hugging Face names and config.json. Nothing of moejax is used, so
 logits that agree with moejax's show the export put every weight where transformers looks for it.
@@ -10,7 +10,10 @@ q * cos + rotate_half(q) * sin with rotate_half(x) = (-x2, x1) [apply_rotary_pos
 head g serves query heads g*n_rep .. (g+1)*n_rep - 1 [repeat_kv]; softmax router over all experts,
 top-k, optional renormalization [MixtralSparseMoeBlock, Qwen2MoeTopKRouter]; Qwen2-MoE's shared
 expert scaled by sigmoid(x @ gate.T) [Qwen2MoeSparseMoeBlock]; layer i sparse unless listed in
-mlp_only_layers and when (i + 1) % decoder_sparse_step == 0 [Qwen2MoeDecoderLayer].
+mlp_only_layers and when (i + 1) % decoder_sparse_step == 0 [Qwen2MoeDecoderLayer]; Qwen3's
+q_norm/k_norm an RMSNorm of each head's head_dim features after the projection is viewed as
+heads [Qwen3MoeAttention]; OLMoE's an RMSNorm of the whole projection, before it is split into
+heads [OlmoeAttention]; both before the rotary embedding.
 """
 
 from __future__ import annotations
@@ -47,8 +50,15 @@ def _attention(x_TD, tensors, prefix, config):
     seq = x_TD.shape[0]
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    q = _linear(x_TD, tensors, f"{prefix}.q_proj").reshape(seq, heads, head_dim)
-    k = _linear(x_TD, tensors, f"{prefix}.k_proj").reshape(seq, kv_heads, head_dim)
+    eps = config["rms_norm_eps"]
+    q, k = _linear(x_TD, tensors, f"{prefix}.q_proj"), _linear(x_TD, tensors, f"{prefix}.k_proj")
+    if config["model_type"] == "olmoe":  # over all heads' features
+        q = _rms_norm(q, tensors[f"{prefix}.q_norm.weight"], eps)
+        k = _rms_norm(k, tensors[f"{prefix}.k_norm.weight"], eps)
+    q, k = q.reshape(seq, heads, head_dim), k.reshape(seq, kv_heads, head_dim)
+    if config["model_type"] in ("qwen3", "qwen3_moe"):  # over each head's own features
+        q = _rms_norm(q, tensors[f"{prefix}.q_norm.weight"], eps)
+        k = _rms_norm(k, tensors[f"{prefix}.k_norm.weight"], eps)
     v = _linear(x_TD, tensors, f"{prefix}.v_proj").reshape(seq, kv_heads, head_dim)
     inv_freq = 1.0 / config["rope_theta"] ** (np.arange(0, head_dim, 2) / head_dim)
     angles = np.arange(seq)[:, None] * inv_freq[None, :]
@@ -85,17 +95,21 @@ def _sparse(x_TD, tensors, prefix, config, expert_names, renormalize):
 
 def _feed_forward(x_TD, tensors, layer, config):
     prefix = f"model.layers.{layer}"
-    if config["model_type"] == "llama":
+    names = ("gate_proj", "up_proj", "down_proj")
+    if config["model_type"] in ("llama", "qwen3"):
         return _mlp(x_TD, tensors, f"{prefix}.mlp")
     if config["model_type"] == "mixtral":
         return _sparse(x_TD, tensors, f"{prefix}.block_sparse_moe", config, ("w1", "w3", "w2"),
                        renormalize=True)
+    if config["model_type"] == "olmoe":  # every layer sparse
+        return _sparse(x_TD, tensors, f"{prefix}.mlp", config, names, config["norm_topk_prob"])
     sparse = (layer not in config["mlp_only_layers"]
               and (layer + 1) % config["decoder_sparse_step"] == 0)
     if not sparse:
         return _mlp(x_TD, tensors, f"{prefix}.mlp")
-    routed = _sparse(x_TD, tensors, f"{prefix}.mlp", config,
-                     ("gate_proj", "up_proj", "down_proj"), config["norm_topk_prob"])
+    routed = _sparse(x_TD, tensors, f"{prefix}.mlp", config, names, config["norm_topk_prob"])
+    if config["model_type"] == "qwen3_moe":  # no shared expert
+        return routed
     gate = 1.0 / (1.0 + np.exp(-_linear(x_TD, tensors, f"{prefix}.mlp.shared_expert_gate")))
     return routed + gate * _mlp(x_TD, tensors, f"{prefix}.mlp.shared_expert")
 

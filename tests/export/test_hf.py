@@ -59,6 +59,12 @@ CASES = {
         dict(n_layers=4, first_dense_layers=1, moe_every=2,
              moe=dict(num_shared_experts=2, d_shared_expert=8, top_k=1)), "qwen2_moe"),
     "llama, dense, GQA, tied": (dict(dense=True, tie_embeddings=True), "llama"),
+    "qwen3_moe, per-head qk norm, d_head 12, raw weights, first dense": (
+        dict(qk_norm="per_head", d_head=12, first_dense_layers=1, moe=dict(renormalize=False)),
+        "qwen3_moe"),
+    "olmoe, qk norm across heads, GQA, tied": (dict(qk_norm="across_heads", tie_embeddings=True),
+                                               "olmoe"),
+    "qwen3, dense, per-head qk norm": (dict(dense=True, qk_norm="per_head"), "qwen3"),
 }
 
 
@@ -176,8 +182,50 @@ def test_dense_models_are_llama_and_moe_ones_are_not():
     assert hf.choose_format(dense).name == "llama"
     with pytest.raises(hf.ExportError, match="ModelConfig.moe = None: a dense model"):
         hf.choose_format(dense, "mixtral")
-    with pytest.raises(hf.ExportError, match="Llama has no experts"):
+    with pytest.raises(hf.ExportError, match="LlamaForCausalLM has no experts"):
         hf.choose_format(moe, "llama")
     config_json = hf.FORMATS["llama"].config_json(dense, max_position_embeddings=64,
                                                   dtype="float32")
     assert config_json["intermediate_size"] == 48 and "num_experts_per_tok" not in config_json
+
+
+def test_query_key_norms_pick_the_family_and_a_mismatch_is_named():
+    per_head, across = _config(qk_norm="per_head"), _config(qk_norm="across_heads")
+    assert hf.choose_format(per_head).name == "qwen3_moe"
+    assert hf.choose_format(across).name == "olmoe"
+    assert hf.choose_format(_config(dense=True, qk_norm="per_head")).name == "qwen3"
+    with pytest.raises(hf.ExportError, match="qk_norm = 'per_head': MixtralForCausalLM has "
+                       "qk_norm 'none'"):
+        hf.choose_format(per_head, "mixtral")
+    with pytest.raises(hf.ExportError, match="qk_norm = 'none': OlmoeForCausalLM has qk_norm "
+                       "'across_heads'"):
+        hf.choose_format(_config(), "olmoe")
+
+
+def test_what_olmoe_and_qwen3_moe_cannot_hold_is_listed_when_none_fits():
+    config = _config(qk_norm="across_heads", d_head=12, first_dense_layers=1,
+                     moe=dict(num_shared_experts=1))
+    with pytest.raises(hf.ExportError) as error:
+        hf.choose_format(config)
+    message = str(error.value)
+    for fragment in ("olmoe: blocks [0] are dense", "OLMoE has no shared experts",
+                     "OLMoE's head width is d_model / n_heads = 8",
+                     "qwen3_moe: MoEConfig.num_shared_experts = 1: Qwen3-MoE has no shared"):
+        assert fragment in message
+    assert "llama" not in message and "qwen3:" not in message  # dense formats are not listed
+    with pytest.raises(hf.ExportError, match="llama: .*qk_norm = 'across_heads'.* qwen3: .*has "
+                       "qk_norm 'per_head'"):
+        hf.choose_format(_config(dense=True, qk_norm="across_heads"))
+
+
+def test_query_key_norm_tensors_have_hugging_face_shapes(tmp_path):
+    for qk_norm, fmt, q_shape, k_shape in (("per_head", "qwen3_moe", (8,), (8,)),
+                                           ("across_heads", "olmoe", (4 * 8,), (2 * 8,))):
+        config = _config(qk_norm=qk_norm, n_layers=1)
+        model = build_model(config)
+        out = tmp_path / qk_norm
+        out.mkdir()
+        _, config_json, tensors = _export(out, config, model.init(jax.random.key(0)))
+        assert config_json["architectures"][0].lower().startswith(fmt.replace("_", ""))
+        assert tensors["model.layers.0.self_attn.q_norm.weight"].shape == q_shape
+        assert tensors["model.layers.0.self_attn.k_norm.weight"].shape == k_shape

@@ -20,14 +20,23 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"{' and '.join(MISSING)} 
 SCRIPT = os.path.join(os.path.dirname(__file__), "transformers_logits.py")
 
 
-@pytest.mark.parametrize("run, fmt", [("trained_run", "mixtral"), ("trained_run", "qwen2_moe"),
-                                      ("trained_dense_run", "llama")])
-def test_transformers_gives_the_same_logits_and_token_ids(request, tmp_path, run, fmt):
+MOE, DENSE = ("smoke.gin",), ("base.gin", "models/dense_tiny.gin")
+PER_HEAD, ACROSS_HEADS = "ModelConfig.qk_norm = 'per_head'", "ModelConfig.qk_norm = 'across_heads'"
+CLASSES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+           "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
+           "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+@pytest.mark.parametrize("gin_files, bindings, fmt", [
+    (MOE, (), "mixtral"), (MOE, (), "qwen2_moe"), (MOE, (PER_HEAD,), "qwen3_moe"),
+    (MOE, (ACROSS_HEADS,), "olmoe"), (DENSE, (), "llama"), (DENSE, (PER_HEAD,), "qwen3")])
+def test_transformers_gives_the_same_logits_and_token_ids(train_tiny, tmp_path, gin_files,
+                                                          bindings, fmt):
     from moejax.data.vocabularies import get_vocabulary
     from moejax.export.cli import export_run
     from moejax.train.run import restore_run
 
-    trained_run = request.getfixturevalue(run)
+    trained_run = train_tiny(gin_files, bindings)
     out = export_run(trained_run, format_name=fmt, out=str(tmp_path / fmt),
                      log=lambda line: None)["out"]
     text = "The king said: Ünïcode café, 1603."
@@ -35,8 +44,7 @@ def test_transformers_gives_the_same_logits_and_token_ids(request, tmp_path, run
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     theirs = json.loads(result.stdout.strip().splitlines()[-1])
-    assert theirs["class"] == {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
-                               "llama": "LlamaForCausalLM"}[fmt]
+    assert theirs["class"] == CLASSES[fmt]
     ids = [int(i) for i in get_vocabulary("byte").encode(text)]
     assert theirs["ids"] == ids and theirs["decoded"] == text
     model, state, _ = restore_run(trained_run, 4)

@@ -13,6 +13,7 @@ from moejax.model import ConfigError, ModelConfig, MoEConfig, validate_model_con
     (ModelConfig(vocab_size=64, d_model=100, n_heads=3), "ModelConfig.n_heads"),
     (ModelConfig(vocab_size=64, n_heads=4, n_kv_heads=3), "ModelConfig.n_kv_heads"),
     (ModelConfig(vocab_size=64, compute_dtype="float8"), "ModelConfig.compute_dtype"),
+    (ModelConfig(vocab_size=64, qk_norm="layer"), "ModelConfig.qk_norm"),
     (ModelConfig(vocab_size=64, n_layers=2, first_dense_layers=2, moe=MoEConfig()),
      "ModelConfig.first_dense_layers"),
     (ModelConfig(vocab_size=None), "ModelConfig.vocab_size"),

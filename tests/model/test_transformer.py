@@ -1,8 +1,12 @@
-"""Whole-model properties: causality, packing isolation, parameter shapes, dense == no MoE."""
+"""Whole-model properties: causality, packing isolation, parameter shapes, dense == no MoE,
+what query/key norms make attention invariant to."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from moejax.model import ModelConfig, MoEConfig, build_model, moe_layer_indices
 
@@ -104,3 +108,41 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     routing = {MOE.num_experts, MOE.top_k}
     for shapes in f32:
         assert any(shape and shape[-1] in routing for shape in shapes), shapes
+
+
+def _scale_head_0_queries(params, factor):
+    """Every block's query projection of head 0 (w_q_DNH[:, 0]) times ``factor``."""
+    blocks = {i: {**b, "attn": {**b["attn"], "w_q_DNH": b["attn"]["w_q_DNH"].at[:, 0].multiply(
+        factor)}} for i, b in params["blocks"].items()}
+    return {**params, "blocks": blocks}
+
+
+@pytest.mark.parametrize("qk_norm, invariant", [("none", False), ("per_head", True),
+                                                ("across_heads", False)])
+def test_a_per_head_norm_makes_attention_blind_to_one_heads_query_scale(qk_norm, invariant):
+    """RMSNorm of each head's query undoes any scaling of that head's projection; a norm across
+    heads undoes only a common scaling of all heads (next test), and no norm neither."""
+    model = build_model(dataclasses.replace(CFG, qk_norm=qk_norm))
+    params = model.init(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, 64)
+    apply = jax.jit(model.apply)
+    logits, _ = apply(params, tokens)
+    scaled, _ = apply(_scale_head_0_queries(params, 7.0), tokens)
+    assert np.allclose(logits, scaled, rtol=1e-4, atol=1e-4) == invariant
+
+
+@pytest.mark.parametrize("qk_norm", ["per_head", "across_heads"])
+def test_query_key_norms_undo_a_common_scale_of_queries_and_keys(qk_norm):
+    model = build_model(dataclasses.replace(CFG, qk_norm=qk_norm))
+    params = model.init(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, 64)
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 5.0 if any(getattr(k, "key", "") in ("w_q_DNH", "w_k_DGH")
+                                       for k in path) else x, params)
+    apply = jax.jit(model.apply)
+    np.testing.assert_allclose(apply(params, tokens)[0], apply(scaled, tokens)[0], rtol=1e-4,
+                               atol=1e-4)
+    attn = params["blocks"][0]["attn"]
+    heads_shape = {"per_head": (8,), "across_heads": (4, 8)}[qk_norm]
+    assert attn["q_norm"]["scale"].shape == heads_shape
+    assert attn["k_norm"]["scale"].shape == {"per_head": (8,), "across_heads": (2, 8)}[qk_norm]
