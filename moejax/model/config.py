@@ -26,7 +26,8 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "block", "dots")
 # How queries and keys are normalised before the rotary embedding (moejax.model.layers.QK_NORMS):
 # "none"; "per_head" an RMSNorm over each head's H features (Qwen3-MoE); "across_heads" one over
-# all heads' features together (OLMoE). Both keep attention logits bounded at high learning rates.
+# all heads' features together (OLMoE). Both bound the attention logits' growth at high learning
+# rates (Dehghani et al. 2023; Wortsman et al. 2023).
 QK_NORM = ("none", "per_head", "across_heads")
 
 

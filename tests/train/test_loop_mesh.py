@@ -48,3 +48,20 @@ def test_resume_on_another_mesh_continues_with_the_same_losses(tmp_path):
     assert sorted(moved) == [1, 2, 3, 4]
     np.testing.assert_allclose([moved[s] for s in (3, 4)], [straight[s] for s in (3, 4)],
                                rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+def test_query_key_norms_split_over_the_tensor_axis_train_as_on_one_device(tmp_path):
+    """The (N, H) scales of a norm across heads are split over `tensor`; the mean over all heads
+    then spans devices, and the losses must still be those of one device."""
+    extra = "ModelConfig.qk_norm = 'across_heads'"
+    model, data, train, mesh = configs("mesh/cpu8_fsdp_expert_tensor.gin", extra)
+    assert mesh.tensor == 2
+    run_training(str(tmp_path / "mesh"), model, data, train, mesh_config=mesh)
+    model, data, train = load_configs(["smoke.gin"], TINY + [extra])
+    run_training(str(tmp_path / "one"), model, data, train)
+    on_mesh, alone = losses(tmp_path / "mesh"), losses(tmp_path / "one")
+    assert sorted(on_mesh) == [1, 2, 3, 4]
+    np.testing.assert_allclose([on_mesh[s] for s in on_mesh], [alone[s] for s in on_mesh],
+                               rtol=1e-5)
