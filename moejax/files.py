@@ -75,6 +75,27 @@ def write_figure(path: str | os.PathLike, figure, dpi: int = 120, **savefig_kwar
     write_atomic(path, figure_png(figure, dpi, **savefig_kwargs))
 
 
+def make_directories(path: str | os.PathLike) -> list[str]:
+    """``os.makedirs(path, exist_ok=True)``; returns the directories it created, outermost
+    first, for ``remove_empty`` to take back after a failed write."""
+    created, current = [], os.path.abspath(path)
+    while not os.path.lexists(current):
+        created.append(current)
+        current = os.path.dirname(current)
+    os.makedirs(path, exist_ok=True)
+    return created[::-1]
+
+
+def remove_empty(directories: list[str]) -> None:
+    """Remove ``directories`` innermost first, stopping at one that is not empty (something else
+    was written there meanwhile) or is gone."""
+    for directory in reversed(directories):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+
+
 def move_aside(path: str, tag: str) -> str:
     """Rename a file or directory that cannot be used to ``<path>.<tag>-<unix time>`` (kept for
     inspection, never deleted); returns the new path."""

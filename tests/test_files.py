@@ -82,3 +82,13 @@ def test_directory_problem_names_a_file_in_the_way_and_creates_nothing(tmp_path)
     assert files.directory_problem(blocker / "points") == f"{blocker} is a file, not a directory"
     assert sorted(os.listdir(tmp_path)) == ["config.json"]
 
+
+
+def test_made_directories_are_taken_back_innermost_first_and_only_when_empty(tmp_path):
+    created = files.make_directories(tmp_path / "a" / "b" / "c")
+    assert created == [str(tmp_path / "a"), str(tmp_path / "a" / "b"),
+                       str(tmp_path / "a" / "b" / "c")]
+    assert files.make_directories(tmp_path / "a" / "b") == []  # all there already
+    (tmp_path / "a" / "kept.txt").write_text("another writer's file")
+    files.remove_empty(created)
+    assert sorted(os.listdir(tmp_path / "a")) == ["kept.txt"]  # c and b gone, a kept

@@ -156,7 +156,7 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
                        f"tensor(s), e.g. {', '.join(not_finite[:3])}: a diverged run or a damaged "
                        "checkpoint; export an earlier --step")
     stored = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    created = files.make_directories(os.path.dirname(out))
     partial = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-",
                                dir=os.path.dirname(out))
     umask = os.umask(0)
@@ -192,6 +192,7 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
                                "overwritten") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        files.remove_empty(created)  # the parents of --out this export made
         raise
     return {"out": out, "workdir": workdir, "step": chosen_step, "format": fmt.name,
             "dtype": dtype, "tensors": len(tensors),

@@ -156,11 +156,12 @@ def test_a_write_that_fails_midway_leaves_nothing(trained_run, tmp_path, capsys,
         raise OSError(28, "No space left on device", path)
 
     calls = _on_second_file(monkeypatch, disk_full)
-    code, _, stderr = _export(capsys, "--workdir", trained_run, "--out", str(tmp_path / "x"),
-                              "--max_shard_size", "20KB")
+    code, _, stderr = _export(capsys, "--workdir", trained_run, "--out",
+                              str(tmp_path / "new" / "parents" / "x"), "--max_shard_size", "20KB")
     assert code == 1 and "No space left on device" in stderr
     assert len(calls) == 2
-    assert os.listdir(tmp_path) == []  # neither the directory nor its partial twin
+    # neither the directory, nor its partial twin, nor the parents the export made for it
+    assert os.listdir(tmp_path) == []
 
 
 def test_sigterm_while_writing_leaves_nothing(trained_run, tmp_path, capsys, monkeypatch):
