@@ -87,7 +87,8 @@ def moe_problems(config: ModelConfig) -> list[str]:
         problems.append(f"MoEConfig.expert_groups = {moe.expert_groups!r}: heterogeneous expert "
                         "groups, each with its own router, have no Hugging Face format")
     if moe.routing != "token_choice":
-        problems.append(f"MoEConfig.routing = {moe.routing!r}: only token-choice routing")
+        problems.append(f"MoEConfig.routing = {moe.routing!r}: only a learned token-choice "
+                        "router")
     if moe.router_scores != "softmax":
         problems.append(f"MoEConfig.router_scores = {moe.router_scores!r}: only softmax scores")
     if moe.bias_update_rate > 0:

@@ -79,8 +79,9 @@ def parameter_counts(c: ModelConfig) -> ParameterCounts:
     n_dense = c.n_layers - n_moe
     router = routed = routed_active = shared = 0
     if c.moe is not None:
+        learned_router = c.moe.routing != "hash"  # hash routing has no parameters
         for group in c.moe.groups:
-            router += n_moe * c.d_model * group.num_experts
+            router += learned_router * n_moe * c.d_model * group.num_experts
             routed += n_moe * group.num_experts * _swiglu_params(c.d_model, group.d_expert)
             routed_active += n_moe * group.top_k * _swiglu_params(c.d_model, group.d_expert)
         shared = n_moe * _swiglu_params(c.d_model, c.moe.shared_width)

@@ -39,7 +39,7 @@ class ExpertGroup(NamedTuple):
     top_k: int
 
 
-ROUTINGS = ("token_choice", "expert_choice")
+ROUTINGS = ("token_choice", "hash", "expert_choice")
 ROUTER_SCORES = ("softmax", "sigmoid")
 AUX_LOSS_SCOPES = ("global", "sequence")
 EP_EXCHANGES = ("auto", "ragged", "dense")
@@ -59,8 +59,11 @@ class MoEConfig:
         num_experts, d_expert and top_k.
       num_shared_experts: always-active experts added to the routed output (0 = none).
       d_shared_expert: width of each shared expert (None = d_expert of the first group).
-      routing: "token_choice" (each token picks K experts) or "expert_choice" (each expert picks
-        its top tokens; leaks future tokens in a decoder, for analysis only).
+      routing: "token_choice" (each token picks K experts by a learned router), "hash" (each
+        token goes to K distinct experts fixed by a hash of its token id, Roller et al. 2021: no
+        router parameters, combine weights 1/K, balanced as far as the token frequencies allow;
+        its aux and z losses are 0) or "expert_choice" (each expert picks its top tokens; leaks
+        future tokens in a decoder, for analysis only).
       router_scores: "softmax" or "sigmoid" scores, computed in float32.
       renormalize: rescale the K chosen weights to sum to one (Mixtral) instead of raw scores.
       router_jitter: multiplicative uniform noise (1 +- jitter) on router inputs in training.
@@ -327,6 +330,11 @@ def validate_moe_config(moe: MoEConfig) -> MoEConfig:
     if moe.routing == "expert_choice":
         _require(moe.bias_update_rate == 0, "MoEConfig.bias_update_rate", moe.bias_update_rate,
                  "0 with routing = 'expert_choice' (experts already receive equal load)")
+    if moe.routing == "hash":  # no router: nothing to bias or jitter
+        _require(moe.bias_update_rate == 0, "MoEConfig.bias_update_rate", moe.bias_update_rate,
+                 "0 with routing = 'hash' (a token's experts are fixed by its id)")
+        _require(moe.router_jitter == 0, "MoEConfig.router_jitter", moe.router_jitter,
+                 "0 with routing = 'hash' (there is no router input to jitter)")
     return moe
 
 

@@ -1,11 +1,12 @@
 """The MoE feed-forward layer: routed expert groups plus optional shared experts.
 
-In: hidden states x_BTD, a token mask (1 on real tokens, 0 on padding), the mode (train or eval)
-and an rng for router jitter. Out: y_BTD and ``MoEStats`` (balancing losses and routing metrics).
+In: hidden states x_BTD, a token mask (1 on real tokens, 0 on padding), the token ids (for
+routing rules that read them), the mode (train or eval) and an rng for router jitter. Out: y_BTD and ``MoEStats`` (balancing losses and routing metrics).
 
 A layer holds one ``RoutedGroup`` per expert width — one for a homogeneous MoE, several for
 heterogeneous experts — each with its own router and top-k, and their outputs are summed with the
-shared experts' output. A group is glue: the routing, each dispatch path (dropless, capacity,
+shared experts' output. A group is glue: the router (from ``ROUTERS`` by ``MoEConfig.routing``),
+each dispatch path (dropless, capacity,
 expert choice, and dropless expert parallel — ``moejax.parallel.expert_parallel``, taken when
 the current mesh has an ``expert`` axis > 1) and the balancing math are pure functions in their
 own modules, and the path is picked from ``DISPATCH_PATHS`` by name, so a new scheme is a new
@@ -26,7 +27,7 @@ from moejax.model import balancing, capacity as capacity_lib, dispatch, expert_c
 from moejax.model.config import ExpertGroup, MoEConfig, capacity
 from moejax.model.experts import SwiGLUExperts
 from moejax.model.layers import SwiGLU
-from moejax.model.router import SCORE_FUNCTIONS, Router
+from moejax.model.router import SCORE_FUNCTIONS, HashRouter, Router
 from moejax.parallel import expert_parallel
 
 EXPERT_CHOICE_WARNING = (
@@ -137,46 +138,60 @@ def dispatch_path(capacity_factor: float | None) -> str:
     return "dropless_data_parallel" if expert_parallel.token_shards() > 1 else "dropless"
 
 
+# --- routers: MoEConfig.routing -> f(d_model, group, moe, init_std, rngs) -> router module ------
+
+def _learned_router(d_model: int, group: ExpertGroup, moe: MoEConfig, init_std: float,
+                    rngs: nnx.Rngs) -> Router:
+    return Router(d_model, group.num_experts, group.top_k, scores=moe.router_scores,
+                  renormalize=moe.renormalize, jitter=moe.router_jitter,
+                  balancing_bias=moe.bias_update_rate > 0, init_std=init_std, rngs=rngs)
+
+
+def _hash_router(d_model: int, group: ExpertGroup, moe: MoEConfig, init_std: float,
+                 rngs: nnx.Rngs) -> HashRouter:
+    return HashRouter(group.num_experts, group.top_k)
+
+
+# Token-choice rules route every token to K experts, then share the dispatch paths; expert choice
+# uses the learned router's scores on its own path (RoutedGroup._expert_choice).
+ROUTERS: dict[str, Callable] = {"token_choice": _learned_router, "hash": _hash_router,
+                                "expert_choice": _learned_router}
+
+
 class RoutedGroup(nnx.Module):
-    """One group of equally wide experts with its router: token choice or expert choice."""
+    """One group of equally wide experts with its router: token choice (learned or hashed) or
+    expert choice."""
 
     def __init__(self, d_model: int, group: ExpertGroup, moe: MoEConfig, *, n_layers: int,
                  init_std: float, compute_dtype, rngs: nnx.Rngs):
         self.num_experts, self.top_k = group.num_experts, group.top_k
         self.moe = moe
-        self.router = Router(d_model, group.num_experts, group.top_k, scores=moe.router_scores,
-                             renormalize=moe.renormalize, jitter=moe.router_jitter,
-                             balancing_bias=moe.bias_update_rate > 0, init_std=init_std,
-                             rngs=rngs)
+        self.router = ROUTERS[moe.routing](d_model, group, moe, init_std, rngs)
         self.experts = SwiGLUExperts(group.num_experts, d_model, group.d_expert,
                                      out_scale=1.0 / math.sqrt(2 * n_layers),
                                      compute_dtype=compute_dtype, gmm_impl=moe.gmm_impl, rngs=rngs)
 
-    def __call__(self, x_TD, mask_T, *, batch: int, train: bool, rng) -> tuple[jax.Array, GroupStats]:
+    def __call__(self, x_TD, mask_T, *, batch: int, train: bool, rng,
+                 token_ids_T=None) -> tuple[jax.Array, GroupStats]:
         if self.moe.routing == "expert_choice":
             return self._expert_choice(x_TD, mask_T, train=train, rng=rng)
-        routing = self.router(x_TD, rng if train else None)
+        routing = self.router(x_TD, token_ids_T=token_ids_T, rng=rng if train else None)
         capacity_factor = self.moe.capacity_factor if train else self.moe.eval_capacity_factor
         path = DISPATCH_PATHS[dispatch_path(capacity_factor)]
         y_TD, kept_TK = path(self, x_TD, routing, mask_T, capacity_factor)
-        if self.moe.aux_loss_scope == "sequence":
-            seq = x_TD.shape[0] // batch
-            aux = balancing.sequence_aux_loss(routing.scores_TE.reshape(batch, seq, -1),
-                                              routing.expert_ids_TK.reshape(batch, seq, -1),
-                                              mask_T.reshape(batch, seq))
-        else:
-            aux = balancing.switch_aux_loss(routing.scores_TE, routing.expert_ids_TK, mask_T)
+        aux, z_loss = self.router.balancing_losses(routing, mask_T, batch=batch,
+                                                   aux_scope=self.moe.aux_loss_scope)
         real_assignments = jnp.maximum(jnp.sum(mask_T) * self.top_k, 1.0)
         kept = kept_TK.astype(jnp.float32)
         load_E = jnp.einsum("tke,tk->e", jax.nn.one_hot(routing.expert_ids_TK, self.num_experts),
                             kept)
         stats = GroupStats(
             aux_loss=aux,
-            z_loss=balancing.router_z_loss(routing.logits_TE, mask_T),
+            z_loss=z_loss,
             tokens_per_expert_E=load_E,
             dropped_fraction=1.0 - jnp.sum(kept) / real_assignments,
             router_entropy=balancing.router_entropy(routing.scores_TE, mask_T),
-            bias_norm=self._bias_norm(),
+            bias_norm=self.router.bias_norm(),
         )
         return y_TD, stats
 
@@ -202,11 +217,6 @@ class RoutedGroup(nnx.Module):
         )
         return y_TD, stats
 
-    def _bias_norm(self) -> jax.Array:
-        if self.router.bias_E is None:
-            return jnp.zeros((), jnp.float32)
-        return jnp.linalg.norm(self.router.bias_E[...])
-
 
 class MoEFeedForward(nnx.Module):
     """Routed expert groups (token or expert choice) plus optional always-active shared experts."""
@@ -223,15 +233,19 @@ class MoEFeedForward(nnx.Module):
                        if moe.num_shared_experts > 0 else None)
 
     def __call__(self, x_BTD: jax.Array, mask_BT: jax.Array, *, train: bool = False,
-                 rng: jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
+                 rng: jax.Array | None = None,
+                 token_ids_BT: jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
+        """``token_ids_BT`` feeds routing rules that read token ids (hash routing)."""
         batch, seq, d_model = x_BTD.shape
         x_TD = x_BTD.reshape(batch * seq, d_model)
         mask_T = mask_BT.reshape(batch * seq).astype(jnp.float32)
+        token_ids_T = None if token_ids_BT is None else token_ids_BT.reshape(batch * seq)
         y_TD = jnp.zeros((batch * seq, d_model), jnp.float32)
         group_stats, assignments = [], []
         for index, group in enumerate(self.groups):
             group_rng = None if rng is None else jax.random.fold_in(rng, index)
-            y_group_TD, stats = group(x_TD, mask_T, batch=batch, train=train, rng=group_rng)
+            y_group_TD, stats = group(x_TD, mask_T, batch=batch, train=train, rng=group_rng,
+                                      token_ids_T=token_ids_T)
             y_TD = y_TD + y_group_TD
             group_stats.append(stats)
             assignments.append(group.top_k)

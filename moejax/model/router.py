@@ -1,9 +1,14 @@
-"""Token-choice routing: router logits in, the K chosen experts and their combine weights out.
+"""Token-choice routing: hidden states (and token ids) in, the K chosen experts and their combine
+weights out.
 
-Pure functions (no Flax) plus a thin ``Router`` module that holds the (D, E) projection and, for
-auxiliary-loss-free balancing, a per-expert ``BalancingBias`` that is not a parameter. All router
-math runs in float32 whatever the compute dtype, because top-k choices and softmax saturate badly
-in bfloat16.
+Pure functions (no Flax) plus thin modules, one per rule, each called as
+``router(x_TD, token_ids_T=..., rng=...) -> Routing`` and answering ``balancing_losses`` and
+``bias_norm``:
+- ``Router``, learned: holds the (D, E) projection and, for auxiliary-loss-free balancing, a
+  per-expert ``BalancingBias`` that is not a parameter. All its math runs in float32 whatever the
+  compute dtype, because top-k choices and softmax saturate badly in bfloat16.
+- ``HashRouter``: no parameters; a token's K experts are fixed by a hash of its id
+  (``hash_expert_ids``), as in Hash Layers (Roller et al. 2021).
 
 Shapes: T tokens, D d_model, E experts, K top-k.
 """
@@ -16,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from moejax.model import balancing
 from moejax.parallel.rules import logical_param
 
 
@@ -102,7 +108,77 @@ class Router(nnx.Module):
             x_TD = jitter_inputs(x_TD, rng, self.jitter)
         return jnp.dot(x_TD, self.w_DE[...], precision=jax.lax.Precision.HIGHEST)
 
-    def __call__(self, x_TD: jax.Array, rng: jax.Array | None = None) -> Routing:
+    def __call__(self, x_TD: jax.Array, *, token_ids_T: jax.Array | None = None,
+                 rng: jax.Array | None = None) -> Routing:
         bias = None if self.bias_E is None else self.bias_E[...]
         return route_top_k(self.logits(x_TD, rng), self.top_k, scores=self.scores,
                            renormalize=self.renormalize, bias_E=bias)
+
+    def balancing_losses(self, routing: Routing, mask_T: jax.Array, *, batch: int,
+                         aux_scope: str) -> tuple[jax.Array, jax.Array]:
+        """(Switch aux loss over the whole batch or per sequence, router z-loss)."""
+        if aux_scope == "sequence":
+            seq = mask_T.shape[0] // batch
+            aux = balancing.sequence_aux_loss(routing.scores_TE.reshape(batch, seq, -1),
+                                              routing.expert_ids_TK.reshape(batch, seq, -1),
+                                              mask_T.reshape(batch, seq))
+        else:
+            aux = balancing.switch_aux_loss(routing.scores_TE, routing.expert_ids_TK, mask_T)
+        return aux, balancing.router_z_loss(routing.logits_TE, mask_T)
+
+    def bias_norm(self) -> jax.Array:
+        """L2 norm of the balancing bias (0 without one)."""
+        if self.bias_E is None:
+            return jnp.zeros((), jnp.float32)
+        return jnp.linalg.norm(self.bias_E[...])
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """A uint32 bit mixer (xor-shift-multiply, constants of C. Wellons' "lowbias32"): nearby
+    inputs give unrelated outputs."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def hash_expert_ids(token_ids_T: jax.Array, num_experts: int, top_k: int) -> jax.Array:
+    """(T, K) int32: K distinct experts per token, a fixed function of the token id alone.
+
+    Every (token id, expert) pair gets a pseudo-random 24-bit rank, mix32(id * E + e) >> 8, and a
+    token takes its K highest-ranked experts (ties to the lower id): for K = 1 a uniform random
+    hash of the vocabulary onto the experts, for K > 1 a uniform random K-subset.
+    """
+    ids_T = token_ids_T.astype(jnp.uint32)
+    pairs_TE = ids_T[:, None] * jnp.uint32(num_experts) + jnp.arange(num_experts,
+                                                                     dtype=jnp.uint32)
+    rank_TE = (_mix32(pairs_TE) >> 8).astype(jnp.int32)
+    return jax.lax.top_k(rank_TE, top_k)[1].astype(jnp.int32)
+
+
+class HashRouter(nnx.Module):
+    """Hash routing: no parameters, the same K experts for every occurrence of a token id, each
+    weighted 1/K. There is nothing to balance by gradient, so both balancing losses are 0."""
+
+    def __init__(self, num_experts: int, top_k: int):
+        self.num_experts, self.top_k = num_experts, top_k
+
+    def __call__(self, x_TD: jax.Array, *, token_ids_T: jax.Array | None = None,
+                 rng: jax.Array | None = None) -> Routing:
+        if token_ids_T is None:
+            raise ValueError("MoEConfig.routing = 'hash' routes by token id: call the MoE layer "
+                             "with token_ids_BT (the Transformer does)")
+        expert_ids_TK = hash_expert_ids(token_ids_T, self.num_experts, self.top_k)
+        weights_TK = jnp.full(expert_ids_TK.shape, 1.0 / self.top_k, jnp.float32)
+        # the scores a learned router would have had to give these choices and weights
+        scores_TE = jnp.einsum("tk,tke->te", weights_TK,
+                               jax.nn.one_hot(expert_ids_TK, self.num_experts, dtype=jnp.float32))
+        return Routing(jnp.zeros_like(scores_TE), scores_TE, weights_TK, expert_ids_TK)
+
+    def balancing_losses(self, routing: Routing, mask_T: jax.Array, *, batch: int,
+                         aux_scope: str) -> tuple[jax.Array, jax.Array]:
+        return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+
+    def bias_norm(self) -> jax.Array:
+        return jnp.zeros((), jnp.float32)

@@ -37,18 +37,20 @@ class Block(nnx.Module):
             self.ff = SwiGLU(c.d_model, c.dense_d_ff, out_scale=out_scale, compute_dtype=dt,
                              rngs=rngs)
 
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT, *, train: bool = False, rng=None):
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, tokens_BT, *, train: bool = False,
+                 rng=None):
         x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT)
         h_BTD = self.ff_norm(x_BTD)
         if self.is_moe:
-            y_BTD, stats = self.ff(h_BTD, segment_ids_BT > 0, train=train, rng=rng)
+            y_BTD, stats = self.ff(h_BTD, segment_ids_BT > 0, train=train, rng=rng,
+                                   token_ids_BT=tokens_BT)
         else:
             y_BTD, stats = self.ff(h_BTD), None
         return x_BTD + y_BTD.astype(x_BTD.dtype), stats
 
 
-def _call_block(block: Block, x_BTD, positions_BT, segment_ids_BT, rng, train: bool):
-    return block(x_BTD, positions_BT, segment_ids_BT, train=train, rng=rng)
+def _call_block(block: Block, x_BTD, positions_BT, segment_ids_BT, tokens_BT, rng, train: bool):
+    return block(x_BTD, positions_BT, segment_ids_BT, tokens_BT, train=train, rng=rng)
 
 
 # ModelConfig.remat -> what jax.checkpoint may keep of a block for the backward pass
@@ -60,7 +62,7 @@ def block_runner(remat: str):
     """``_call_block``, rematerialised as ``remat`` says ("none": as it is)."""
     if remat == "none":
         return _call_block
-    return nnx.remat(_call_block, policy=_REMAT_POLICIES[remat], static_argnums=(5,))
+    return nnx.remat(_call_block, policy=_REMAT_POLICIES[remat], static_argnums=(6,))
 
 
 class Transformer(nnx.Module):
@@ -102,7 +104,8 @@ class Transformer(nnx.Module):
         run = block_runner(self.config.remat)
         for index, block in enumerate(self.blocks):
             block_rng = None if rng is None else jax.random.fold_in(rng, index)
-            x_BTD, stats = run(block, x_BTD, positions_BT, segment_ids_BT, block_rng, train)
+            x_BTD, stats = run(block, x_BTD, positions_BT, segment_ids_BT, tokens_BT, block_rng,
+                               train)
             if stats is not None:
                 moe_stats.append(stats)
         x_BTD = self.final_norm(x_BTD)

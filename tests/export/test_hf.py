@@ -150,6 +150,7 @@ def test_bfloat16_export_rounds_the_float32_weights(tmp_path):
     (dict(moe=dict(expert_groups=((4, 16, 1), (2, 32, 1)))), ["expert_groups", "heterogeneous"]),
     (dict(moe=dict(router_scores="sigmoid")), ["router_scores = 'sigmoid'"]),
     (dict(moe=dict(routing="expert_choice")), ["routing = 'expert_choice'"]),
+    (dict(moe=dict(routing="hash")), ["routing = 'hash': only a learned token-choice router"]),
     (dict(moe=dict(bias_update_rate=1e-3)), ["bias_update_rate = 0.001"]),
 ])
 def test_models_no_format_holds_are_refused_with_the_reason(fields, fragments):

@@ -35,6 +35,8 @@ CONFIGS = {
     "qk_norm_across_heads": ModelConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4,
                                         n_kv_heads=2, d_head=12, d_ff=96,
                                         qk_norm="across_heads"),
+    "hash": ModelConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4, d_ff=96,
+                        moe=MoEConfig(num_experts=8, top_k=2, d_expert=32, routing="hash")),
     "heterogeneous": ModelConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4, d_ff=96,
                                  moe=MoEConfig(expert_groups=((16, 16, 2), (32, 8, 4)),
                                                num_shared_experts=1, d_shared_expert=32,

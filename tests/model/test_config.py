@@ -25,7 +25,11 @@ from moejax.model import ConfigError, ModelConfig, MoEConfig, validate_model_con
      r"MoEConfig.expert_groups\[1\].top_k"),
     (ModelConfig(vocab_size=64, moe=MoEConfig(expert_groups=((16, 64),))), "MoEConfig.expert_groups"),
     (ModelConfig(vocab_size=64, moe=MoEConfig(router_scores="relu")), "MoEConfig.router_scores"),
-    (ModelConfig(vocab_size=64, moe=MoEConfig(routing="hash")), "MoEConfig.routing"),
+    (ModelConfig(vocab_size=64, moe=MoEConfig(routing="random")), "MoEConfig.routing"),
+    (ModelConfig(vocab_size=64, moe=MoEConfig(routing="hash", bias_update_rate=1e-3)),
+     "MoEConfig.bias_update_rate"),
+    (ModelConfig(vocab_size=64, moe=MoEConfig(routing="hash", router_jitter=0.1)),
+     "MoEConfig.router_jitter"),
     (ModelConfig(vocab_size=64, moe=MoEConfig(gmm_impl="mosaic_gpu")),  # float32 compute
      "MoEConfig.gmm_impl"),
     (ModelConfig(vocab_size=64, moe=MoEConfig(aux_loss_scope="batch")), "MoEConfig.aux_loss_scope"),

@@ -34,11 +34,28 @@ def scores_of(logits_TE, kind):
     return formulas[kind](logits_TE)
 
 
-def plan_group(scores_TE, top_k, *, bias_E=None, capacity_slots=None, mask_T=None):
-    """Numpy routing decisions of one token-choice group: chosen (T, K) ids and kept (T, K)."""
+def hash_choices(token_ids_T, num_experts, top_k):
+    """The documented hash routing in numpy: rank (id, e) by lowbias32(id * E + e) >> 8, take
+    the K highest (ties to the lower expert id)."""
+    x = (np.asarray(token_ids_T, np.uint64)[:, None] * num_experts
+         + np.arange(num_experts, dtype=np.uint64)) % 2**32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) % 2**32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) % 2**32
+    x ^= x >> 16
+    rank = (x >> 8).astype(np.int64)
+    return np.argsort(-rank, axis=-1, kind="stable")[:, :top_k]
+
+
+def plan_group(scores_TE, top_k, *, bias_E=None, capacity_slots=None, mask_T=None,
+               chosen=None):
+    """Numpy routing decisions of one token-choice group: chosen (T, K) ids (from the scores
+    unless given) and kept (T, K)."""
     s = np.asarray(scores_TE)
     ranking = s + (0.0 if bias_E is None else np.asarray(bias_E))
-    chosen = np.argsort(-ranking, axis=-1, kind="stable")[:, :top_k]  # best first
+    if chosen is None:
+        chosen = np.argsort(-ranking, axis=-1, kind="stable")[:, :top_k]  # best first
     T, E = s.shape
     real = np.ones(T, bool) if mask_T is None else np.asarray(mask_T).astype(bool)
     keep = np.zeros((T, top_k), bool)
@@ -67,11 +84,19 @@ def slots_by_hand(tokens, experts, top_k, factor):
     return max(1, int(share) + (share > int(share)))
 
 
-def make_plan(params, buffers, x_TD, moe, *, train, mask_T=None):
-    """Routing decisions for every group, from concrete parameters."""
+def make_plan(params, buffers, x_TD, moe, *, train, mask_T=None, token_ids_T=None):
+    """Routing decisions for every group, from concrete parameters (and token ids)."""
     plan = []
     factor = moe.capacity_factor if train else moe.eval_capacity_factor
     for index, group in enumerate(moe.groups):
+        if moe.routing == "hash":
+            slots = None if factor is None else slots_by_hand(
+                x_TD.shape[0], group.num_experts, group.top_k, factor)
+            plan.append(plan_group(np.zeros((x_TD.shape[0], group.num_experts)), group.top_k,
+                                   capacity_slots=slots, mask_T=mask_T,
+                                   chosen=hash_choices(token_ids_T, group.num_experts,
+                                                       group.top_k)))
+            continue
         scores = scores_of(x_TD @ params["groups"][index]["router"]["w_DE"], moe.router_scores)
         if moe.routing == "expert_choice":
             scores = scores / scores.sum(-1, keepdims=True)
@@ -93,8 +118,12 @@ def reference_layer(params, x_TD, moe, plan):
     y = jnp.zeros_like(x_TD)
     for index, group in enumerate(moe.groups):
         g = params["groups"][index]
-        scores = scores_of(x_TD @ g["router"]["w_DE"], moe.router_scores)
-        T, E = scores.shape
+        if moe.routing == "hash":  # no router: weight 1/K on each of the K hashed experts
+            T, E = x_TD.shape[0], group.num_experts
+            scores = jnp.full((T, E), 1.0 / group.top_k)
+        else:
+            scores = scores_of(x_TD @ g["router"]["w_DE"], moe.router_scores)
+            T, E = scores.shape
         if moe.routing == "expert_choice":
             scores = scores / scores.sum(-1, keepdims=True)
             gates_TE = jnp.zeros((T, E))
@@ -138,6 +167,9 @@ CASES = {
                         d_shared_expert=5),
     "heterogeneous": MoEConfig(expert_groups=((4, 6, 2), (6, 3, 3)), num_shared_experts=1),
     "expert_choice": MoEConfig(num_experts=4, top_k=2, d_expert=6, routing="expert_choice"),
+    "hash_top1": MoEConfig(num_experts=4, top_k=1, d_expert=6, routing="hash"),
+    "hash_top2_capacity_heterogeneous": MoEConfig(expert_groups=((4, 6, 2), (3, 4, 1)),
+                                                  routing="hash", capacity_factor=0.75),
 }
 
 
@@ -149,12 +181,13 @@ def test_moe_layer_matches_expert_loop(name):
         buffers["groups"][0]["router"]["bias_E"].value = jnp.array([0.3, -0.3, 0.1, 0.0])
     x_BTD = jax.random.normal(jax.random.key(1), (2, 5, D))
     mask = jnp.ones((2, 5), bool)
+    token_ids = jnp.array([[3, 17, 3, 250, 9], [17, 42, 7, 7, 1000]])  # repeats on purpose
 
     def layer_out(params, x):
-        return nnx.merge(graphdef, params, buffers)(x, mask, train=True)[0]
+        return nnx.merge(graphdef, params, buffers)(x, mask, train=True, token_ids_BT=token_ids)[0]
 
     plan = make_plan(nnx.to_pure_dict(params), nnx.to_pure_dict(buffers), x_BTD.reshape(-1, D),
-                     moe, train=True)
+                     moe, train=True, token_ids_T=np.asarray(token_ids).reshape(-1))
 
     def ref_out(params, x):
         return reference_layer(nnx.to_pure_dict(params), x.reshape(-1, D), moe,
@@ -279,3 +312,42 @@ def test_moe_layer_on_the_hopper_kernel_matches_ragged_dot_in_bfloat16():
     for got, want in zip(outputs["mosaic_gpu"], outputs["xla"]):
         got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
         np.testing.assert_allclose(got, want, rtol=0, atol=3e-2 * (1 + np.abs(want).max()))
+
+
+def test_hash_routing_depends_on_the_token_id_alone_and_has_no_router():
+    moe = MoEConfig(num_experts=8, top_k=3, d_expert=6, routing="hash")
+    graphdef, params, buffers = build(moe)
+    assert "router" not in nnx.to_pure_dict(params)["groups"][0]
+    layer = nnx.merge(graphdef, params, buffers)
+    ids = jnp.array([[5, 9, 5, 123456], [9, 5, 77, 5]])
+    mask = jnp.ones(ids.shape, bool)
+    x1, x2 = (jax.random.normal(jax.random.key(s), (2, 4, D)) for s in (1, 2))
+    _, stats = layer(x1, mask, token_ids_BT=ids)
+    assert float(stats.aux_loss) == 0.0 and float(stats.z_loss) == 0.0
+    assert float(stats.router_entropy) == pytest.approx(np.log(3))  # weights 1/K on K experts
+    from moejax.model.router import hash_expert_ids
+
+    chosen = np.asarray(hash_expert_ids(ids.reshape(-1), 8, 3)).reshape(2, 4, 3)
+    for a, b in ((0, 0), (0, 2), (1, 1), (1, 3)):  # every occurrence of id 5
+        np.testing.assert_array_equal(chosen[a, b], chosen[0, 0])
+    np.testing.assert_array_equal(chosen[0, 1], chosen[1, 0])  # id 9
+    assert all(len(set(row)) == 3 for row in chosen.reshape(-1, 3))  # K distinct experts
+    # the output is a function of (x, id) per token: the same id with another x routes the same
+    y1, _ = layer(x1, mask, token_ids_BT=ids)
+    y_mixed, _ = layer(x1.at[0, 2].set(x2[0, 2]), mask, token_ids_BT=ids)
+    np.testing.assert_allclose(y1[0, :2], y_mixed[0, :2], rtol=1e-6)
+    with pytest.raises(ValueError, match="routes by token id"):
+        layer(x1, mask)
+
+
+def test_hash_routing_spreads_a_vocabulary_evenly():
+    """100k token ids, 16 experts, top-2: each expert gets 1/16 of the 200k assignments (the
+    binomial spread is 0.9 %; allowed 4 %), and the 120 expert pairs appear about equally."""
+    from moejax.model.router import hash_expert_ids
+
+    chosen = np.asarray(hash_expert_ids(jnp.arange(100_000), 16, 2))
+    loads = np.bincount(chosen.reshape(-1), minlength=16)
+    assert np.abs(loads / loads.mean() - 1).max() < 0.04
+    pairs = np.bincount(np.sort(chosen, axis=1) @ np.array([16, 1]), minlength=256)
+    pairs = pairs[pairs > 0]
+    assert len(pairs) == 120 and np.abs(pairs / pairs.mean() - 1).max() < 0.15

@@ -56,7 +56,7 @@ def test_model_config_validates_and_has_the_size_its_header_states(path):
 # trains one in the fast suite, so here it runs with -m slow.
 @pytest.mark.parametrize("name", ["moe_tiny_fine_grained", "moe_tiny_shared",
                                   pytest.param("moe_tiny_heterogeneous", marks=pytest.mark.slow),
-                                  "moe_tiny_capacity_lossfree"])
+                                  "moe_tiny_capacity_lossfree", "moe_tiny_hash"])
 def test_variant_trains(tmp_path, name):
     model, data, train = load_configs(["smoke.gin", f"models/{name}.gin"], SHORT)
     summary = run_training(str(tmp_path), model, data, train)
@@ -65,6 +65,7 @@ def test_variant_trains(tmp_path, name):
     with open(tmp_path / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     layers = [layer for record in records for layer in record["moe"]]
+    assert len(layers) == 3 * 4  # every step logs each of the 4 MoE blocks
     if name == "moe_tiny_capacity_lossfree":
         # the balancing bias moved (it starts at 0), and with top-2 of 4 experts at capacity
         # 1.25 some expert overflowed in some step
@@ -72,3 +73,5 @@ def test_variant_trains(tmp_path, name):
         assert max(layer["dropped_fraction"] for layer in layers) > 0.0
     else:
         assert all(layer["dropped_fraction"] == 0.0 for layer in layers)  # dropless
+    if name == "moe_tiny_hash":  # nothing learned routes: no balancing losses
+        assert all(layer["aux_loss"] == 0.0 and layer["z_loss"] == 0.0 for layer in layers)

@@ -52,12 +52,14 @@ def test_resume_on_another_mesh_continues_with_the_same_losses(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multidevice
-def test_query_key_norms_split_over_the_tensor_axis_train_as_on_one_device(tmp_path):
-    """The (N, H) scales of a norm across heads are split over `tensor`; the mean over all heads
-    then spans devices, and the losses must still be those of one device."""
-    extra = "ModelConfig.qk_norm = 'across_heads'"
+@pytest.mark.parametrize("extra", ["ModelConfig.qk_norm = 'across_heads'",
+                                   "MoEConfig.routing = 'hash'"])
+def test_variants_train_on_a_mesh_as_on_one_device(tmp_path, extra):
+    """Query/key norms across heads: their (N, H) scales are split over `tensor`, so the mean over
+    all heads spans devices. Hash routing: token ids travel with the tokens to the expert-parallel
+    exchange. The losses must be those of one device."""
     model, data, train, mesh = configs("mesh/cpu8_fsdp_expert_tensor.gin", extra)
-    assert mesh.tensor == 2
+    assert mesh.tensor == 2 and mesh.expert == 2
     run_training(str(tmp_path / "mesh"), model, data, train, mesh_config=mesh)
     model, data, train = load_configs(["smoke.gin"], TINY + [extra])
     run_training(str(tmp_path / "one"), model, data, train)
