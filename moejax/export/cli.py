@@ -3,10 +3,10 @@
     moejax export --workdir=runs/a [--step=latest|N] [--format=auto|mixtral|qwen2_moe|qwen3_moe|
         olmoe|llama|qwen3] [--dtype=float32|bfloat16] [--max_shard_size=5GB] [--out=DIR]
 
-A dense run is written as Llama (as Qwen3 with per-head query/key norms). The directory (default ``<workdir>/exports/<format>-step<N>``)
-holds ``config.json``, the weights as safetensors (sharded past ``--max_shard_size``, with their
-index), the tokenizer files and ``moejax_export.json`` (which run, step, configs and code wrote
-it). It is written next to its final place and renamed into it whole, so a failed or
+A dense run is written as Llama (as Qwen3 with per-head query/key norms). The directory
+(default ``<workdir>/exports/<format>-step<N>``) holds ``config.json``, the weights as
+safetensors (sharded past ``--max_shard_size``, with their index), the tokenizer files and
+``moejax_export.json`` (which run, step, configs and code wrote it). It is written next to its final place and renamed into it whole, so a failed or
 interrupted export leaves nothing; an existing directory is never overwritten. Then, in Python:
 ``transformers.AutoModelForCausalLM.from_pretrained(DIR)``.
 

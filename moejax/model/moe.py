@@ -1,16 +1,16 @@
 """The MoE feed-forward layer: routed expert groups plus optional shared experts.
 
 In: hidden states x_BTD, a token mask (1 on real tokens, 0 on padding), the token ids (for
-routing rules that read them), the mode (train or eval) and an rng for router jitter. Out: y_BTD and ``MoEStats`` (balancing losses and routing metrics).
+routing rules that read them), the mode (train or eval) and an rng for router jitter. Out: y_BTD
+and ``MoEStats`` (balancing losses and routing metrics).
 
 A layer holds one ``RoutedGroup`` per expert width — one for a homogeneous MoE, several for
 heterogeneous experts — each with its own router and top-k, and their outputs are summed with the
-shared experts' output. A group is glue: the router (from ``ROUTERS`` by ``MoEConfig.routing``),
-each dispatch path (dropless, capacity,
-expert choice, and dropless expert parallel — ``moejax.parallel.expert_parallel``, taken when
-the current mesh has an ``expert`` axis > 1) and the balancing math are pure functions in their
-own modules, and the path is picked from ``DISPATCH_PATHS`` by name, so a new scheme is a new
-entry, not a branch in here.
+shared experts' output. A group is glue: the router comes from ``ROUTERS`` by
+``MoEConfig.routing``; each dispatch path (dropless, capacity, expert choice, and dropless expert
+parallel — ``moejax.parallel.expert_parallel``, taken when the current mesh has an ``expert``
+axis > 1) and the balancing math are pure functions in their own modules, and the path is picked
+from ``DISPATCH_PATHS`` by name, so a new scheme is a new entry, not a branch in here.
 """
 
 from __future__ import annotations

@@ -147,8 +147,8 @@ def hash_expert_ids(token_ids_T: jax.Array, num_experts: int, top_k: int) -> jax
     """(T, K) int32: K distinct experts per token, a fixed function of the token id alone.
 
     Every (token id, expert) pair gets a pseudo-random 24-bit rank, mix32(id * E + e) >> 8, and a
-    token takes its K highest-ranked experts (ties to the lower id): for K = 1 a uniform random
-    hash of the vocabulary onto the experts, for K > 1 a uniform random K-subset.
+    token takes its K highest-ranked experts (ties to the lower expert id): for K = 1 a uniform
+    random hash of the vocabulary onto the experts, for K > 1 a uniform random K-subset.
     """
     ids_T = token_ids_T.astype(jnp.uint32)
     pairs_TE = ids_T[:, None] * jnp.uint32(num_experts) + jnp.arange(num_experts,
