@@ -101,6 +101,34 @@ def test_sigkill_then_restart_continues_with_identical_losses(tmp_path):
     assert resumed == uninterrupted  # exact equality, not a tolerance
 
 
+@pytest.mark.slow  # two short runs in subprocesses: about half a minute
+def test_ctrl_c_while_saving_every_step_leaves_a_run_that_resumes_exactly(tmp_path):
+    """With a checkpoint after every step, Ctrl-C (SIGINT) lands during a save or right next to
+    one. The run must say which checkpoint is complete, exit 130, and resume from it to the
+    losses the interrupted process had already logged, bit for bit."""
+    bindings = ["TrainConfig.steps = 60", "TrainConfig.checkpoint_every = 1",
+                "TrainConfig.eval_every = 0"]
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(cli(workdir, *bindings), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=private_tmpdir(tmp_path))
+    reached = _wait_for_step(workdir, 20, proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert reached < 60, "the run finished before it could be interrupted"
+    assert proc.returncode == 130, out
+    newest = int(re.search(r"interrupted; newest complete checkpoint: step (\d+)", out).group(1))
+    before = losses(workdir)
+    assert newest >= 19 and max(before) >= newest
+
+    restart = subprocess.run(cli(workdir, *bindings), capture_output=True, text=True,
+                             timeout=600, env=private_tmpdir(tmp_path))
+    assert restart.returncode == 0, restart.stderr
+    assert "resumed from" in restart.stdout
+    after = losses(workdir)
+    assert sorted(after) == list(range(1, 61))
+    assert {s: after[s] for s in before} == before  # the same losses, not within a tolerance
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     workdir = str(tmp_path / "run")
     proc = subprocess.Popen(cli(workdir, "TrainConfig.steps = 100000", "TrainConfig.eval_every = 0",
