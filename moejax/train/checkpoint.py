@@ -240,12 +240,44 @@ def same_model_and_data(fingerprint: dict, directory: str) -> Callable[[dict], N
     return accept
 
 
+def _field_defaults(class_name: str) -> dict:
+    """The JSON form of the defaults of the config class a fingerprint names ({} if unknown)."""
+    from moejax.data.pipeline import DataConfig
+    from moejax.model.config import ModelConfig, MoEConfig
+    from moejax.train.config import TrainConfig
+
+    classes = {c.__name__: c for c in (ModelConfig, MoEConfig, DataConfig, TrainConfig)}
+    if class_name not in classes:
+        return {}
+    return {f.name: json.loads(json.dumps(f.default, default=str))
+            for f in dataclasses.fields(classes[class_name])
+            if f.default is not dataclasses.MISSING}
+
+
+# fields of a fingerprint that hold another config class: ModelConfig.moe is an MoEConfig
+_NESTED = {("ModelConfig", "moe"): "MoEConfig"}
+
+
+def _diffs(name: str, class_name: str, saved: dict, current: dict) -> list[str]:
+    defaults = _field_defaults(class_name)
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        # a field one side lacks was added to moejax after that side was written: its default
+        a = saved[key] if key in saved else defaults.get(key)
+        b = current[key] if key in current else defaults.get(key)
+        nested = _NESTED.get((class_name, key))
+        if nested and isinstance(a, dict) and isinstance(b, dict):
+            diffs += _diffs(f"{name}.{key}", nested, a, b)
+        elif a != b:
+            diffs.append(f"{name}.{key}: checkpoint {a!r} vs config {b!r}")
+    return diffs
+
+
 def config_mismatch(saved: dict, current: dict) -> list[str]:
-    """Names of the fields whose saved and current values differ ('Class.field')."""
+    """The fields whose saved and current values differ ('Class.field: checkpoint X vs config
+    Y'). A field the checkpoint does not record (it predates the field) counts as its default,
+    so a run written by an older moejax resumes unless the config moved the new knob."""
     diffs = []
     for cls in sorted(set(saved) | set(current)):
-        a, b = saved.get(cls, {}), current.get(cls, {})
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                diffs.append(f"{cls}.{key}: checkpoint {a.get(key)!r} vs config {b.get(key)!r}")
+        diffs += _diffs(cls, cls, saved.get(cls, {}), current.get(cls, {}))
     return diffs

@@ -142,3 +142,27 @@ def test_the_late_read_filter_passes_other_errors_through():
     hook(other)
     hook(Unraisable(ValueError("Event loop is closed")))
     assert [u.exc_value for u in seen][0] is other.exc_value and len(seen) == 2
+
+
+def test_a_field_the_checkpoint_predates_counts_as_its_default():
+    """A run written before ModelConfig.qk_norm existed has no such key in its metadata: it
+    matches the default ('none') and nothing else; nested MoE fields are named one by one."""
+    from moejax.train.checkpoint import config_mismatch
+
+    old = {"ModelConfig": {"d_model": 32, "moe": {"top_k": 2, "num_experts": 4}}}
+    now = {"ModelConfig": {"d_model": 32, "qk_norm": "none",
+                           "moe": {"top_k": 2, "num_experts": 4, "routing": "token_choice"}}}
+    assert config_mismatch(old, now) == []
+    moved = {"ModelConfig": {**now["ModelConfig"], "qk_norm": "per_head",
+                             "moe": {**now["ModelConfig"]["moe"], "routing": "hash",
+                                     "top_k": 1}}}
+    assert config_mismatch(old, moved) == [
+        "ModelConfig.moe.routing: checkpoint 'token_choice' vs config 'hash'",
+        "ModelConfig.moe.top_k: checkpoint 2 vs config 1",
+        "ModelConfig.qk_norm: checkpoint 'none' vs config 'per_head'"]
+    dense = {"ModelConfig": {"d_model": 32, "moe": None}}
+    assert config_mismatch(dense, now) == [
+        "ModelConfig.moe: checkpoint None vs config {'top_k': 2, 'num_experts': 4, "
+        "'routing': 'token_choice'}"]
+    assert config_mismatch({"UnknownConfig": {"a": 1}}, {"UnknownConfig": {}}) == [
+        "UnknownConfig.a: checkpoint 1 vs config None"]

@@ -196,6 +196,28 @@ def test_changed_model_config_refuses_to_resume_and_keeps_the_run(tmp_path, chan
         assert (tmp_path / name).read_bytes() == content, name
 
 
+def test_a_run_written_before_a_knob_existed_resumes(tmp_path):
+    """Checkpoints of an older moejax lack the newer fields (here ModelConfig.qk_norm) in their
+    metadata: the run resumes when the config leaves the knob at its default."""
+    m, d, t = tiny("TrainConfig.steps = 2", "TrainConfig.eval_every = 0",
+                   "TrainConfig.checkpoint_every = 1")
+    run_training(str(tmp_path), m, d, t)
+    for step in os.listdir(tmp_path / "checkpoints"):
+        meta_path = tmp_path / "checkpoints" / step / "meta" / "metadata"
+        meta = json.loads(meta_path.read_text())
+        del meta["config"]["ModelConfig"]["qk_norm"]
+        meta_path.write_text(json.dumps(meta))
+    m, d, t = tiny("TrainConfig.steps = 3", "TrainConfig.eval_every = 0")
+    assert run_training(str(tmp_path), m, d, t)["start_step"] == 2
+    m, d, t = tiny("TrainConfig.steps = 4", "TrainConfig.eval_every = 0",
+                   "ModelConfig.qk_norm = 'per_head'")
+    from moejax.train.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="ModelConfig.qk_norm: checkpoint 'none' vs "
+                       "config 'per_head'"):
+        run_training(str(tmp_path), m, d, t)
+
+
 def test_run_directory_contents(tmp_path):
     m, d, t = tiny("TrainConfig.steps = 4", "TrainConfig.eval_every = 2")
     import gin
