@@ -1,11 +1,15 @@
-"""Trains the committed SentencePiece vocabulary on the embedded corpus, reproducibly.
+"""Trains the committed SentencePiece vocabulary on the embedded corpus — or one on your own text
+files — reproducibly.
 
 In: the TRAINING split (default validation fraction) of the three embedded domains
-(``moejax.data.corpora``). Out: ``{out}.model`` and ``{out}.vocab`` — a unigram SentencePiece
+(``moejax.data.corpora``), or with ``--text_files`` your .txt/.jsonl files (read as
+``moejax.data.register_text_task`` reads them). Out: ``{out}.model`` and ``{out}.vocab`` — a unigram SentencePiece
 model with ``vocab_size`` pieces (default 8000) in the T5 id layout: pad 0, EOS 1, UNK 2, no
 BOS, then ``"\\n"`` as a user-defined piece (so play line breaks survive tokenization), then the
 256 byte-fallback pieces (so any character round-trips). Run as
-``python -m moejax.data.build_vocab --out moejax/data/vocab/moejax_8k``.
+``python -m moejax.data.build_vocab --out moejax/data/vocab/moejax_8k``; for your own files
+``python -m moejax.data.build_vocab --out vocab/mine --text_files 'data/train/*.txt'`` and then
+``DataConfig.vocabulary = 'sentencepiece:vocab/mine.model'``.
 
 Determinism: the same corpus gives a byte-identical ``.model``. Training sentences are fed
 through an iterator in a fixed order (no file paths end up in the model's trainer spec), the
@@ -16,6 +20,7 @@ shuffling is off and training uses one thread. Takes about half a minute on one 
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import io
 import pathlib
@@ -23,6 +28,7 @@ from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
 
+from moejax import files
 from moejax.data import corpora, splits
 
 DEFAULT_VOCAB_SIZE = 8000
@@ -74,6 +80,27 @@ def training_sentences(
     return [chunk for chunk in chunks if _stable_unit(chunk) < keep]
 
 
+def file_sentences(patterns: list[str], file_format: str = "text", text_key: str = "text",
+                   text_unit: str = "file",
+                   max_training_chars: int = DEFAULT_MAX_TRAINING_CHARS) -> list[str]:
+    """Chunks of the documents in the files ``patterns`` match (glob), stably subsampled to
+    ~max_training_chars; a pattern that matches no file raises FileNotFoundError."""
+    from moejax.data.tasks import read_text_documents
+
+    paths = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise FileNotFoundError(f"--text_files pattern {pattern!r} matches no file")
+        paths.extend(matches)
+    documents = read_text_documents(paths, file_format, text_key, text_unit)
+    chunks = [chunk for document in documents for chunk in document_chunks(document)]
+    if not chunks:
+        raise ValueError(f"no text in {len(paths)} file(s) matched by {patterns}")
+    keep = keep_fraction(sum(map(len, chunks)), max_training_chars)
+    return [chunk for chunk in chunks if _stable_unit(chunk) < keep]
+
+
 def _stable_unit(text: str) -> float:
     """Deterministic number in [0, 1) for a text (for subsampling)."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2.0**64
@@ -118,12 +145,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output prefix; writes PREFIX.model and PREFIX.vocab")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     parser.add_argument("--max-training-chars", type=int, default=DEFAULT_MAX_TRAINING_CHARS)
+    parser.add_argument("--text_files", nargs="+", default=None, metavar="GLOB",
+                        help="train on these files (paths or glob patterns) instead of the "
+                             "embedded corpus")
+    parser.add_argument("--format", choices=("text", "jsonl"), default="text",
+                        help="of --text_files: plain text, or JSON lines with the text in "
+                             "--text_key")
+    parser.add_argument("--text_key", default="text", help="JSON field of the text (jsonl)")
+    parser.add_argument("--text_unit", choices=("file", "paragraph"), default="file",
+                        help="plain text: one document per file or per blank-line paragraph")
     args = parser.parse_args(argv)
-    model_proto = train_model(training_sentences(max_training_chars=args.max_training_chars), args.vocab_size)
+    if args.text_files:
+        try:
+            sentences = file_sentences(args.text_files, args.format, args.text_key,
+                                       args.text_unit, args.max_training_chars)
+        except (OSError, ValueError, KeyError) as e:
+            parser.error(str(e))
+    else:
+        sentences = training_sentences(max_training_chars=args.max_training_chars)
+    try:
+        model_proto = train_model(sentences, args.vocab_size)
+    except RuntimeError as e:  # SentencePiece's own complaint, e.g. a vocab_size too large
+        parser.error(f"SentencePiece could not train: {str(e).splitlines()[-1]}")
     prefix = pathlib.Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".model").write_bytes(model_proto)
-    prefix.with_suffix(".vocab").write_text(vocab_listing(model_proto), encoding="utf-8")
+    files.write_atomic(prefix.with_suffix(".model"), model_proto)  # whole files or none
+    files.write_atomic(prefix.with_suffix(".vocab"), vocab_listing(model_proto))
     print(f"wrote {prefix}.model ({len(model_proto)} bytes, sha256 {hashlib.sha256(model_proto).hexdigest()})")
 
 

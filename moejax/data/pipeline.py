@@ -20,6 +20,7 @@ same at every call.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 
 import gin
@@ -27,7 +28,8 @@ import numpy as np
 
 from moejax.data import tasks
 from moejax.data.tf_setup import tf
-from moejax.data.vocabularies import VOCABULARY_NAMES, get_vocabulary, padded_vocab_size
+from moejax.data.vocabularies import (USER_SENTENCEPIECE, get_vocabulary, padded_vocab_size,
+                                      user_model_path, vocabulary_problem)
 from moejax.errors import ConfigError, check_field_types
 
 import seqio  # noqa: E402
@@ -50,7 +52,9 @@ class DataConfig:
     Attributes:
       mixture: a moejax task/mixture name (``moejax.data.tasks.moejax_names()``) or any name
         registered with seqio directly.
-      vocabulary: "sentencepiece" (the committed 8k model) or "byte" (seqio.ByteVocabulary).
+      vocabulary: "sentencepiece" (the committed 8k model), "byte" (seqio.ByteVocabulary) or
+        "sentencepiece:PATH", your own SentencePiece model with pad 0 and EOS 1 (``python -m
+        moejax.data.build_vocab --text_files ...`` trains one); PATH is made absolute.
       seq_len: tokens per packed sequence (>= 2).
       batch_size: sequences per step, summed over all hosts (the global batch).
       seed: data-order seed (document shuffle, piece shuffle, mixture sampling).
@@ -65,6 +69,9 @@ class DataConfig:
     validation_fraction: float = 0.03
 
     def __post_init__(self):
+        path = user_model_path(self.vocabulary) if isinstance(self.vocabulary, str) else None
+        if path is not None:  # the run's config.json must name the file wherever it is read
+            object.__setattr__(self, "vocabulary", USER_SENTENCEPIECE + os.path.abspath(path))
         validate(self)  # fail at construction (e.g. when gin builds it), naming the field
 
     @property
@@ -76,8 +83,9 @@ class DataConfig:
 def validate(config: DataConfig, shard_index: int = 0, num_shards: int = 1) -> None:
     """Raises ConfigError (a ValueError) naming the field if the config or shard request is invalid."""
     check_field_types(config)
-    if config.vocabulary not in VOCABULARY_NAMES:
-        raise ConfigError(f"DataConfig.vocabulary must be one of {VOCABULARY_NAMES}, got {config.vocabulary!r}")
+    problem = vocabulary_problem(config.vocabulary)
+    if problem:
+        raise ConfigError(f"DataConfig.vocabulary must be {problem}")
     if config.seq_len < 2:
         raise ConfigError(f"DataConfig.seq_len must be >= 2 (an input and a target), got {config.seq_len}")
     if config.batch_size < 1:

@@ -34,7 +34,7 @@ import gin
 from moejax.data import corpora, splits
 from moejax.data.preprocessors import LM_PREPROCESSORS
 from moejax.data.tf_setup import tf
-from moejax.data.vocabularies import VOCABULARY_NAMES, get_vocabulary
+from moejax.data.vocabularies import get_vocabulary, vocabulary_problem, vocabulary_tag
 
 import seqio  # noqa: E402
 
@@ -53,16 +53,18 @@ class TaskVariant:
     validation_fraction: float = 0.03
 
     def __post_init__(self):
-        if self.vocabulary not in VOCABULARY_NAMES:
-            raise ValueError(f"vocabulary must be one of {VOCABULARY_NAMES}, got {self.vocabulary!r}")
+        problem = vocabulary_problem(self.vocabulary)
+        if problem:
+            raise ValueError(f"vocabulary must be {problem}")
         splits.check_validation_fraction(self.validation_fraction)
 
     def suffix(self) -> str:
-        """``""`` for the default variant, else ``".{vocabulary}.val{fraction}"``."""
+        """``""`` for the default variant, else ``".{vocabulary tag}.val{fraction}"`` (a user's
+        SentencePiece model is tagged by its content: ``vocabularies.vocabulary_tag``)."""
         if self == TaskVariant():
             return ""
         fraction = f"{self.validation_fraction:.6f}".rstrip("0").rstrip(".")
-        return f".{self.vocabulary}.val{fraction}"
+        return f".{vocabulary_tag(self.vocabulary)}.val{fraction}"
 
 
 DEFAULT_VARIANT = TaskVariant()

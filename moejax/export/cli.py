@@ -134,6 +134,9 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
     model_config, data_config, train_config = load_run_configs(workdir)
     validate_model_config(model_config)
     fmt = hf.choose_format(model_config, format_name)
+    problem = tokenizer.tokenizer_problem(data_config.vocabulary)
+    if problem:
+        raise _Refused(f"no tokenizer for the run's vocabulary: {problem}")
     chosen_step = _choose_step(workdir, step)
     out = os.path.abspath(out or os.path.join(workdir, "exports",
                                               f"{fmt.name}-step{chosen_step}"))

@@ -5,8 +5,9 @@ In: the run's vocabulary name (``DataConfig.vocabulary``) and its sequence lengt
 UNK 2, no BOS) and add no token when encoding text (the data pipeline appends EOS per document).
 Both are written as a ``tokenizers`` library file (``tokenizer.json``) that transformers' generic
 fast tokenizer reads as it is (a Llama or T5 tokenizer class would rebuild it its own way):
-- "sentencepiece": ``sentencepiece_json`` rebuilds the unigram model from its pieces, scores and
-  normalization, and the model file itself is kept as ``tokenizer.model``. transformers' own
+- "sentencepiece", and a user's "sentencepiece:PATH" when it is a unigram model:
+  ``sentencepiece_json`` rebuilds the unigram model from its pieces, scores and normalization,
+  and the model file itself is kept as ``tokenizer.model``. transformers' own
   conversions of this model do not reproduce SentencePiece's ids (transformers 5's Llama one
   builds a BPE from a unigram model, its T5 one drops the byte fallback).
 - "byte": ``byte_json``, UTF-8 bytes shifted by 3, as ``seqio.ByteVocabulary`` (a ByT5Tokenizer
@@ -36,8 +37,7 @@ def sentencepiece_json(model_bytes: bytes) -> dict:
     """
     from sentencepiece import sentencepiece_model_pb2
 
-    model = sentencepiece_model_pb2.ModelProto()
-    model.ParseFromString(model_bytes)
+    model = _model_proto(model_bytes)
     trainer, normalizer = model.trainer_spec, model.normalizer_spec
     if trainer.model_type != trainer.UNIGRAM:
         raise ValueError("only unigram SentencePiece models are converted, this one is "
@@ -108,22 +108,53 @@ def byte_json() -> dict:
     }
 
 
+def _model_proto(model_bytes: bytes):
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(model_bytes)
+    return model
+
+
+def tokenizer_problem(vocabulary: str) -> str | None:
+    """Why ``vocabulary`` has no tokenizer file here (None when it has): a user's SentencePiece
+    model that is not a unigram one (BPE, word, char)."""
+    from moejax.data.vocabularies import sentencepiece_model_bytes, vocabulary_problem
+
+    problem = vocabulary_problem(vocabulary)
+    if problem:
+        return f"DataConfig.vocabulary must be {problem}"
+    model_bytes = sentencepiece_model_bytes(vocabulary)
+    if model_bytes is None:
+        return None
+    trainer = _model_proto(model_bytes).trainer_spec
+    if trainer.model_type != trainer.UNIGRAM:
+        return (f"the run's SentencePiece model is {trainer.ModelType.Name(trainer.model_type)}; "
+                "only unigram models are converted to a tokenizer.json")
+    return None
+
+
 def tokenizer_files(vocabulary: str, max_length: int) -> dict[str, bytes]:
     """File name -> content for the vocabulary called ``vocabulary``."""
-    from moejax.data.vocabularies import SENTENCEPIECE_MODEL, VOCABULARY_NAMES
+    from moejax.data.vocabularies import sentencepiece_model_bytes
 
-    if vocabulary == "sentencepiece":
-        model_bytes = SENTENCEPIECE_MODEL.read_bytes()
+    problem = tokenizer_problem(vocabulary)
+    if problem:
+        raise ValueError(problem)
+    model_bytes = sentencepiece_model_bytes(vocabulary)
+    special = dict(SPECIAL_TOKENS)
+    if model_bytes is not None:  # the committed model or the user's own
         files = {"tokenizer.model": model_bytes,
                  "tokenizer.json": json.dumps(sentencepiece_json(model_bytes)).encode()}
-    elif vocabulary == "byte":
-        files = {"tokenizer.json": json.dumps(byte_json()).encode()}
+        pieces = _model_proto(model_bytes).pieces  # the special tokens under the model's names
+        unk = next(p.piece for p in pieces if p.type == p.UNKNOWN)
+        special.update(pad_token=pieces[0].piece, eos_token=pieces[1].piece, unk_token=unk)
     else:
-        raise ValueError(f"vocabulary must be one of {VOCABULARY_NAMES}, got {vocabulary!r}")
+        files = {"tokenizer.json": json.dumps(byte_json()).encode()}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
               "model_max_length": max_length,
-              "model_input_names": ["input_ids", "attention_mask"], **SPECIAL_TOKENS}
+              "model_input_names": ["input_ids", "attention_mask"], **special}
     files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
     files["special_tokens_map.json"] = json.dumps(
-        {k: v for k, v in SPECIAL_TOKENS.items() if v is not None}, indent=2).encode()
+        {k: v for k, v in special.items() if v is not None}, indent=2).encode()
     return files

@@ -89,3 +89,36 @@ def test_files_name_the_special_tokens_and_add_none(vocabulary):
 def test_an_unknown_vocabulary_is_named():
     with pytest.raises(ValueError, match="'bpe'"):
         tokenizer_files("bpe", max_length=128)
+
+
+def test_a_run_on_your_own_sentencepiece_model_exports_that_model(train_tiny, tmp_path,
+                                                                   corpus_texts):
+    import sentencepiece as spm
+
+    from moejax.export.cli import export_run
+    from tests.export.conftest import train_spm
+
+    vocabulary = train_spm(tmp_path / "own.model")
+    run = train_tiny(("smoke.gin",), (f"DataConfig.vocabulary = '{vocabulary}'",))
+    out = export_run(run, out=str(tmp_path / "export"), log=lambda line: None)["out"]
+    with open(f"{out}/config.json") as f:
+        assert json.load(f)["vocab_size"] == 640  # 600 pieces, padded to a multiple of 128
+    with open(f"{out}/tokenizer.model", "rb") as f:
+        assert f.read() == (tmp_path / "own.model").read_bytes()
+    tokenizer = Tokenizer.from_file(f"{out}/tokenizer.json")
+    processor = spm.SentencePieceProcessor(model_file=str(tmp_path / "own.model"))
+    texts = corpus_texts[:30] + HAND_TEXTS
+    same = sum(tokenizer.encode(t, add_special_tokens=False).ids == processor.encode(t)
+               for t in texts)
+    assert same >= len(texts) - 1
+
+
+def test_a_bpe_model_has_no_tokenizer_file_and_says_so(tmp_path):
+    from moejax.export.tokenizer import tokenizer_problem
+    from tests.export.conftest import train_spm
+
+    bpe = train_spm(tmp_path / "bpe.model", model_type="bpe", vocab_size=400)
+    assert "is BPE; only unigram models" in tokenizer_problem(bpe)
+    with pytest.raises(ValueError, match="only unigram"):
+        tokenizer_files(bpe, max_length=128)
+    assert tokenizer_problem("sentencepiece") is None and tokenizer_problem("byte") is None
