@@ -16,7 +16,7 @@ silences TensorFlow and hides GPUs from it (``tf_setup``) before anything import
 from moejax.data import tf_setup  # noqa: F401  (must come first: quiets TF, hides GPUs)
 from moejax.data.pipeline import DataConfig, eval_batches, eval_names, train_batches, vocab_size
 from moejax.data.tasks import moejax_names, register_text_task, resolve_name, tfds_data_dir
-from moejax.data.vocabularies import get_vocabulary
+from moejax.data.vocabularies import get_vocabulary, vocabulary_tag
 
 __all__ = [
     "DataConfig",
@@ -29,4 +29,5 @@ __all__ = [
     "tfds_data_dir",
     "train_batches",
     "vocab_size",
+    "vocabulary_tag",
 ]

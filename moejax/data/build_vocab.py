@@ -3,10 +3,10 @@ files — reproducibly.
 
 In: the TRAINING split (default validation fraction) of the three embedded domains
 (``moejax.data.corpora``), or with ``--text_files`` your .txt/.jsonl files (read as
-``moejax.data.register_text_task`` reads them). Out: ``{out}.model`` and ``{out}.vocab`` — a unigram SentencePiece
-model with ``vocab_size`` pieces (default 8000) in the T5 id layout: pad 0, EOS 1, UNK 2, no
-BOS, then ``"\\n"`` as a user-defined piece (so play line breaks survive tokenization), then the
-256 byte-fallback pieces (so any character round-trips). Run as
+``moejax.data.register_text_task`` reads them). Out: ``{out}.model`` and ``{out}.vocab`` — a
+unigram SentencePiece model with ``vocab_size`` pieces (default 8000) in the T5 id layout: pad 0,
+EOS 1, UNK 2, no BOS, then ``"\\n"`` as a user-defined piece (so play line breaks survive
+tokenization), then the 256 byte-fallback pieces (so any character round-trips). Run as
 ``python -m moejax.data.build_vocab --out moejax/data/vocab/moejax_8k``; for your own files
 ``python -m moejax.data.build_vocab --out vocab/mine --text_files 'data/train/*.txt'`` and then
 ``DataConfig.vocabulary = 'sentencepiece:vocab/mine.model'``.

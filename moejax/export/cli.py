@@ -6,8 +6,9 @@
 A dense run is written as Llama (as Qwen3 with per-head query/key norms). The directory
 (default ``<workdir>/exports/<format>-step<N>``) holds ``config.json``, the weights as
 safetensors (sharded past ``--max_shard_size``, with their index), the tokenizer files and
-``moejax_export.json`` (which run, step, configs and code wrote it). It is written next to its final place and renamed into it whole, so a failed or
-interrupted export leaves nothing; an existing directory is never overwritten. Then, in Python:
+``moejax_export.json`` (which run, step, configs and code wrote it). It is written next to its
+final place and renamed into it whole, so a failed or interrupted export leaves nothing; an
+existing directory is never overwritten. Then, in Python:
 ``transformers.AutoModelForCausalLM.from_pretrained(DIR)``.
 
 Exit status: 0 written, 1 the run, checkpoint or model cannot be exported (the message says

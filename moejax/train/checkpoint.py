@@ -223,15 +223,22 @@ def config_fingerprint(*configs) -> dict:
     return out
 
 
-def same_model_and_data(fingerprint: dict, directory: str) -> Callable[[dict], None]:
+def same_model_and_data(fingerprint: dict, directory: str,
+                        vocabulary_tag: str | None = None) -> Callable[[dict], None]:
     """``restore_latest``'s ``accept`` for a run of the configs ``fingerprint`` describes: a
     checkpoint of another model or data config raises CheckpointMismatch listing the differences
-    (training knobs may change between resumes)."""
+    (training knobs may change between resumes). ``vocabulary_tag`` (a user's SentencePiece
+    file by content, ``vocabularies.vocabulary_tag``) must match the one the checkpoint records:
+    the same path holding another model would tokenize the data differently."""
     current = {k: v for k, v in fingerprint.items() if k != "TrainConfig"}
 
     def accept(meta: dict) -> None:
         saved = {k: v for k, v in meta.get("config", {}).items() if k != "TrainConfig"}
         diffs = config_mismatch(saved, current)
+        saved_tag = meta.get("vocabulary_tag")
+        if saved_tag is not None and vocabulary_tag is not None and saved_tag != vocabulary_tag:
+            diffs.append(f"the vocabulary file's content: checkpoint {saved_tag} vs now "
+                         f"{vocabulary_tag} (the file changed since)")
         if diffs:
             raise CheckpointMismatch(
                 f"{directory} holds checkpoints of a different model/data config; use a new "

@@ -189,6 +189,7 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
         raise ConfigError(f"workdir {workdir}: {problem}")
     os.makedirs(workdir, exist_ok=True)
     fingerprint = config_fingerprint(model, data, train)
+    vocabulary_tag = data_lib.vocabulary_tag(data.vocabulary)
 
     if sharded is None:
         abstract_state = jax.eval_shape(lambda: init_train_state(fmodel, tx, train.seed))
@@ -199,7 +200,8 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep_checkpoints)
     restored = checkpointer.restore_latest(
-        abstract_state, log=log, accept=same_model_and_data(fingerprint, checkpointer.directory))
+        abstract_state, log=log,
+        accept=same_model_and_data(fingerprint, checkpointer.directory, vocabulary_tag))
     if primary:  # only now: a refused resume leaves the run's own config files as they were
         if gin_config is not None:
             files.write_atomic(os.path.join(workdir, "config.gin"), gin_config)
@@ -240,6 +242,8 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
                    for local in data_lib.train_batches(data, start_step, shard_index=shard_index,
                                                        num_shards=num_shards))
     run_meta = {} if sharded is None else {"mesh": mesh_shape(sharded.mesh)}
+    if vocabulary_tag != data.vocabulary:  # a user's model file: its content, for resumes
+        run_meta["vocabulary_tag"] = vocabulary_tag
 
     def save(step: int, state: TrainState) -> None:
         checkpointer.save(step, state, {"step": step, "config": fingerprint,

@@ -96,7 +96,7 @@ def test_a_run_on_your_own_sentencepiece_model_exports_that_model(train_tiny, tm
     import sentencepiece as spm
 
     from moejax.export.cli import export_run
-    from tests.export.conftest import train_spm
+    from tests.spm_models import train_spm
 
     vocabulary = train_spm(tmp_path / "own.model")
     run = train_tiny(("smoke.gin",), (f"DataConfig.vocabulary = '{vocabulary}'",))
@@ -115,7 +115,7 @@ def test_a_run_on_your_own_sentencepiece_model_exports_that_model(train_tiny, tm
 
 def test_a_bpe_model_has_no_tokenizer_file_and_says_so(tmp_path):
     from moejax.export.tokenizer import tokenizer_problem
-    from tests.export.conftest import train_spm
+    from tests.spm_models import train_spm
 
     bpe = train_spm(tmp_path / "bpe.model", model_type="bpe", vocab_size=400)
     assert "is BPE; only unigram models" in tokenizer_problem(bpe)

@@ -57,6 +57,12 @@ def _wait_for_step(workdir, step, proc, timeout=300):
     raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
+def _start(workdir, tmp_path, *bindings) -> subprocess.Popen:
+    """``moejax train`` in a subprocess (stdout and stderr together), to be signalled."""
+    return subprocess.Popen(cli(workdir, *bindings), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=private_tmpdir(tmp_path))
+
+
 def test_resume_in_process_equals_uninterrupted(tmp_path):
     bindings = ["TrainConfig.checkpoint_every = 3", "TrainConfig.eval_every = 0"]
     m, d, t = tiny("TrainConfig.steps = 6", *bindings)
@@ -80,8 +86,7 @@ def test_sigkill_then_restart_continues_with_identical_losses(tmp_path):
     bindings = ["TrainConfig.steps = 300", "TrainConfig.checkpoint_every = 10",
                 "TrainConfig.eval_every = 0"]
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(cli(killed, *bindings), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=private_tmpdir(tmp_path))
+    proc = _start(killed, tmp_path, *bindings)
     reached = _wait_for_step(killed, 35, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -109,8 +114,7 @@ def test_ctrl_c_while_saving_every_step_leaves_a_run_that_resumes_exactly(tmp_pa
     bindings = ["TrainConfig.steps = 60", "TrainConfig.checkpoint_every = 1",
                 "TrainConfig.eval_every = 0"]
     workdir = str(tmp_path / "run")
-    proc = subprocess.Popen(cli(workdir, *bindings), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=private_tmpdir(tmp_path))
+    proc = _start(workdir, tmp_path, *bindings)
     reached = _wait_for_step(workdir, 20, proc)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
@@ -216,6 +220,21 @@ def test_a_run_written_before_a_knob_existed_resumes(tmp_path):
     with pytest.raises(CheckpointError, match="ModelConfig.qk_norm: checkpoint 'none' vs "
                        "config 'per_head'"):
         run_training(str(tmp_path), m, d, t)
+
+
+def test_a_vocabulary_file_that_changed_since_the_checkpoint_is_refused(tmp_path):
+    from moejax.train.checkpoint import CheckpointError
+    from tests.spm_models import train_spm
+
+    vocabulary = train_spm(tmp_path / "vocab.model")
+    bindings = [f"DataConfig.vocabulary = '{vocabulary}'", "TrainConfig.eval_every = 0"]
+    m, d, t = tiny("TrainConfig.steps = 2", *bindings)
+    run_training(str(tmp_path / "run"), m, d, t)
+    train_spm(tmp_path / "vocab.model", vocab_size=640)  # another model at the same path
+    m, d, t = tiny("TrainConfig.steps = 3", *bindings)
+    with pytest.raises(CheckpointError, match=r"the vocabulary file's content: checkpoint "
+                       r"spm_\w+ vs now spm_\w+ \(the file changed since\)"):
+        run_training(str(tmp_path / "run"), m, d, t)
 
 
 def test_run_directory_contents(tmp_path):
