@@ -200,6 +200,7 @@ def test_changed_model_config_refuses_to_resume_and_keeps_the_run(tmp_path, chan
         assert (tmp_path / name).read_bytes() == content, name
 
 
+@pytest.mark.slow  # three short trainings (18 s); config_mismatch's own test is fast
 def test_a_run_written_before_a_knob_existed_resumes(tmp_path):
     """Checkpoints of an older moejax lack the newer fields (here ModelConfig.qk_norm) in their
     metadata: the run resumes when the config leaves the knob at its default."""
