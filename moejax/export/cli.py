@@ -49,6 +49,13 @@ def shard_size(text: str) -> int:
     return size
 
 
+def _out(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a directory to create, or leave --out "
+                                         "out for <workdir>/exports/<format>-step<N>")
+    return text
+
+
 def _step(text: str) -> str | int:
     if text.strip().lower() == "latest":
         return "latest"
@@ -75,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stored dtype of the weights (default float32, as trained)")
     parser.add_argument("--max_shard_size", type=shard_size, default=shard_size("5GB"),
                         help="largest weight file before the weights are split (default 5GB)")
-    parser.add_argument("--out", default=None,
+    parser.add_argument("--out", type=_out, default=None,
                         help="directory to create (default <workdir>/exports/<format>-step<N>); "
                              "must not exist")
 
@@ -143,6 +150,10 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
                                               f"{fmt.name}-step{chosen_step}"))
     if os.path.lexists(out):
         raise _Refused(f"{out} exists; give another --out (nothing is overwritten)")
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if os.path.commonpath([out, checkpoints]) == checkpoints:
+        raise _Refused(f"--out {out} is inside the run's checkpoints directory, which orbax "
+                       "manages (old steps are deleted there); give another --out")
     problem = files.directory_problem(os.path.dirname(out))
     if problem:
         raise _Refused(f"--out {out}: {problem}")
@@ -194,9 +205,11 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
             except OSError as e:  # a non-empty directory appeared at out since the check
                 raise _Refused(f"{out} appeared while writing ({e.strerror}); nothing is "
                                "overwritten") from None
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
         files.remove_empty(created)  # the parents of --out this export made
+        if isinstance(e, OSError) and e.filename is None:  # a full disk names no file
+            e.filename = out
         raise
     return {"out": out, "workdir": workdir, "step": chosen_step, "format": fmt.name,
             "dtype": dtype, "tensors": len(tensors),

@@ -89,6 +89,16 @@ def test_an_existing_output_is_never_overwritten(trained_run, tmp_path, capsys):
     assert os.listdir(out) == ["keep.txt"]
 
 
+def test_an_empty_out_or_one_inside_the_checkpoints_is_refused(trained_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _export(capsys, "--workdir", trained_run, "--out", "")
+    assert exit_info.value.code == 2 and "--out: is empty" in capsys.readouterr().err
+    inside = os.path.join(trained_run, "checkpoints", "hf")
+    code, _, stderr = _export(capsys, "--workdir", trained_run, "--out", inside)
+    assert code == 1 and "inside the run's checkpoints directory" in stderr
+    assert not os.path.exists(inside)
+
+
 def test_a_missing_step_names_the_steps_there_are(trained_run, tmp_path, capsys):
     code, _, stderr = _export(capsys, "--workdir", trained_run, "--step", "3", "--out",
                               str(tmp_path / "x"))
@@ -161,6 +171,19 @@ def test_a_write_that_fails_midway_leaves_nothing(trained_run, tmp_path, capsys,
     assert code == 1 and "No space left on device" in stderr
     assert len(calls) == 2
     # neither the directory, nor its partial twin, nor the parents the export made for it
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_write_error_that_names_no_file_is_given_the_output_s_name(trained_run, tmp_path,
+                                                                    capsys, monkeypatch):
+    def disk_full(path):  # as a write() on a full disk raises it: no file name
+        raise OSError(28, "No space left on device")
+
+    _on_second_file(monkeypatch, disk_full)
+    out = str(tmp_path / "x")
+    code, _, stderr = _export(capsys, "--workdir", trained_run, "--out", out,
+                              "--max_shard_size", "20KB")
+    assert code == 1 and f"No space left on device: {out}\n" in stderr
     assert os.listdir(tmp_path) == []
 
 
