@@ -79,3 +79,11 @@ def test_values_of_the_right_types_pass():
     for config in (TrainConfig(learning_rate=1, steps=3), ModelConfig(n_kv_heads=None),
                    MoEConfig(capacity_factor=2, ep_buffer_factor=None), MoEConfig()):
         check_field_types(config)  # an int where a float is declared is fine; None where allowed
+
+
+@pytest.mark.parametrize("name", sorted(cli.SUBCOMMANDS))
+def test_every_subcommand_has_its_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([name, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: moejax {name}")

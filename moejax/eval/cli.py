@@ -16,19 +16,7 @@ import os
 import sys
 
 from moejax import files
-from moejax.arguments import integer_at_least
-
-
-def _capacity(text: str) -> float | None:
-    if text.strip().lower() in ("none", "dropless", ""):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 'none' or a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (or 'none' for dropless), got {text}")
-    return value
+from moejax.arguments import capacity_factor_or_none, integer_at_least
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval_batches", type=integer_at_least(1), default=None,
                         help="validation batches per task (default: the run's "
                              "TrainConfig.eval_batches)")
-    parser.add_argument("--eval_capacity_factor", type=_capacity, default=None,
+    parser.add_argument("--eval_capacity_factor", type=capacity_factor_or_none, default=None,
                         help="'none' (default): dropless evaluation whatever capacity the model "
                              "trained with; a number: evaluate with that capacity factor")
     parser.add_argument("--quiet", action="store_true", help="no progress output")

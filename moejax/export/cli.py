@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from moejax import files
+from moejax.arguments import checkpoint_step
 
 DTYPES = ("float32", "bfloat16")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
@@ -56,23 +57,11 @@ def _out(text: str) -> str:
     return text
 
 
-def _step(text: str) -> str | int:
-    if text.strip().lower() == "latest":
-        return "latest"
-    try:
-        step = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 'latest' or a step number") from None
-    if step < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {step}")
-    return step
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moejax.export.hf import FORMATS
 
     parser.add_argument("--workdir", required=True, help="the run directory to export from")
-    parser.add_argument("--step", type=_step, default="latest",
+    parser.add_argument("--step", type=checkpoint_step, default="latest",
                         help="checkpoint step to export: 'latest' (default) or a step number")
     parser.add_argument("--format", choices=("auto", *FORMATS), default="auto",
                         help="'auto' (default): the first that holds the model of mixtral, "
@@ -109,20 +98,6 @@ def _terminate_as_exception():
             signal.signal(s, handler)
 
 
-def _choose_step(workdir: str, wanted: str | int) -> int:
-    from moejax.train.run import checkpoint_steps
-
-    steps = checkpoint_steps(workdir)
-    if not steps:
-        raise _Refused(f"{workdir} has no finalized checkpoint")
-    if wanted == "latest":
-        return steps[-1]
-    if wanted not in steps:
-        raise _Refused(f"{workdir} has no finalized checkpoint at step {wanted}; it has "
-                       f"{', '.join(map(str, steps))}")
-    return wanted
-
-
 def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "auto",
                dtype: str = "float32", max_shard_bytes: int = 5 * 10**9, out: str | None = None,
                log=print) -> dict:
@@ -134,9 +109,8 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
 
     from moejax.eval.score import code_version
     from moejax.export import hf, safetensors, tokenizer
-    from moejax.train.run import load_run_configs, restore_params
-
     from moejax.model.config import validate_model_config
+    from moejax.train.run import choose_checkpoint_step, load_run_configs, restore_params
 
     workdir = os.path.abspath(workdir)
     model_config, data_config, train_config = load_run_configs(workdir)
@@ -145,7 +119,7 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
     problem = tokenizer.tokenizer_problem(data_config.vocabulary)
     if problem:
         raise _Refused(f"no tokenizer for the run's vocabulary: {problem}")
-    chosen_step = _choose_step(workdir, step)
+    chosen_step = choose_checkpoint_step(workdir, step)
     out = os.path.abspath(out or os.path.join(workdir, "exports",
                                               f"{fmt.name}-step{chosen_step}"))
     if os.path.lexists(out):

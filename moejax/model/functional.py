@@ -5,6 +5,8 @@ In: a validated ModelConfig. Out: ``FunctionalModel`` with
 - ``init_buffers() -> buffers``: non-trainable state the optimizer never sees (today the
   auxiliary-loss-free balancing biases; an empty dict when there are none);
 - ``apply(params, tokens, positions, segment_ids, *, buffers, train, rng) -> (logits, moe_stats)``;
+- ``extend(params, cache, tokens, positions, segment_ids, *, buffers) -> (logits, cache)``: T
+  more tokens through a decoding cache (``moejax.model.decoding.init_cache``), in eval mode;
 - ``logical_axes``: the params tree with, at every leaf, the tuple of logical axis names its
   dimensions carry (declared where the parameter is defined, ``moejax.parallel.rules.logical_param``),
   from which ``moejax.parallel.sharding`` derives the parameters' shardings on any mesh.
@@ -40,6 +42,7 @@ class FunctionalModel:
     apply: Callable[..., tuple]
     abstract_params: Params
     logical_axes: Params
+    extend: Callable[..., tuple]
 
 
 def _logical_axes(abstract_params, pure_params: Params) -> Params:
@@ -73,8 +76,7 @@ def build_model(config: ModelConfig) -> FunctionalModel:
         return jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype),
                             nnx.to_pure_dict(abstract_buffers))
 
-    def apply(params: Params, tokens_BT, positions_BT=None, segment_ids_BT=None, *,
-              buffers: Params | None = None, train: bool = False, rng=None):
+    def merged(params: Params, buffers: Params | None) -> Transformer:
         if buffers is None:
             if has_buffers:
                 raise ValueError("this model has balancing biases: pass buffers=...")
@@ -84,12 +86,20 @@ def build_model(config: ModelConfig) -> FunctionalModel:
         nnx.replace_by_pure_dict(param_state, params)
         if has_buffers:
             nnx.replace_by_pure_dict(buffer_state, buffers)
-        model = nnx.merge(graphdef, param_state, buffer_state)
-        return model(tokens_BT, positions_BT, segment_ids_BT, train=train, rng=rng)
+        return nnx.merge(graphdef, param_state, buffer_state)
+
+    def apply(params: Params, tokens_BT, positions_BT=None, segment_ids_BT=None, *,
+              buffers: Params | None = None, train: bool = False, rng=None):
+        return merged(params, buffers)(tokens_BT, positions_BT, segment_ids_BT, train=train,
+                                       rng=rng)
+
+    def extend(params: Params, cache, tokens_BT, positions_BT, segment_ids_BT, *,
+               buffers: Params | None = None):
+        return merged(params, buffers).extend(tokens_BT, positions_BT, segment_ids_BT, cache)
 
     pure_abstract_params = nnx.to_pure_dict(abstract_params)
     return FunctionalModel(config, init, init_buffers, apply, pure_abstract_params,
-                           _logical_axes(abstract_params, pure_abstract_params))
+                           _logical_axes(abstract_params, pure_abstract_params), extend)
 
 
 def update_balancing_biases(buffers: Params, moe_stats: Sequence[MoEStats], rate: float) -> Params:

@@ -3,7 +3,9 @@ attention, SwiGLU.
 
 In/out: activations x_BTD in the compute dtype. Parameters are float32 and cast at use.
 Attention runs through ``jax.nn.dot_product_attention`` with a mask that is causal and keeps
-packed documents apart (a token attends only to earlier tokens of its own segment).
+packed documents apart (a token attends only to earlier tokens of its own segment). For decoding,
+``Attention.extend`` attends new tokens over a ``LayerCache`` of earlier keys and values with the
+same rule (``cached_attention_mask``).
 
 Shapes: B batch, T/S query/key positions, D d_model, N query heads, G key/value heads, H head dim,
 F feed-forward hidden.
@@ -12,6 +14,7 @@ F feed-forward hidden.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -95,6 +98,31 @@ def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
     return (causal_TS[None] & same_segment_BTS)[:, None]
 
 
+class LayerCache(NamedTuple):
+    """One attention layer's keys and values at every slot of a decoding cache, (B, S, G, H)."""
+
+    keys_BSGH: jax.Array
+    values_BSGH: jax.Array
+
+
+def write_layer_cache(cache: LayerCache, k_BTGH, v_BTGH, start) -> LayerCache:
+    """``cache`` with T new keys and values written at slots start .. start+T-1."""
+    at = (0, start, 0, 0)
+    return LayerCache(jax.lax.dynamic_update_slice(cache.keys_BSGH, k_BTGH.astype(
+                          cache.keys_BSGH.dtype), at),
+                      jax.lax.dynamic_update_slice(cache.values_BSGH, v_BTGH.astype(
+                          cache.values_BSGH.dtype), at))
+
+
+def cached_attention_mask(segment_ids_BT, key_segments_BS, start) -> jax.Array:
+    """(B, 1, T, S) boolean for T queries at slots start .. start+T-1 over S cached slots: a query
+    sees the slots up to its own that hold its segment (slots not yet written hold segment -1)."""
+    seq, slots = segment_ids_BT.shape[1], key_segments_BS.shape[1]
+    causal_TS = (start + jnp.arange(seq))[:, None] >= jnp.arange(slots)[None, :]
+    same_segment_BTS = segment_ids_BT[:, :, None] == key_segments_BS[:, None, :]
+    return (causal_TS[None] & same_segment_BTS)[:, None]
+
+
 class Attention(nnx.Module):
     """Causal multi-head attention with grouped-query key/value heads and rotary positions;
     queries and keys pass through ``QK_NORMS[qk_norm]`` before the rotation."""
@@ -118,7 +146,8 @@ class Attention(nnx.Module):
             _linear_init(n_heads * head_dim, out_scale)(rngs.params(), (n_heads, head_dim, d_model)),
             ("heads", "head_dim", "embed"))
 
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+    def _project(self, x_BTD, positions_BT):
+        """Queries (B, T, N, H), and keys and values (B, T, G, H), normed and rotated."""
         dt = self.compute_dtype
         x = x_BTD.astype(dt)
         q_BTNH = jnp.einsum("btd,dnh->btnh", x, self.w_q_DNH[...].astype(dt))
@@ -128,10 +157,24 @@ class Attention(nnx.Module):
                            ("batch", "seq", "heads", "head_dim"))
         k_BTGH = constrain(rotary_embedding(self.k_norm(k_BTGH), positions_BT, self.rope_theta),
                            ("batch", "seq", "kv_heads", "head_dim"))
-        v_BTGH = constrain(v_BTGH, ("batch", "seq", "kv_heads", "head_dim"))
-        out_BTNH = jax.nn.dot_product_attention(
-            q_BTNH, k_BTGH, v_BTGH, mask=attention_mask(segment_ids_BT))
-        return jnp.einsum("btnh,nhd->btd", out_BTNH, self.w_o_NHD[...].astype(dt))
+        return q_BTNH, k_BTGH, constrain(v_BTGH, ("batch", "seq", "kv_heads", "head_dim"))
+
+    def _attend(self, q_BTNH, k_BSGH, v_BSGH, mask_B1TS):
+        out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSGH, v_BSGH, mask=mask_B1TS)
+        return jnp.einsum("btnh,nhd->btd", out_BTNH, self.w_o_NHD[...].astype(self.compute_dtype))
+
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+        q_BTNH, k_BTGH, v_BTGH = self._project(x_BTD, positions_BT)
+        return self._attend(q_BTNH, k_BTGH, v_BTGH, attention_mask(segment_ids_BT))
+
+    def extend(self, x_BTD, positions_BT, segment_ids_BT, cache: LayerCache, key_segments_BS,
+               start) -> tuple[jax.Array, LayerCache]:
+        """Attention of T new tokens, written at slots ``start .. start+T-1`` of ``cache``, over
+        every slot up to their own (decoding; ``key_segments_BS`` already holds theirs)."""
+        q_BTNH, k_BTGH, v_BTGH = self._project(x_BTD, positions_BT)
+        cache = write_layer_cache(cache, k_BTGH, v_BTGH, start)
+        mask = cached_attention_mask(segment_ids_BT, key_segments_BS, start)
+        return self._attend(q_BTNH, cache.keys_BSGH, cache.values_BSGH, mask), cache
 
 
 class SwiGLU(nnx.Module):

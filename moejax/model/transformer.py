@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moejax.model.config import ModelConfig, moe_layer_indices
-from moejax.model.layers import Attention, RMSNorm, SwiGLU
+from moejax.model.decoding import DecodeCache
+from moejax.model.layers import Attention, LayerCache, RMSNorm, SwiGLU
 from moejax.model.moe import MoEFeedForward, MoEStats
 from moejax.parallel.rules import constrain, logical_param
 
@@ -47,6 +48,20 @@ class Block(nnx.Module):
         else:
             y_BTD, stats = self.ff(h_BTD), None
         return x_BTD + y_BTD.astype(x_BTD.dtype), stats
+
+    def extend(self, x_BTD, positions_BT, segment_ids_BT, tokens_BT, layer_cache: LayerCache,
+               key_segments_BS, start) -> tuple[jax.Array, LayerCache]:
+        """The block on T new tokens over its cached keys and values (decoding, eval mode)."""
+        attended_BTD, layer_cache = self.attn.extend(self.attn_norm(x_BTD), positions_BT,
+                                                     segment_ids_BT, layer_cache, key_segments_BS,
+                                                     start)
+        x_BTD = x_BTD + attended_BTD
+        h_BTD = self.ff_norm(x_BTD)
+        if self.is_moe:
+            y_BTD, _ = self.ff(h_BTD, segment_ids_BT > 0, token_ids_BT=tokens_BT)
+        else:
+            y_BTD = self.ff(h_BTD)
+        return x_BTD + y_BTD.astype(x_BTD.dtype), layer_cache
 
 
 def _call_block(block: Block, x_BTD, positions_BT, segment_ids_BT, tokens_BT, rng, train: bool):
@@ -98,8 +113,7 @@ class Transformer(nnx.Module):
             positions_BT = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         if segment_ids_BT is None:
             segment_ids_BT = jnp.ones((batch, seq), jnp.int32)
-        x_BTD = jnp.take(self.embed_VD[...], tokens_BT, axis=0).astype(self.compute_dtype)
-        x_BTD = constrain(x_BTD, ("batch", "seq", "embed"))
+        x_BTD = self._embed(tokens_BT)
         moe_stats = []
         run = block_runner(self.config.remat)
         for index, block in enumerate(self.blocks):
@@ -108,6 +122,30 @@ class Transformer(nnx.Module):
                                train)
             if stats is not None:
                 moe_stats.append(stats)
+        return self._logits(x_BTD), moe_stats
+
+    def extend(self, tokens_BT: jax.Array, positions_BT: jax.Array, segment_ids_BT: jax.Array,
+               cache: DecodeCache) -> tuple[jax.Array, DecodeCache]:
+        """Logits (B, T, V) float32 of T new tokens appended to ``cache`` at slots
+        ``cache.length ..``, and the cache holding them too (``moejax.model.decoding``). Eval
+        mode; MoE statistics are not kept. Segment 0 marks padding, as in training."""
+        start = cache.length
+        key_segments_BS = jax.lax.dynamic_update_slice(cache.segment_ids_BS,
+                                                       segment_ids_BT.astype(jnp.int32), (0, start))
+        x_BTD = self._embed(tokens_BT)
+        layers = []
+        for block, layer_cache in zip(self.blocks, cache.layers):
+            x_BTD, layer_cache = block.extend(x_BTD, positions_BT, segment_ids_BT, tokens_BT,
+                                              layer_cache, key_segments_BS, start)
+            layers.append(layer_cache)
+        return self._logits(x_BTD), DecodeCache(tuple(layers), key_segments_BS,
+                                                start + tokens_BT.shape[1])
+
+    def _embed(self, tokens_BT):
+        x_BTD = jnp.take(self.embed_VD[...], tokens_BT, axis=0).astype(self.compute_dtype)
+        return constrain(x_BTD, ("batch", "seq", "embed"))
+
+    def _logits(self, x_BTD):
         x_BTD = self.final_norm(x_BTD)
         if self.config.tie_embeddings:
             w_DV = self.embed_VD[...].T
@@ -115,4 +153,4 @@ class Transformer(nnx.Module):
             w_DV = self.unembed_DV[...]
         logits_BTV = jnp.dot(x_BTD, w_DV.astype(self.compute_dtype),
                              preferred_element_type=jnp.float32)
-        return constrain(logits_BTV.astype(jnp.float32), ("batch", "seq", "vocab")), moe_stats
+        return constrain(logits_BTV.astype(jnp.float32), ("batch", "seq", "vocab"))

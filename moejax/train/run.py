@@ -71,6 +71,19 @@ def checkpoint_steps(workdir: str) -> list[int]:
         checkpointer.close()
 
 
+def choose_checkpoint_step(workdir: str, wanted: str | int) -> int:
+    """The finalized step ``wanted`` ('latest': the newest); CheckpointError when there is none."""
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise CheckpointError(f"{workdir} has no finalized checkpoint")
+    if wanted == "latest":
+        return steps[-1]
+    if wanted not in steps:
+        raise CheckpointError(f"{workdir} has no finalized checkpoint at step {wanted}; it has "
+                              f"{', '.join(map(str, steps))}")
+    return wanted
+
+
 def abstract_train_state(model: FunctionalModel, train: TrainConfig) -> TrainState:
     """Shapes and dtypes of the run's train state, without allocating it."""
     tx = make_optimizer(train)
