@@ -16,6 +16,8 @@
 #     which is what "auto" should follow; rivals need .whl/rivals (see `rivals` below)
 #   bash benchmarks/gpu_session.sh memory           # the memory moejax lower --topology=h100
 #     predicts without a GPU (benchmarks/step_memory.py) against the GPU's peak, 4 configs
+#   bash benchmarks/gpu_session.sh decode           # a decoding step of an MoE against its
+#     FLOP- and parameter-matched dense models at batch 1 to 512 (benchmarks/decode.py)
 #   bash benchmarks/gpu_session.sh rivals           # other projects' grouped matmuls next to
 #     ours on the CASES: MaxText's (tokamax "mosaic"), tokamax's Triton one, JAX's Hopper
 #     example kernels (benchmarks/rivals.py); first, here: bash benchmarks/rival_wheels.sh
@@ -166,6 +168,13 @@ for l in sys.stdin:
         timeout 300 python3 benchmarks/moe_step.py --dtype bfloat16 --reps 5 --vocab 32768 $spec \
           2>>"$OUT/step.err" | tee -a "$OUT/step.jsonl"
       done ;;
+    decode)  # one decoding step: the MoE against its FLOP- and parameter-matched dense models
+      timeout 400 python3 benchmarks/decode.py --dtype bfloat16 --d-model 2048 --layers 8 \
+        --experts 8 --top-k 2 --d-expert 2048 --vocab 32768 --context 1024 --batch 1 \
+        --batch 16 --batch 128 --batch 512 2>>"$OUT/decode.err" | tee -a "$OUT/decode.jsonl" \
+        | python3 -c "import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print(r['model'], r['batch'], r['step_s'], r['ratio_vs_flop_matched_dense'], r['achieved_gflops'])" ;;
     memory)  # the deviceless compile's memory prediction (moejax lower --topology) against the
       # GPU's: XLA's analysis on the GPU and the allocator's peak over 3 steps, a process a case
       for c in 0 1 2 3; do

@@ -42,8 +42,10 @@ def _choose(logits_BV, rng, sampling: Sampling, vocab_size: int):
 
 
 # ``extend`` (a FunctionalModel's), ``sampling`` and ``vocab_size`` are static: each compiles once
-# per model and setting, however many times ``generate`` is called.
-@functools.partial(jax.jit, static_argnames=("extend", "sampling", "vocab_size"))
+# per model and setting, however many times ``generate`` is called. The cache is donated, so
+# each step writes its new keys and values in place instead of copying the whole cache.
+@functools.partial(jax.jit, static_argnames=("extend", "sampling", "vocab_size"),
+                   donate_argnames=("cache",))
 def _prefill(params, buffers, cache, tokens_BP, positions_BP, segments_BP, rng, *, extend,
              sampling, vocab_size):
     logits_BPV, cache = extend(params, cache, tokens_BP, positions_BP, segments_BP,
@@ -51,7 +53,8 @@ def _prefill(params, buffers, cache, tokens_BP, positions_BP, segments_BP, rng, 
     return (*_choose(logits_BPV[:, -1], rng, sampling, vocab_size), cache)
 
 
-@functools.partial(jax.jit, static_argnames=("extend", "sampling", "vocab_size"))
+@functools.partial(jax.jit, static_argnames=("extend", "sampling", "vocab_size"),
+                   donate_argnames=("cache",))
 def _step(params, buffers, cache, tokens_B, positions_B, rng, *, extend, sampling, vocab_size):
     segments_B1 = jnp.full((tokens_B.shape[0], 1), PROMPT_SEGMENT, jnp.int32)
     logits_B1V, cache = extend(params, cache, tokens_B[:, None], positions_B[:, None],

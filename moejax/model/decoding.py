@@ -36,8 +36,10 @@ def init_cache(config: ModelConfig, batch: int, slots: int) -> DecodeCache:
     """An empty cache of ``slots`` positions per row, keys and values in the compute dtype."""
     shape = (batch, slots, config.kv_heads, config.head_dim)
     dtype = jnp.dtype(config.compute_dtype)
-    layer = LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-    return DecodeCache(tuple(layer for _ in range(config.n_layers)),
+    # A buffer per layer (not one shared), so that a step may donate the cache and update it
+    # in place.
+    return DecodeCache(tuple(LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+                             for _ in range(config.n_layers)),
                        jnp.full((batch, slots), UNWRITTEN_SEGMENT, jnp.int32),
                        jnp.zeros((), jnp.int32))
 

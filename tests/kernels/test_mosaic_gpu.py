@@ -44,8 +44,10 @@ CASES = [  # empty groups, rows past the sum, offsets, groups over > 1 row tile,
 ]
 
 
-@pytest.mark.parametrize("tiles", TILINGS)
-@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("case,tiles", [
+    (case, tiles) if case == 0 or tiles == "one warpgroup"
+    else pytest.param(case, tiles, marks=pytest.mark.slow)  # ~10 s each in the interpreter
+    for tiles in TILINGS for case in range(len(CASES))])
 def test_matches_ragged_dot(case, tiles):
     # Off a GPU, 3 programs walk the work list: each does several visits, its buffers,
     # barriers and output tiles carried from one to the next.

@@ -175,6 +175,7 @@ def test_every_tiny_model_variant_compiles_for_v5e_and_its_state_matches_the_acc
         assert summary.custom_calls["tpu_custom_call"] == kernel_calls
 
 
+@pytest.mark.slow  # 17 s: a second process starts JAX and libtpu
 @needs_libtpu
 def test_a_second_process_can_compile_while_this_one_holds_libtpu():
     """libtpu locks a file for the process that loads it; compile-only devices hold no TPU, so

@@ -94,6 +94,7 @@ needs_plugin = pytest.mark.skipif(
     reason="JAX's CUDA plugin not installed (launch/setup.sh dev installs it on Linux x86_64)")
 
 
+@pytest.mark.slow  # 25 s: GPU targets and one compile per distinct program (TPU preflight: fast)
 @needs_plugin
 def test_preflight_for_gpus_compiles_each_distinct_program_once(tmp_path, capsys, monkeypatch):
     grid = tmp_path / "lr.gin"
