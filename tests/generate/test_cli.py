@@ -6,10 +6,10 @@ import json
 import shutil
 
 import jax
-import numpy as np
 import pytest
 
 from moejax.generate import cli as generate_cli
+from tests.generate.reference import greedy_by_full_forward
 
 
 def _generate(capsys, *args):
@@ -22,21 +22,9 @@ def _greedy_by_full_forward(workdir, step, prompt_ids, new_tokens, vocab_size):
     from moejax.train.run import restore_params
 
     model, params, buffers, _ = restore_params(workdir, step)
-    apply = jax.jit(model.apply)
-    sequence, out = [0, *prompt_ids], []
-    width = len(sequence) + new_tokens
-    for _ in range(new_tokens):
-        tokens = np.zeros((1, width), np.int32)
-        tokens[0, :len(sequence)] = sequence
-        segments = (np.arange(width) < len(sequence)).astype(np.int32)[None]
-        logits, _ = apply(params, tokens, None, segments, buffers=buffers)
-        last = np.asarray(logits[0, len(sequence) - 1], np.float64)
-        last[vocab_size:], last[0] = -np.inf, -np.inf
-        out.append(int(last.argmax()))
-        if out[-1] == 1:
-            return out[:-1], "eos"
-        sequence.append(out[-1])
-    return out, "length"
+    return greedy_by_full_forward(jax.jit(model.apply), params, prompt_ids, new_tokens,
+                                  vocab_size=vocab_size, width=len(prompt_ids) + 1 + new_tokens,
+                                  buffers=buffers, eos_id=1)
 
 
 def test_greedy_generation_writes_what_the_full_forward_pass_chooses(generate_run, tmp_path,

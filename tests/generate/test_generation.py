@@ -1,5 +1,5 @@
-"""Generation through the cache against a naive reference: the full forward pass re-run on the
-whole growing sequence for every new token, with the next token chosen by numpy."""
+"""Generation through the cache against a naive reference (``tests/generate/reference.py``): the
+full forward pass re-run on the whole growing sequence for every new token."""
 
 import dataclasses
 
@@ -9,6 +9,7 @@ import pytest
 
 from moejax.generate import NonFiniteLogits, Sampling, generate
 from moejax.model import ModelConfig, MoEConfig, build_model
+from tests.generate.reference import greedy_by_full_forward
 
 CONFIG = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48,
                      moe=MoEConfig(num_experts=4, top_k=2, d_expert=16), moe_every=1)
@@ -30,19 +31,8 @@ WIDTH = 16  # the reference runs every sequence right-padded to this width: one 
 
 
 def naive_greedy(model, params, prompt, new_tokens):
-    apply = jax.jit(model.apply)
-    sequence, out = [0, *prompt], []
-    for _ in range(new_tokens):
-        tokens = np.zeros((1, WIDTH), np.int32)
-        tokens[0, :len(sequence)] = sequence
-        segments = (np.arange(WIDTH) < len(sequence)).astype(np.int32)[None]
-        logits, _ = apply(params, tokens, None, segments)
-        last = np.asarray(logits[0, len(sequence) - 1], np.float64)
-        last[VOCAB:] = -np.inf
-        last[0] = -np.inf
-        out.append(int(last.argmax()))
-        sequence.append(out[-1])
-    return out
+    return greedy_by_full_forward(jax.jit(model.apply), params, prompt, new_tokens,
+                                  vocab_size=VOCAB, width=WIDTH)[0]
 
 
 def test_greedy_generation_is_the_naive_argmax_loop(model_and_params):
