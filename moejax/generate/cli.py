@@ -117,7 +117,7 @@ def generate_run(workdir: str, prompts: list[str], *, step="latest", max_new_tok
 
     import jax
 
-    from moejax.data.vocabularies import get_vocabulary, vocabulary_problem
+    from moejax.data.vocabularies import get_vocabulary
     from moejax.eval.score import with_eval_capacity
     from moejax.generate.generation import generate
     from moejax.generate.sampling import Sampling
@@ -131,9 +131,6 @@ def generate_run(workdir: str, prompts: list[str], *, step="latest", max_new_tok
         raise _Refused("the run routes by expert choice (MoEConfig.routing = 'expert_choice'): "
                        "each token's experts depend on the other tokens of the batch, so it "
                        "cannot decode one token at a time")
-    problem = vocabulary_problem(data_config.vocabulary)
-    if problem:
-        raise _Refused(f"the run's vocabulary {problem}")
     vocabulary = get_vocabulary(data_config.vocabulary)
     encoded = [list(vocabulary.encode(text)) for text in prompts]
     longest = max(map(len, encoded)) + 1 + max_new_tokens  # + the start token

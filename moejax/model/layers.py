@@ -91,11 +91,9 @@ def rotary_embedding(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -
 
 
 def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
-    """(B, 1, T, S) boolean: causal and within the same packed segment."""
-    seq = segment_ids_BT.shape[1]
-    causal_TS = jnp.tril(jnp.ones((seq, seq), dtype=bool))
-    same_segment_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
-    return (causal_TS[None] & same_segment_BTS)[:, None]
+    """(B, 1, T, S) boolean: causal and within the same packed segment (the sequence attending
+    to itself, as a cache it fills from slot 0 would hold it)."""
+    return cached_attention_mask(segment_ids_BT, segment_ids_BT, 0)
 
 
 class LayerCache(NamedTuple):

@@ -129,8 +129,10 @@ def test_left_padding_layout():
 def test_cached_mask_over_a_full_cache_is_the_training_mask():
     # Prefilling a packed row into an empty cache sees exactly what training attention sees.
     segments = jnp.array([[1, 1, 2, 2, 2, 0], [0, 0, 1, 1, 1, 1]])
-    np.testing.assert_array_equal(cached_attention_mask(segments, segments, 0),
-                                  attention_mask(segments))
+    rule = np.array([[[[s <= t and row[s] == row[t] for s in range(6)] for t in range(6)]]
+                     for row in np.asarray(segments)])  # causal, same segment, written apart
+    np.testing.assert_array_equal(cached_attention_mask(segments, segments, 0), rule)
+    np.testing.assert_array_equal(attention_mask(segments), rule)
     # One query at slot 3 of 6: slots 4 and 5 (unwritten) and other segments are hidden.
     keys = jnp.array([[PADDING_SEGMENT, 1, 1, 1, UNWRITTEN_SEGMENT, UNWRITTEN_SEGMENT]])
     mask = cached_attention_mask(jnp.array([[1]]), keys, 3)
