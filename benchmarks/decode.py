@@ -16,8 +16,15 @@ chosen and the MoE's step moves from the FLOP-matched dense model's cost towards
 parameter-matched one's (memory) until FLOPs dominate again. The planner's inference budget
 (``moejax plan``) counts FLOPs; these lines say where that holds on a device.
 
+``--latent`` adds the same MoE with multi-head latent attention (``moe_latent``; DeepSeek's
+proportions: a key/value latent of 4 head widths, rotary features half a head, heads of 64
+position-free query/key and value features). Its cache holds 4.5 head widths per token and layer
+instead of 2 * heads of them; its step attends in latent space, more FLOPs per cached token for
+fewer bytes (``moejax.model.latent_attention``). Longer ``--context`` is where that shows.
+
   python benchmarks/decode.py                              # CPU defaults
   python benchmarks/decode.py --dtype bfloat16 --d-model 2048 --batch 1 --batch 64 --batch 512
+  python benchmarks/decode.py --latent --context 2048 --batch 1 --batch 16
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import run_environment  # noqa: E402
 from moejax.model import ModelConfig, MoEConfig, build_model  # noqa: E402
-from moejax.model.accounting import inference_flops_per_token, parameter_counts  # noqa: E402
+from moejax.model.accounting import (  # noqa: E402
+    inference_flops_per_token, kv_cache_bytes_per_token, parameter_counts)
+from moejax.model.config import LatentAttentionConfig  # noqa: E402
 from moejax.model.decoding import init_cache  # noqa: E402
 
 
@@ -80,6 +89,8 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="ModelConfig.compute_dtype (parameters stay float32)")
+    parser.add_argument("--latent", action="store_true",
+                        help="also time the MoE with multi-head latent attention (moe_latent)")
     args = parser.parse_args(argv)
     batches = args.batch or [1, 8, 64]
     common = dict(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers,
@@ -92,6 +103,13 @@ def main(argv=None):
         "dense_param_matched": ModelConfig(**common, d_ff=args.experts * args.d_expert,
                                            moe=None),
     }
+    if args.latent:
+        head = 64
+        configs["moe_latent"] = ModelConfig(
+            **common, d_ff=args.top_k * args.d_expert, moe=moe, moe_every=1,
+            latent_attention=LatentAttentionConfig(kv_lora_rank=4 * head,
+                                                   qk_rope_head_dim=head // 2,
+                                                   qk_nope_head_dim=head, v_head_dim=head))
     device_kind = jax.devices()[0].device_kind
     for batch in batches:
         state = {name: prefilled(config, batch, args.context, args.reps + 1)
@@ -120,12 +138,13 @@ def main(argv=None):
                 "benchmark": "decode", "model": name, "batch": batch, "context": args.context,
                 "d_model": args.d_model, "layers": args.layers, "E": args.experts,
                 "K": args.top_k, "F": args.d_expert, "dtype": args.dtype,
-                "gmm_impl": args.gmm_impl if name == "moe" else None,
+                "gmm_impl": args.gmm_impl if name.startswith("moe") else None,
                 "step_s": round(median, 6), "tokens_per_s": round(batch / median, 1),
                 "ratio_vs_flop_matched_dense": round(median / baseline, 3),
                 "forward_flops_per_token": flops,
                 "achieved_gflops": round(flops * batch / median / 1e9, 2),
                 "params_total": counts.total, "params_active": counts.active,
+                "kv_cache_bytes_per_token": kv_cache_bytes_per_token(config, args.dtype),
                 "step_s_all": [round(s, 6) for s in seconds[name]], "reps": args.reps,
                 "device": device_kind, **run_environment()}), flush=True)
 

@@ -20,8 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("moejax.sweep.cli", "expand a design grid into runs, train, evaluate, fit and report"),
     "eval": ("moejax.eval.cli", "score checkpoints of runs and export one point per run and step"),
     "export": ("moejax.export.cli", "write a run's checkpoint as a Hugging Face model directory "
-               "(Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Llama or Qwen3: safetensors, config and "
-               "tokenizer)"),
+               "(Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3, Llama or Qwen3: safetensors, "
+               "config and tokenizer)"),
     "generate": ("moejax.generate.cli", "continue prompts with a run's checkpoint (greedy or "
                  "sampled, through a key/value cache)"),
     "fit": ("moejax.laws.cli", "fit a scaling law to scored points (or the embedded Clark 2022 data)"),

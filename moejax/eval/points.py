@@ -121,10 +121,18 @@ def config_columns(model: ModelConfig, data, train) -> dict[str, Any]:
     """``model.*``, ``moe.*``, ``data.*`` and ``train.*`` columns of the three configs."""
     out: dict[str, Any] = {}
     for field in dataclasses.fields(model):
-        if field.name != "moe":
+        if field.name not in ("moe", "latent_attention"):
             out[f"model.{field.name}"] = _plain(getattr(model, field.name))
-    out["model.head_dim"] = model.head_dim
-    out["model.kv_heads"] = model.kv_heads
+    latent = model.latent_attention
+    # grouped-query head widths; latent attention's are its own columns
+    out["model.head_dim"] = model.head_dim if latent is None else None
+    out["model.kv_heads"] = model.kv_heads if latent is None else None
+    out["model.latent_attention"] = latent is not None
+    from moejax.model.config import LatentAttentionConfig
+
+    for field in dataclasses.fields(LatentAttentionConfig):
+        out[f"latent_attention.{field.name}"] = None if latent is None else getattr(latent,
+                                                                                     field.name)
     out["model.dense_d_ff"] = model.dense_d_ff
     out["is_moe"] = model.moe is not None
     from moejax.model.config import MoEConfig  # the field list, also for dense models

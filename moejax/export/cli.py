@@ -1,9 +1,10 @@
 """``moejax export``: write one checkpoint of a run as a Hugging Face model directory.
 
     moejax export --workdir=runs/a [--step=latest|N] [--format=auto|mixtral|qwen2_moe|qwen3_moe|
-        olmoe|llama|qwen3] [--dtype=float32|bfloat16] [--max_shard_size=5GB] [--out=DIR]
+        olmoe|deepseek_v3|llama|qwen3] [--dtype=float32|bfloat16] [--max_shard_size=5GB] [--out=DIR]
 
-A dense run is written as Llama (as Qwen3 with per-head query/key norms). The directory
+A dense run is written as Llama (as Qwen3 with per-head query/key norms), a run with latent
+attention as DeepSeek-V3. The directory
 (default ``<workdir>/exports/<format>-step<N>``) holds ``config.json``, the weights as
 safetensors (sharded past ``--max_shard_size``, with their index), the tokenizer files and
 ``moejax_export.json`` (which run, step, configs and code wrote it). It is written next to its
@@ -66,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("auto", *FORMATS), default="auto",
                         help="'auto' (default): the first that holds the model of mixtral, "
                              "qwen2_moe (no query/key norm), qwen3_moe (per-head), olmoe "
-                             "(across heads); llama or qwen3 for a dense model")
+                             "(across heads), deepseek_v3 (latent attention); llama or qwen3 "
+                             "for a dense model")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="stored dtype of the weights (default float32, as trained)")
     parser.add_argument("--max_shard_size", type=shard_size, default=shard_size("5GB"),
@@ -137,8 +139,8 @@ def export_run(workdir: str, *, step: str | int = "latest", format_name: str = "
         log(f"note: the run trained with capacity_factor = {model_config.moe.capacity_factor}; "
             "the exported model routes dropless, as `moejax eval` does by default")
 
-    _, params, _, meta = restore_params(workdir, chosen_step)
-    tensors = fmt.tensors(params, model_config)
+    _, params, buffers, meta = restore_params(workdir, chosen_step)
+    tensors = fmt.tensors(params, model_config, buffers)
     not_finite = [name for name, array in tensors if not np.isfinite(array).all()]
     if not_finite:
         raise _Refused(f"step {chosen_step} has non-finite weights in {len(not_finite)} "

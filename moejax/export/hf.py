@@ -23,8 +23,17 @@ Qwen3 formats; "across_heads", OLMoE. A dense model is ``llama`` (LlamaForCausal
   per-head query/key RMSNorm (one (H,) scale for all query heads, one for all key heads).
 - ``olmoe`` (OlmoeForCausalLM): every block MoE, no shared experts, query/key RMSNorm over all
   N*H query (G*H key) features, which requires N*H = d_model.
-No MoE format holds heterogeneous expert groups, expert-choice routing, sigmoid router
-scores, or an auxiliary-loss-free balancing bias (it changes which experts are chosen).
+- ``deepseek_v3`` (DeepseekV3ForCausalLM): multi-head latent attention
+  (``ModelConfig.latent_attention``), the first ``first_dense_layers`` blocks dense and the rest
+  MoE, sigmoid router scores with the auxiliary-loss-free balancing bias as
+  ``e_score_correction_bias`` (one expert group: n_group = topk_group = 1; routed_scaling_factor
+  1), shared experts as one of n times the expert width (none: one of zero weights). Its rotary
+  features are written interleaved (pairs (2i, 2i + 1), ``rope_interleave``), the layout of
+  DeepSeek's own checkpoints that serving engines expect; transformers turns them back into
+  moejax's pairs (i, i + R/2).
+The formats other than deepseek_v3 have grouped-query attention, softmax router scores and no
+balancing bias (it changes which experts are chosen); no format holds heterogeneous expert
+groups or routing other than a learned token-choice router.
 Capacity routing is a training choice: the exported model routes dropless, as ``moejax eval``
 does by default.
 
@@ -89,6 +98,12 @@ def moe_problems(config: ModelConfig) -> list[str]:
     if moe.routing != "token_choice":
         problems.append(f"MoEConfig.routing = {moe.routing!r}: only a learned token-choice "
                         "router")
+    return problems
+
+
+def softmax_router_problems(config: ModelConfig) -> list[str]:
+    """What a format with a plain softmax router (every MoE format but deepseek_v3) lacks."""
+    moe, problems = config.moe, []
     if moe.router_scores != "softmax":
         problems.append(f"MoEConfig.router_scores = {moe.router_scores!r}: only softmax scores")
     if moe.bias_update_rate > 0:
@@ -107,10 +122,17 @@ class _Format:
     ff = "mlp"  # module name of a block's MoE feed-forward
     qkv_bias = False
     qk_norm = "none"  # the ModelConfig.qk_norm the format's attention has
+    latent_attention = False  # whether its attention is latent (else grouped-query)
 
     def problems(self, config: ModelConfig) -> list[str]:
         """Every reason the format cannot hold ``config`` (empty when it can)."""
         problems = self.feed_forward_problems(config)
+        if config.latent_attention is not None and not self.latent_attention:
+            problems.append(f"ModelConfig.latent_attention is set: {self.architecture} has "
+                            "grouped-query attention")
+        if config.latent_attention is None and self.latent_attention:
+            problems.append(f"ModelConfig.latent_attention = None: {self.architecture} has "
+                            "latent attention")
         if config.qk_norm != self.qk_norm:
             problems.append(f"ModelConfig.qk_norm = {config.qk_norm!r}: {self.architecture} "
                             f"has qk_norm {self.qk_norm!r}")
@@ -143,8 +165,10 @@ class _Format:
     def feed_forward_fields(self, config: ModelConfig) -> dict[str, Any]:
         raise NotImplementedError
 
-    def tensors(self, params: dict, config: ModelConfig) -> Tensors:
-        """Every tensor of the format, in the order of a Hugging Face checkpoint."""
+    def tensors(self, params: dict, config: ModelConfig, buffers: dict | None = None) -> Tensors:
+        """Every tensor of the format, in the order of a Hugging Face checkpoint. ``buffers``
+        (the checkpoint's, holding balancing biases) is needed only by a format that keeps
+        them."""
         problems = self.problems(config)
         if problems:
             raise ExportError(f"the model cannot be written as {self.name}: " + "; ".join(problems))
@@ -153,22 +177,14 @@ class _Format:
         for i in range(config.n_layers):
             block, prefix = params["blocks"][i], f"model.layers.{i}"
             out.append((f"{prefix}.input_layernorm.weight", _array(block["attn_norm"]["scale"])))
-            attn = block["attn"]
-            for proj, key in (("q_proj", "w_q_DNH"), ("k_proj", "w_k_DGH"), ("v_proj", "w_v_DGH")):
-                weight = _heads_in(attn[key])
-                out.append((f"{prefix}.self_attn.{proj}.weight", weight))
-                if self.qkv_bias:
-                    out.append((f"{prefix}.self_attn.{proj}.bias",
-                                np.zeros(weight.shape[0], np.float32)))
-            out.append((f"{prefix}.self_attn.o_proj.weight", _heads_out(attn["w_o_NHD"])))
-            if config.qk_norm != "none":  # (H,) per head, or (N, H) flattened head-major
-                for norm in ("q_norm", "k_norm"):
-                    out.append((f"{prefix}.self_attn.{norm}.weight",
-                                _array(attn[norm]["scale"]).reshape(-1)))
+            out += self.attention_tensors(block["attn"], f"{prefix}.self_attn", config)
             out.append((f"{prefix}.post_attention_layernorm.weight",
                         _array(block["ff_norm"]["scale"])))
             if i in moe_blocks:
-                out += self.moe_tensors(block["ff"], f"{prefix}.{self.ff}", config)
+                # only blocks with a balancing bias have buffers
+                block_buffers = (buffers or {}).get("blocks", {}).get(i, {}).get("ff")
+                out += self.moe_tensors(block["ff"], f"{prefix}.{self.ff}", config,
+                                        block_buffers)
             else:
                 out += _swiglu(block["ff"]["w_in_DF2"], block["ff"]["w_out_FD"],
                                ("gate_proj", "up_proj", "down_proj"), f"{prefix}.mlp")
@@ -177,7 +193,22 @@ class _Format:
             out.append(("lm_head.weight", _array(params["unembed_DV"]).T))
         return out
 
-    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
+    def attention_tensors(self, attn: dict, prefix: str, config: ModelConfig) -> Tensors:
+        """Grouped-query attention: q/k/v/o projections, and query/key norms when it has them."""
+        out: Tensors = []
+        for proj, key in (("q_proj", "w_q_DNH"), ("k_proj", "w_k_DGH"), ("v_proj", "w_v_DGH")):
+            weight = _heads_in(attn[key])
+            out.append((f"{prefix}.{proj}.weight", weight))
+            if self.qkv_bias:
+                out.append((f"{prefix}.{proj}.bias", np.zeros(weight.shape[0], np.float32)))
+        out.append((f"{prefix}.o_proj.weight", _heads_out(attn["w_o_NHD"])))
+        if config.qk_norm != "none":  # (H,) per head, or (N, H) flattened head-major
+            for norm in ("q_norm", "k_norm"):
+                out.append((f"{prefix}.{norm}.weight", _array(attn[norm]["scale"]).reshape(-1)))
+        return out
+
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig,
+                    buffers: dict | None) -> Tensors:
         raise NotImplementedError
 
 
@@ -213,7 +244,10 @@ class _MoEFormat(_Format):
 
     def feed_forward_problems(self, config: ModelConfig) -> list[str]:
         problems = moe_problems(config)
-        return problems or self.own_problems(config)
+        return problems or self.router_problems(config) + self.own_problems(config)
+
+    def router_problems(self, config: ModelConfig) -> list[str]:
+        return softmax_router_problems(config)
 
     def own_problems(self, config: ModelConfig) -> list[str]:
         return []
@@ -272,7 +306,7 @@ class Mixtral(_MoEFormat):
         return {"intermediate_size": group.d_expert, "num_local_experts": group.num_experts,
                 "sliding_window": None, "router_jitter_noise": 0.0}
 
-    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig, buffers) -> Tensors:
         return _experts(ff["groups"][0], prefix, ("w1", "w3", "w2"))
 
 
@@ -296,7 +330,7 @@ class Qwen2Moe(_MoEFormat):
                 "decoder_sparse_step": 1, "mlp_only_layers": _dense_blocks(config),
                 "qkv_bias": True, "use_sliding_window": False, "sliding_window": None}
 
-    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig, buffers) -> Tensors:
         names = ("gate_proj", "up_proj", "down_proj")
         out = _experts(ff["groups"][0], prefix, names)
         d_model = config.d_model
@@ -325,7 +359,7 @@ class Qwen3Moe(_MoEFormat):
                 "decoder_sparse_step": 1, "mlp_only_layers": _dense_blocks(config),
                 "attention_bias": False, "use_sliding_window": False, "sliding_window": None}
 
-    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig, buffers) -> Tensors:
         return _experts(ff["groups"][0], prefix, ("gate_proj", "up_proj", "down_proj"))
 
 
@@ -346,12 +380,119 @@ class Olmoe(_MoEFormat):
                 "norm_topk_prob": config.moe.renormalize, "attention_bias": False,
                 "clip_qkv": None}
 
-    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig) -> Tensors:
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig, buffers) -> Tensors:
         return _experts(ff["groups"][0], prefix, ("gate_proj", "up_proj", "down_proj"))
 
 
+def _interleaved(w_XR) -> np.ndarray:
+    """Rotary features in pairs (i, i + R/2) (moejax) -> pairs (2i, 2i + 1) along the last axis:
+    column 2i takes i, column 2i + 1 takes i + R/2."""
+    half = w_XR.shape[-1] // 2
+    order = np.stack([np.arange(half), np.arange(half) + half], axis=-1).reshape(-1)
+    return w_XR[..., order]
+
+
+# DeepSeek-V3's latent norms (q_a_layernorm, kv_a_layernorm) are built with RMSNorm's default
+# epsilon, whatever config.json says.
+DEEPSEEK_LATENT_NORM_EPS = 1e-6
+
+
+class DeepseekV3(_MoEFormat):
+    name, model_type, architecture = "deepseek_v3", "deepseek_v3", "DeepseekV3ForCausalLM"
+    latent_attention = True
+
+    def router_problems(self, config: ModelConfig) -> list[str]:
+        moe = config.moe
+        if moe.router_scores != "sigmoid":
+            return [f"MoEConfig.router_scores = {moe.router_scores!r}: DeepSeek-V3's router "
+                    "scores are sigmoids"]
+        return []
+
+    def own_problems(self, config: ModelConfig) -> list[str]:
+        problems = []
+        dense = _dense_blocks(config)
+        if dense != list(range(config.first_dense_layers)):
+            problems.append(f"blocks {dense} are dense (moe_every = {config.moe_every}): "
+                            "DeepSeek-V3's dense blocks are the first first_dense_layers")
+        group = config.moe.groups[0]
+        if group.num_experts < 2:
+            problems.append(f"MoEConfig.num_experts = {group.num_experts}: DeepSeek-V3's router "
+                            "ranks expert groups by their two best scores, so it needs >= 2")
+        if config.moe.shared_width % group.d_expert:
+            problems.append(f"shared experts of total width {config.moe.shared_width}: "
+                            f"DeepSeek-V3's are n experts of d_expert = {group.d_expert}")
+        if config.norm_eps != DEEPSEEK_LATENT_NORM_EPS:
+            problems.append(f"ModelConfig.norm_eps = {config.norm_eps}: DeepSeek-V3 normalises "
+                            f"its latents with eps {DEEPSEEK_LATENT_NORM_EPS}")
+        return problems
+
+    def moe_fields(self, config: ModelConfig) -> dict[str, Any]:
+        moe, mla = config.moe, config.latent_attention
+        group = moe.groups[0]
+        return {"intermediate_size": config.dense_d_ff, "moe_intermediate_size": group.d_expert,
+                "n_routed_experts": group.num_experts,
+                "n_shared_experts": max(1, moe.shared_width // group.d_expert),
+                "routed_scaling_factor": 1.0, "n_group": 1, "topk_group": 1,
+                "first_k_dense_replace": config.first_dense_layers,
+                "norm_topk_prob": moe.renormalize, "kv_lora_rank": mla.kv_lora_rank,
+                "q_lora_rank": mla.q_lora_rank, "qk_rope_head_dim": mla.qk_rope_head_dim,
+                "qk_nope_head_dim": mla.qk_nope_head_dim, "v_head_dim": mla.v_head_dim,
+                "head_dim": mla.qk_rope_head_dim, "num_key_value_heads": config.n_heads,
+                "rope_interleave": True, "rope_scaling": None, "attention_bias": False,
+                "pretraining_tp": 1}
+
+    def attention_tensors(self, attn: dict, prefix: str, config: ModelConfig) -> Tensors:
+        mla = config.latent_attention
+        P = mla.qk_nope_head_dim
+
+        def query(w_XNK):  # each head's rotary features interleaved, then heads flattened
+            w = _array(w_XNK)
+            return np.concatenate([w[..., :P], _interleaved(w[..., P:])], axis=-1)
+
+        out: Tensors = []
+        if mla.q_lora_rank is None:
+            out.append((f"{prefix}.q_proj.weight", _heads_in(query(attn["w_q_DNK"]))))
+        else:
+            out += [(f"{prefix}.q_a_proj.weight", _array(attn["w_q_down_DQ"]).T),
+                    (f"{prefix}.q_a_layernorm.weight", _array(attn["q_norm"]["scale"])),
+                    (f"{prefix}.q_b_proj.weight", _heads_in(query(attn["w_q_up_QNK"])))]
+        latent_and_rope = np.concatenate([_array(attn["w_kv_down_DC"]),
+                                          _interleaved(_array(attn["w_k_rope_DR"]))], axis=1)
+        # kv_b_proj's rows: head n's P key features, then its V value features
+        keys_and_values = np.concatenate([_array(attn["w_k_up_CNP"]),
+                                          _array(attn["w_v_up_CNV"])], axis=-1)
+        return out + [(f"{prefix}.kv_a_proj_with_mqa.weight", latent_and_rope.T),
+                      (f"{prefix}.kv_a_layernorm.weight", _array(attn["kv_norm"]["scale"])),
+                      (f"{prefix}.kv_b_proj.weight", _heads_in(keys_and_values)),
+                      (f"{prefix}.o_proj.weight", _heads_out(attn["w_o_NVD"]))]
+
+    def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig, buffers) -> Tensors:
+        names = ("gate_proj", "up_proj", "down_proj")
+        group = ff["groups"][0]
+        experts = group["experts"]["w_in_EDF2"].shape[0]
+        if config.moe.bias_update_rate > 0:
+            if buffers is None:
+                raise ExportError("the model has balancing biases (MoEConfig.bias_update_rate "
+                                  "> 0): pass the checkpoint's buffers to tensors()")
+            bias = _array(buffers["groups"][0]["router"]["bias_E"])
+        else:
+            bias = np.zeros(experts, np.float32)
+        out: Tensors = [(f"{prefix}.gate.weight", _array(group["router"]["w_DE"]).T),
+                        (f"{prefix}.gate.e_score_correction_bias", bias)]
+        w_in, w_out = group["experts"]["w_in_EDF2"], group["experts"]["w_out_EFD"]
+        for e in range(experts):
+            out += _swiglu(w_in[e], w_out[e], names, f"{prefix}.experts.{e}")
+        if config.moe.num_shared_experts:
+            shared_in, shared_out = ff["shared"]["w_in_DF2"], ff["shared"]["w_out_FD"]
+        else:  # the format always has shared experts: one that outputs 0
+            width = config.moe.groups[0].d_expert
+            shared_in = np.zeros((config.d_model, 2 * width), np.float32)
+            shared_out = np.zeros((width, config.d_model), np.float32)
+        return out + _swiglu(shared_in, shared_out, names, f"{prefix}.shared_experts")
+
+
 FORMATS: dict[str, _Format] = {f.name: f for f in (Mixtral(), Qwen2Moe(), Qwen3Moe(), Olmoe(),
-                                                   Llama(), Qwen3())}
+                                                   DeepseekV3(), Llama(), Qwen3())}
 
 
 def choose_format(config: ModelConfig, name: str = "auto") -> _Format:

@@ -62,15 +62,48 @@ def _swiglu_params(d_model: int, hidden: int) -> int:
 
 
 def attention_params_per_block(c: ModelConfig) -> int:
+    """Projection weights of one block's attention (its norms' scales aside)."""
+    mla = c.latent_attention
+    if mla is not None:  # moejax.model.latent_attention
+        heads = c.n_heads
+        if mla.q_lora_rank is None:
+            query = c.d_model * heads * mla.qk_head_dim
+        else:
+            query = (c.d_model + heads * mla.qk_head_dim) * mla.q_lora_rank
+        latent = c.d_model * (mla.kv_lora_rank + mla.qk_rope_head_dim)
+        expand = mla.kv_lora_rank * heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+        return query + latent + expand + heads * mla.v_head_dim * c.d_model
     q_and_out = 2 * c.d_model * c.n_heads * c.head_dim
     k_and_v = 2 * c.d_model * c.kv_heads * c.head_dim
     return q_and_out + k_and_v
 
 
 def qk_norm_params_per_block(c: ModelConfig) -> int:
-    """Scales of the query and key norms: (H,) each per head, (N, H) and (G, H) across heads."""
+    """Scales of the query and key norms: (H,) each per head, (N, H) and (G, H) across heads;
+    for latent attention, those of the latents' norms (C, and Q when queries have a latent)."""
+    mla = c.latent_attention
+    if mla is not None:
+        return mla.kv_lora_rank + (mla.q_lora_rank or 0)
     return {"none": 0, "per_head": 2 * c.head_dim,
             "across_heads": (c.n_heads + c.kv_heads) * c.head_dim}[c.qk_norm]
+
+
+def attention_context_flops_per_block(c: ModelConfig, context: int, *,
+                                      decoding: bool = False) -> int:
+    """FLOPs of one query's scores and weighted values over ``context`` positions in one block.
+
+    Grouped-query and latent attention in training: 2 * context * N * (query/key width + value
+    width). Latent attention when decoding (``decoding=True``) works on the cached latents, as
+    ``LatentAttention.extend`` does: 2 * context * N * (C + R) for the scores and
+    2 * context * N * C for the values; the up-projections it folds into the query and output
+    cost what their parameters do, as in training.
+    """
+    mla = c.latent_attention
+    if mla is None:
+        return 2 * (2 * context * c.n_heads * c.head_dim)
+    if decoding:
+        return 2 * context * c.n_heads * (2 * mla.kv_lora_rank + mla.qk_rope_head_dim)
+    return 2 * context * c.n_heads * (mla.qk_head_dim + mla.v_head_dim)
 
 
 def parameter_counts(c: ModelConfig) -> ParameterCounts:
@@ -97,15 +130,16 @@ def parameter_counts(c: ModelConfig) -> ParameterCounts:
     )
 
 
-def forward_flops_per_token(c: ModelConfig, context: int) -> int:
+def forward_flops_per_token(c: ModelConfig, context: int, *, decoding: bool = False) -> int:
     """Exact matmul FLOPs of one token's forward pass attending over ``context`` positions.
 
-    Counts projections, attention scores and values (2 * context * heads * head_dim each, the
+    Counts projections, attention scores and values (``attention_context_flops_per_block``: the
     full context as a dense kernel computes it), routers, dense and expert SwiGLUs (K per group),
     shared experts and the output projection; elementwise work is left out.
     """
     counts = parameter_counts(c)
-    attention_scores = 2 * (2 * context * c.n_heads * c.head_dim) * c.n_layers
+    attention_scores = attention_context_flops_per_block(c, context,
+                                                         decoding=decoding) * c.n_layers
     unembedding = 2 * c.d_model * c.vocab_size
     matmul_params = (counts.attention + counts.dense_ff + counts.router
                      + counts.routed_experts_active + counts.shared_experts)
@@ -125,7 +159,7 @@ def training_flops_per_token_6n(c: ModelConfig, *, include_embeddings: bool = Tr
 
 def inference_flops_per_token(c: ModelConfig, context: int) -> int:
     """Forward FLOPs of one generated token with a KV cache over ``context`` positions."""
-    return forward_flops_per_token(c, context)
+    return forward_flops_per_token(c, context, decoding=True)
 
 
 def inference_flops_per_token_2n(c: ModelConfig) -> int:
@@ -150,8 +184,14 @@ def optimizer_state_bytes(c: ModelConfig) -> int:
 
 
 def kv_cache_bytes_per_token(c: ModelConfig, dtype: str = "bfloat16") -> int:
-    """Keys and values of one token in every block (grouped-query heads only)."""
-    return 2 * c.n_layers * c.kv_heads * c.head_dim * BYTES_PER_DTYPE[dtype]
+    """What a decoding cache holds of one token in every block: the keys and values of the
+    grouped-query heads, or the latent and the shared rotary key (latent attention)."""
+    mla = c.latent_attention
+    if mla is not None:
+        per_block = mla.kv_lora_rank + mla.qk_rope_head_dim
+    else:
+        per_block = 2 * c.kv_heads * c.head_dim
+    return c.n_layers * per_block * BYTES_PER_DTYPE[dtype]
 
 
 def corresponding_dense(c: ModelConfig) -> ModelConfig:

@@ -132,6 +132,36 @@ class MoEConfig:
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
+class LatentAttentionConfig:
+    """Multi-head latent attention (MLA, DeepSeek-V2 and V3): keys and values are expanded per
+    head from one small latent per token, so a decoding cache holds kv_lora_rank +
+    qk_rope_head_dim numbers per token and layer instead of 2 * kv_heads * head_dim.
+
+    Each head's query and key are [a part without position (qk_nope_head_dim) | a rotary part
+    (qk_rope_head_dim)]; the rotary part of the key is one per token, shared by all heads.
+
+    Attributes:
+      kv_lora_rank: C, width of the key/value latent (RMSNorm-ed before it is expanded).
+      qk_rope_head_dim: R, rotary features of every query head and of the one shared key.
+      qk_nope_head_dim: P, position-free query/key features per head.
+      v_head_dim: value features per head (what the output projection reads).
+      q_lora_rank: Q, width of the query's own latent (down-projection, RMSNorm, up-projection);
+        None projects queries straight from the residual stream (DeepSeek-V2-Lite).
+    """
+
+    kv_lora_rank: int = 64
+    qk_rope_head_dim: int = 16
+    qk_nope_head_dim: int = 32
+    v_head_dim: int = 32
+    q_lora_rank: int | None = None
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A decoder-only transformer whose feed-forward layers are dense or MoE.
 
@@ -153,6 +183,9 @@ class ModelConfig:
       qk_norm: RMSNorm of queries and keys before the rotary embedding, one of ``QK_NORM``:
         "none", "per_head" (each head alone, scales (H,): Qwen3-MoE) or "across_heads" (all
         heads of a token together, scales (N, H): OLMoE).
+      latent_attention: None for grouped-query attention (n_kv_heads, d_head, qk_norm), or a
+        ``LatentAttentionConfig`` for multi-head latent attention (DeepSeek), which then sets
+        every head width itself.
       compute_dtype: dtype of activations and matmuls ("float32" on CPU, "bfloat16" on
         accelerators); parameters are always float32, router and loss math float32.
       init_std: standard deviation of the embedding initialiser.
@@ -177,6 +210,7 @@ class ModelConfig:
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
     qk_norm: str = "none"
+    latent_attention: LatentAttentionConfig | None = None
     compute_dtype: str = "float32"
     init_std: float = 0.02
     remat: str = "none"
@@ -223,27 +257,31 @@ def validate_model_config(config: ModelConfig) -> ModelConfig:
     check_field_types(c)
     if c.moe is not None:
         check_field_types(c.moe)
+    if c.latent_attention is not None:
+        validate_latent_attention(c)
     _require(c.vocab_size is not None, "ModelConfig.vocab_size", c.vocab_size,
              "an integer >= 1 (the trainer fills it from the data vocabulary)")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
         value = getattr(c, name)
         _require(isinstance(value, int) and value >= 1, f"ModelConfig.{name}", value, "an integer >= 1")
-    if c.d_head is None:
+    if c.latent_attention is None:  # grouped-query heads (latent attention sets its own)
+        if c.d_head is None:
+            _require(
+                c.d_model % c.n_heads == 0,
+                "ModelConfig.n_heads",
+                c.n_heads,
+                f"must divide d_model = {c.d_model} when d_head is not set",
+            )
+        else:
+            _require(c.d_head >= 1, "ModelConfig.d_head", c.d_head, "an integer >= 1")
+        _require(c.head_dim % 2 == 0, "ModelConfig.d_head", c.head_dim,
+                 "must be even (rotary embedding)")
         _require(
-            c.d_model % c.n_heads == 0,
-            "ModelConfig.n_heads",
-            c.n_heads,
-            f"must divide d_model = {c.d_model} when d_head is not set",
+            1 <= c.kv_heads <= c.n_heads and c.n_heads % c.kv_heads == 0,
+            "ModelConfig.n_kv_heads",
+            c.n_kv_heads,
+            f"must divide n_heads = {c.n_heads} (1 <= n_kv_heads <= n_heads)",
         )
-    else:
-        _require(c.d_head >= 1, "ModelConfig.d_head", c.d_head, "an integer >= 1")
-    _require(c.head_dim % 2 == 0, "ModelConfig.d_head", c.head_dim, "must be even (rotary embedding)")
-    _require(
-        1 <= c.kv_heads <= c.n_heads and c.n_heads % c.kv_heads == 0,
-        "ModelConfig.n_kv_heads",
-        c.n_kv_heads,
-        f"must divide n_heads = {c.n_heads} (1 <= n_kv_heads <= n_heads)",
-    )
     _require(c.dense_ff_multiplier > 0 and c.dense_d_ff >= 1, "ModelConfig.dense_ff_multiplier",
              c.dense_ff_multiplier, "> 0, and d_ff * multiplier must round to >= 1")
     _require(c.compute_dtype in COMPUTE_DTYPES, "ModelConfig.compute_dtype", c.compute_dtype,
@@ -275,6 +313,32 @@ def validate_model_config(config: ModelConfig) -> ModelConfig:
             "set ModelConfig.moe = None for a dense model",
         )
     return c
+
+
+def validate_latent_attention(config: ModelConfig) -> None:
+    """Raise ConfigError naming the first latent-attention knob that is impossible, or a
+    grouped-query knob that latent attention does not have."""
+    mla = config.latent_attention
+    _require(isinstance(mla, LatentAttentionConfig), "ModelConfig.latent_attention", mla,
+             "None or @LatentAttentionConfig()")
+    check_field_types(mla)
+    for name in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+        value = getattr(mla, name)
+        _require(isinstance(value, int) and value >= 1, f"LatentAttentionConfig.{name}", value,
+                 "an integer >= 1")
+    _require(mla.qk_rope_head_dim % 2 == 0, "LatentAttentionConfig.qk_rope_head_dim",
+             mla.qk_rope_head_dim, "must be even (rotary embedding)")
+    _require(mla.q_lora_rank is None or (isinstance(mla.q_lora_rank, int)
+                                         and mla.q_lora_rank >= 1),
+             "LatentAttentionConfig.q_lora_rank", mla.q_lora_rank, "None or an integer >= 1")
+    # Latent attention has its own key/value heads (one per query head, from the latent), head
+    # widths and normalisation (of the latents): the grouped-query knobs would be ignored.
+    for name, value, unset in (("n_kv_heads", config.n_kv_heads, None),
+                               ("d_head", config.d_head, None),
+                               ("qk_norm", config.qk_norm, "none")):
+        _require(value == unset, f"ModelConfig.{name}", value,
+                 f"{unset!r} with latent_attention set (LatentAttentionConfig sets the heads' "
+                 "widths, and normalises the latents instead of queries and keys)")
 
 
 def validate_moe_config(moe: MoEConfig) -> MoEConfig:

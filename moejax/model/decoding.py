@@ -1,6 +1,7 @@
 """What autoregressive decoding keeps between steps, and how a batch of prompts is laid out.
 
-A ``DecodeCache`` holds, for every attention layer, the keys and values of S slots, the segment
+A ``DecodeCache`` holds, for every attention layer, the keys and values of S slots (for latent
+attention, each slot's latent and shared rotary key: ``LatentCache``), the segment
 id of every slot (-1 while unwritten) and how many slots are written. ``Transformer.extend``
 appends T tokens to it and returns their logits; prefilling a prompt and generating one token
 are the same call with T = prompt length and T = 1.
@@ -19,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moejax.model.accounting import kv_cache_bytes_per_token
 from moejax.model.config import ModelConfig
+from moejax.model.latent_attention import LatentCache
 from moejax.model.layers import LayerCache
 
 START_TOKEN = 0  # the input that precedes a sequence's first token in training
@@ -27,27 +30,36 @@ PADDING_SEGMENT, PROMPT_SEGMENT, UNWRITTEN_SEGMENT = 0, 1, -1
 
 
 class DecodeCache(NamedTuple):
-    layers: tuple[LayerCache, ...]
+    layers: tuple[LayerCache | LatentCache, ...]
     segment_ids_BS: jax.Array  # int32; -1 on slots not written yet
     length: jax.Array  # int32 scalar: slots written
 
 
-def init_cache(config: ModelConfig, batch: int, slots: int) -> DecodeCache:
-    """An empty cache of ``slots`` positions per row, keys and values in the compute dtype."""
-    shape = (batch, slots, config.kv_heads, config.head_dim)
+def empty_layer_cache(config: ModelConfig, batch: int, slots: int) -> LayerCache | LatentCache:
+    """One layer's zero cache of ``slots`` positions per row, in the compute dtype."""
     dtype = jnp.dtype(config.compute_dtype)
+    mla = config.latent_attention
+    if mla is not None:
+        return LatentCache(jnp.zeros((batch, slots, mla.kv_lora_rank), dtype),
+                           jnp.zeros((batch, slots, mla.qk_rope_head_dim), dtype))
+    shape = (batch, config.kv_heads, slots, config.head_dim)
+    return LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def init_cache(config: ModelConfig, batch: int, slots: int) -> DecodeCache:
+    """An empty cache of ``slots`` positions per row, in the compute dtype."""
     # A buffer per layer (not one shared), so that a step may donate the cache and update it
     # in place.
-    return DecodeCache(tuple(LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    return DecodeCache(tuple(empty_layer_cache(config, batch, slots)
                              for _ in range(config.n_layers)),
                        jnp.full((batch, slots), UNWRITTEN_SEGMENT, jnp.int32),
                        jnp.zeros((), jnp.int32))
 
 
 def cache_bytes(config: ModelConfig, batch: int, slots: int) -> int:
-    """Bytes of a cache's keys and values (segment ids aside)."""
-    per_slot = 2 * config.n_layers * config.kv_heads * config.head_dim
-    return batch * slots * per_slot * jnp.dtype(config.compute_dtype).itemsize
+    """Bytes of a cache's keys and values, or latents (segment ids aside): what the planner
+    budgets per token (``accounting.kv_cache_bytes_per_token``) times the slots."""
+    return batch * slots * kv_cache_bytes_per_token(config, config.compute_dtype)
 
 
 class PromptBatch(NamedTuple):

@@ -5,7 +5,8 @@ In/out: activations x_BTD in the compute dtype. Parameters are float32 and cast 
 Attention runs through ``jax.nn.dot_product_attention`` with a mask that is causal and keeps
 packed documents apart (a token attends only to earlier tokens of its own segment). For decoding,
 ``Attention.extend`` attends new tokens over a ``LayerCache`` of earlier keys and values with the
-same rule (``cached_attention_mask``).
+same rule (``cached_attention_mask``), through ``attend_to_cache`` on the cache's head-major
+layout; tests/model/test_decoding.py checks the two agree.
 
 Shapes: B batch, T/S query/key positions, D d_model, N query heads, G key/value heads, H head dim,
 F feed-forward hidden.
@@ -97,19 +98,41 @@ def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
 
 
 class LayerCache(NamedTuple):
-    """One attention layer's keys and values at every slot of a decoding cache, (B, S, G, H)."""
+    """One attention layer's keys and values at every slot of a decoding cache, (B, G, S, H):
+    head-major, so that each head's slots are contiguous and a decoding step's products over
+    them need no transpose of the cache (on XLA:CPU a (B, S, G, H) cache was copied at every
+    step: 15x slower at 2,048 slots, ``benchmarks/decode.py``)."""
 
-    keys_BSGH: jax.Array
-    values_BSGH: jax.Array
+    keys_BGSH: jax.Array
+    values_BGSH: jax.Array
 
 
 def write_layer_cache(cache: LayerCache, k_BTGH, v_BTGH, start) -> LayerCache:
     """``cache`` with T new keys and values written at slots start .. start+T-1."""
-    at = (0, start, 0, 0)
-    return LayerCache(jax.lax.dynamic_update_slice(cache.keys_BSGH, k_BTGH.astype(
-                          cache.keys_BSGH.dtype), at),
-                      jax.lax.dynamic_update_slice(cache.values_BSGH, v_BTGH.astype(
-                          cache.values_BSGH.dtype), at))
+    at = (0, 0, start, 0)
+
+    def write(buffer_BGSH, x_BTGH):
+        return jax.lax.dynamic_update_slice(
+            buffer_BGSH, jnp.swapaxes(x_BTGH, 1, 2).astype(buffer_BGSH.dtype), at)
+
+    return LayerCache(write(cache.keys_BGSH, k_BTGH), write(cache.values_BGSH, v_BTGH))
+
+
+def attend_to_cache(q_BTNH, cache: LayerCache, mask_B1TS) -> jax.Array:
+    """(B, T, N, H): softmax(q k / sqrt(H)) v of T queries over the cached slots the mask keeps
+    (float32 softmax), query head n reading key/value head n // (N / G) as
+    ``jax.nn.dot_product_attention`` does in training."""
+    batch, seq, heads, head_dim = q_BTNH.shape
+    kv_heads = cache.keys_BGSH.shape[1]
+    q_BTGRH = q_BTNH.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim)
+    keys_BGSH = cache.keys_BGSH.astype(q_BTNH.dtype)
+    scores_BGRTS = jnp.einsum("btgrh,bgsh->bgrts", q_BTGRH, keys_BGSH) / math.sqrt(head_dim)
+    scores_BGRTS = jnp.where(mask_B1TS[:, :, None], scores_BGRTS.astype(jnp.float32),
+                             jnp.finfo(jnp.float32).min)
+    probs_BGRTS = jax.nn.softmax(scores_BGRTS, axis=-1).astype(q_BTNH.dtype)
+    out_BTGRH = jnp.einsum("bgrts,bgsh->btgrh", probs_BGRTS,
+                           cache.values_BGSH.astype(q_BTNH.dtype))
+    return out_BTGRH.reshape(batch, seq, heads, head_dim)
 
 
 def cached_attention_mask(segment_ids_BT, key_segments_BS, start) -> jax.Array:
@@ -157,13 +180,13 @@ class Attention(nnx.Module):
                            ("batch", "seq", "kv_heads", "head_dim"))
         return q_BTNH, k_BTGH, constrain(v_BTGH, ("batch", "seq", "kv_heads", "head_dim"))
 
-    def _attend(self, q_BTNH, k_BSGH, v_BSGH, mask_B1TS):
-        out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSGH, v_BSGH, mask=mask_B1TS)
+    def _out(self, out_BTNH):
         return jnp.einsum("btnh,nhd->btd", out_BTNH, self.w_o_NHD[...].astype(self.compute_dtype))
 
     def __call__(self, x_BTD, positions_BT, segment_ids_BT):
         q_BTNH, k_BTGH, v_BTGH = self._project(x_BTD, positions_BT)
-        return self._attend(q_BTNH, k_BTGH, v_BTGH, attention_mask(segment_ids_BT))
+        return self._out(jax.nn.dot_product_attention(q_BTNH, k_BTGH, v_BTGH,
+                                                      mask=attention_mask(segment_ids_BT)))
 
     def extend(self, x_BTD, positions_BT, segment_ids_BT, cache: LayerCache, key_segments_BS,
                start) -> tuple[jax.Array, LayerCache]:
@@ -172,7 +195,7 @@ class Attention(nnx.Module):
         q_BTNH, k_BTGH, v_BTGH = self._project(x_BTD, positions_BT)
         cache = write_layer_cache(cache, k_BTGH, v_BTGH, start)
         mask = cached_attention_mask(segment_ids_BT, key_segments_BS, start)
-        return self._attend(q_BTNH, cache.keys_BSGH, cache.values_BSGH, mask), cache
+        return self._out(attend_to_cache(q_BTNH, cache, mask)), cache
 
 
 class SwiGLU(nnx.Module):

@@ -15,9 +15,22 @@ from flax import nnx
 
 from moejax.model.config import ModelConfig, moe_layer_indices
 from moejax.model.decoding import DecodeCache
+from moejax.model.latent_attention import LatentAttention, LatentCache
 from moejax.model.layers import Attention, LayerCache, RMSNorm, SwiGLU
 from moejax.model.moe import MoEFeedForward, MoEStats
 from moejax.parallel.rules import constrain, logical_param
+
+
+def attention_layer(c: ModelConfig, *, out_scale: float, rngs: nnx.Rngs) -> nnx.Module:
+    """The block's attention: grouped-query (``Attention``) or latent (``LatentAttention``)."""
+    dt = jnp.dtype(c.compute_dtype)
+    if c.latent_attention is not None:
+        return LatentAttention(c.d_model, c.n_heads, c.latent_attention, rope_theta=c.rope_theta,
+                               out_scale=out_scale, compute_dtype=dt, rngs=rngs,
+                               norm_eps=c.norm_eps)
+    return Attention(c.d_model, c.n_heads, c.kv_heads, c.head_dim, rope_theta=c.rope_theta,
+                     out_scale=out_scale, compute_dtype=dt, rngs=rngs, qk_norm=c.qk_norm,
+                     norm_eps=c.norm_eps)
 
 
 class Block(nnx.Module):
@@ -27,9 +40,7 @@ class Block(nnx.Module):
         out_scale = 1.0 / math.sqrt(2 * c.n_layers)
         self.is_moe = is_moe
         self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.attn = Attention(c.d_model, c.n_heads, c.kv_heads, c.head_dim, rope_theta=c.rope_theta,
-                              out_scale=out_scale, compute_dtype=dt, rngs=rngs,
-                              qk_norm=c.qk_norm, norm_eps=c.norm_eps)
+        self.attn = attention_layer(c, out_scale=out_scale, rngs=rngs)
         self.ff_norm = RMSNorm(c.d_model, c.norm_eps)
         if is_moe:
             self.ff = MoEFeedForward(c.d_model, c.moe, n_layers=c.n_layers, init_std=c.init_std,
@@ -49,9 +60,11 @@ class Block(nnx.Module):
             y_BTD, stats = self.ff(h_BTD), None
         return x_BTD + y_BTD.astype(x_BTD.dtype), stats
 
-    def extend(self, x_BTD, positions_BT, segment_ids_BT, tokens_BT, layer_cache: LayerCache,
-               key_segments_BS, start) -> tuple[jax.Array, LayerCache]:
-        """The block on T new tokens over its cached keys and values (decoding, eval mode)."""
+    def extend(self, x_BTD, positions_BT, segment_ids_BT, tokens_BT,
+               layer_cache: LayerCache | LatentCache, key_segments_BS,
+               start) -> tuple[jax.Array, LayerCache | LatentCache]:
+        """The block on T new tokens over its cached keys and values, or latents (decoding, eval
+        mode)."""
         attended_BTD, layer_cache = self.attn.extend(self.attn_norm(x_BTD), positions_BT,
                                                      segment_ids_BT, layer_cache, key_segments_BS,
                                                      start)

@@ -52,6 +52,7 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "heads": ("tensor",),
     "kv_heads": ("tensor",),
     "head_dim": (),
+    "latent": (),  # latent attention's C and Q: small, replicated
     "mlp": ("tensor",),  # dense feed-forward hidden F (and 2F of the fused gate/up weight)
     "expert": ("expert",),  # E of the expert weights and of the dispatch buffers
     "expert_mlp": ("tensor",),  # an expert's hidden F

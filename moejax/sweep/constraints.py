@@ -34,10 +34,12 @@ import gin
 
 from moejax.errors import ConfigError
 from moejax.model import accounting
-from moejax.model.config import ModelConfig, MoEConfig, validate_model_config
+from moejax.model.config import (LatentAttentionConfig, ModelConfig, MoEConfig,
+                                 validate_model_config)
 
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 MOE_FIELDS = {f.name for f in dataclasses.fields(MoEConfig)}
+LATENT_FIELDS = {f.name for f in dataclasses.fields(LatentAttentionConfig)}
 
 
 def _require(point: dict, name: str, constraint: str):
@@ -48,8 +50,9 @@ def _require(point: dict, name: str, constraint: str):
 
 
 def model_from_point(point: dict, vocab_size: int | None = None) -> ModelConfig:
-    """The ModelConfig a point describes: its ModelConfig.* and MoEConfig.* values over the
-    dataclass defaults. MoE when any MoEConfig knob is bound, unless ``ModelConfig.moe = None``.
+    """The ModelConfig a point describes: its ModelConfig.*, MoEConfig.* and
+    LatentAttentionConfig.* values over the dataclass defaults. MoE when any MoEConfig knob is
+    bound, unless ``ModelConfig.moe = None``; latent attention likewise.
 
     Args:
       vocab_size: embedding rows when the point binds no ModelConfig.vocab_size (None: 0, for
@@ -59,8 +62,14 @@ def model_from_point(point: dict, vocab_size: int | None = None) -> ModelConfig:
              if k.startswith("ModelConfig.") and k.split(".", 1)[1] in MODEL_FIELDS}
     moe = {k.split(".", 1)[1]: v for k, v in point.items()
            if k.startswith("MoEConfig.") and k.split(".", 1)[1] in MOE_FIELDS}
+    latent = {k.split(".", 1)[1]: v for k, v in point.items()
+              if k.startswith("LatentAttentionConfig.") and k.split(".", 1)[1] in LATENT_FIELDS}
     dense = "moe" in model and model["moe"] is None
+    grouped_query = "latent_attention" in model and model["latent_attention"] is None
     model.pop("moe", None)
+    model.pop("latent_attention", None)
+    if latent and not grouped_query:
+        model["latent_attention"] = LatentAttentionConfig(**latent)
     if model.get("vocab_size") is None:
         model["vocab_size"] = vocab_size if vocab_size is not None else 0
     if "expert_groups" in moe and moe["expert_groups"] is not None:

@@ -14,7 +14,7 @@ import os
 import jax
 
 from moejax.data import DataConfig
-from moejax.model.config import ModelConfig, MoEConfig
+from moejax.model.config import LatentAttentionConfig, ModelConfig, MoEConfig
 from moejax.model.functional import FunctionalModel, build_model
 from moejax.train.checkpoint import Checkpointer, CheckpointError
 from moejax.train.config import TrainConfig
@@ -44,6 +44,9 @@ def configs_from_json(text: str) -> tuple[ModelConfig, DataConfig, TrainConfig]:
     model_fields = dict(raw["ModelConfig"])
     if model_fields.get("moe") is not None:
         model_fields["moe"] = _build(MoEConfig, model_fields["moe"])
+    if model_fields.get("latent_attention") is not None:
+        model_fields["latent_attention"] = _build(LatentAttentionConfig,
+                                                  model_fields["latent_attention"])
     return (_build(ModelConfig, model_fields), _build(DataConfig, raw["DataConfig"]),
             _build(TrainConfig, raw["TrainConfig"]))
 

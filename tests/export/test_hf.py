@@ -2,6 +2,7 @@
 float64 numpy from the tensors as the ``safetensors`` library reads them back): the same tokens
 must give the same logits as moejax's own model."""
 
+import dataclasses
 import json
 
 import jax
@@ -11,7 +12,7 @@ from safetensors.numpy import load_file
 
 from moejax.export import hf
 from moejax.export.safetensors import write_checkpoint
-from moejax.model.config import ModelConfig, MoEConfig
+from moejax.model.config import LatentAttentionConfig, ModelConfig, MoEConfig
 from moejax.model.functional import build_model
 from tests.export import hf_reference
 
@@ -38,9 +39,15 @@ def _random_params(model, seed):
         leaf * (1.0 + 0.5 * jax.random.uniform(k, leaf.shape)) for leaf, k in zip(leaves, keys)])
 
 
-def _export(tmp_path, config, params, fmt="auto", max_shard_bytes=1 << 40):
+def _random_buffers(model, seed):
+    """Balancing biases of the size of sigmoid scores, so that they change which experts win."""
+    buffers = model.init_buffers()
+    return jax.tree.map(lambda b: 0.3 * jax.random.normal(jax.random.key(seed), b.shape), buffers)
+
+
+def _export(tmp_path, config, params, fmt="auto", max_shard_bytes=1 << 40, buffers=None):
     chosen = hf.choose_format(config, fmt)
-    write_checkpoint(str(tmp_path), chosen.tensors(params, config), dtype=np.float32,
+    write_checkpoint(str(tmp_path), chosen.tensors(params, config, buffers), dtype=np.float32,
                      max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
     config_json = chosen.config_json(config, max_position_embeddings=64, dtype="float32")
     tensors = {}
@@ -48,6 +55,9 @@ def _export(tmp_path, config, params, fmt="auto", max_shard_bytes=1 << 40):
         tensors.update(load_file(str(path)))
     return chosen, json.loads(json.dumps(config_json)), tensors
 
+
+LATENT = LatentAttentionConfig(kv_lora_rank=12, qk_rope_head_dim=6, qk_nope_head_dim=4,
+                               v_head_dim=5, q_lora_rank=10)
 
 CASES = {
     # name: (model fields, format auto picks)
@@ -65,6 +75,14 @@ CASES = {
     "olmoe, qk norm across heads, GQA, tied": (dict(qk_norm="across_heads", tie_embeddings=True),
                                                "olmoe"),
     "qwen3, dense, per-head qk norm": (dict(dense=True, qk_norm="per_head"), "qwen3"),
+    "deepseek_v3, query latent, 2 shared, first dense, balancing bias": (
+        dict(n_kv_heads=None, norm_eps=1e-6, first_dense_layers=1, latent_attention=LATENT,
+             moe=dict(router_scores="sigmoid", bias_update_rate=1e-3, num_shared_experts=2)),
+        "deepseek_v3"),
+    "deepseek_v3, query straight, no shared, raw weights, tied": (
+        dict(n_kv_heads=None, norm_eps=1e-6, tie_embeddings=True, n_heads=3,
+             latent_attention=dataclasses.replace(LATENT, q_lora_rank=None),
+             moe=dict(router_scores="sigmoid", renormalize=False, top_k=1)), "deepseek_v3"),
 }
 
 
@@ -74,14 +92,58 @@ def test_logits_match_the_transformers_forward_pass(tmp_path, name):
     config = _config(**fields)
     model = build_model(config)
     params = _random_params(model, seed=len(name))
-    chosen, config_json, tensors = _export(tmp_path, config, params)
+    buffers = _random_buffers(model, seed=len(name))
+    chosen, config_json, tensors = _export(tmp_path, config, params, buffers=buffers)
     assert chosen.name == expected_format
-    ours, _ = model.apply(params, TOKENS[None])
+    ours, _ = model.apply(params, TOKENS[None], buffers=buffers)
     reference = hf_reference.logits(tensors, config_json, TOKENS)
     assert reference.shape == (len(TOKENS), config.vocab_size)
     np.testing.assert_allclose(np.asarray(ours[0]), reference, rtol=2e-4, atol=2e-4)
     # and the choices are not all alike: the logits vary across the vocabulary
     assert np.std(reference) > 0.1
+
+
+def test_deepseek_v3_rotary_layout_and_bias_matter(tmp_path):
+    """The comparison can fail: read with moejax's own rotary pairs, or without the balancing
+    bias, the exported DeepSeek-V3 gives other logits."""
+    fields, _ = CASES["deepseek_v3, query latent, 2 shared, first dense, balancing bias"]
+    config = _config(**fields)
+    model = build_model(config)
+    params, buffers = _random_params(model, seed=5), _random_buffers(model, seed=5)
+    _, config_json, tensors = _export(tmp_path, config, params, buffers=buffers)
+    ours, _ = model.apply(params, TOKENS[None], buffers=buffers)
+    assert config_json["rope_interleave"] is True
+    wrong_layout = hf_reference.logits(tensors, {**config_json, "rope_interleave": False}, TOKENS)
+    assert np.max(np.abs(np.asarray(ours[0]) - wrong_layout)) > 1e-3
+    no_bias = {k: np.zeros_like(v) if k.endswith("e_score_correction_bias") else v
+               for k, v in tensors.items()}
+    assert np.max(np.abs(np.asarray(ours[0]) - hf_reference.logits(no_bias, config_json,
+                                                                  TOKENS))) > 1e-3
+    with pytest.raises(hf.ExportError, match="pass the checkpoint's buffers"):
+        hf.choose_format(config).tensors(params, config)
+
+
+def test_deepseek_v3_names_and_shapes(tmp_path):
+    fields, _ = CASES["deepseek_v3, query latent, 2 shared, first dense, balancing bias"]
+    config = _config(**fields)
+    model = build_model(config)
+    _, config_json, tensors = _export(tmp_path, config, model.init(jax.random.key(0)),
+                                      buffers=model.init_buffers())
+    attn, moe = "model.layers.1.self_attn", "model.layers.1.mlp"
+    shapes = {f"{attn}.q_a_proj.weight": (10, 32), f"{attn}.q_a_layernorm.weight": (10,),
+              f"{attn}.q_b_proj.weight": (4 * 10, 10),
+              f"{attn}.kv_a_proj_with_mqa.weight": (12 + 6, 32),
+              f"{attn}.kv_a_layernorm.weight": (12,), f"{attn}.kv_b_proj.weight": (4 * 9, 12),
+              f"{attn}.o_proj.weight": (32, 4 * 5), f"{moe}.gate.weight": (4, 32),
+              f"{moe}.gate.e_score_correction_bias": (4,),
+              f"{moe}.experts.3.down_proj.weight": (32, 16),
+              f"{moe}.shared_experts.gate_proj.weight": (32, 32),
+              "model.layers.0.mlp.up_proj.weight": (48, 32)}
+    for name, shape in shapes.items():
+        assert tensors[name].shape == shape, name
+    assert (config_json["architectures"], config_json["n_shared_experts"],
+            config_json["first_k_dense_replace"], config_json["n_group"],
+            config_json["routed_scaling_factor"]) == (["DeepseekV3ForCausalLM"], 2, 1, 1, 1.0)
 
 
 def test_a_misplaced_weight_is_caught(tmp_path):
@@ -152,6 +214,15 @@ def test_bfloat16_export_rounds_the_float32_weights(tmp_path):
     (dict(moe=dict(routing="expert_choice")), ["routing = 'expert_choice'"]),
     (dict(moe=dict(routing="hash")), ["routing = 'hash': only a learned token-choice router"]),
     (dict(moe=dict(bias_update_rate=1e-3)), ["bias_update_rate = 0.001"]),
+    (dict(n_kv_heads=None, latent_attention=LATENT),
+     ["deepseek_v3: MoEConfig.router_scores = 'softmax': DeepSeek-V3's router scores are "
+      "sigmoids", "ModelConfig.norm_eps = 1e-05: DeepSeek-V3 normalises its latents with eps "
+      "1e-06", "mixtral: ModelConfig.latent_attention is set: MixtralForCausalLM has grouped-"
+      "query attention"]),
+    (dict(n_kv_heads=None, latent_attention=LATENT, norm_eps=1e-6, moe_every=2,
+          moe=dict(router_scores="sigmoid", num_shared_experts=1, d_shared_expert=8)),
+     ["blocks [0, 2] are dense (moe_every = 2): DeepSeek-V3's dense blocks are the first",
+      "shared experts of total width 8: DeepSeek-V3's are n experts of d_expert = 16"]),
 ])
 def test_models_no_format_holds_are_refused_with_the_reason(fields, fragments):
     with pytest.raises(hf.ExportError) as error:

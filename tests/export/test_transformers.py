@@ -24,12 +24,15 @@ MOE, DENSE = ("smoke.gin",), ("base.gin", "models/dense_tiny.gin")
 PER_HEAD, ACROSS_HEADS = "ModelConfig.qk_norm = 'per_head'", "ModelConfig.qk_norm = 'across_heads'"
 CLASSES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
            "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
-           "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+           "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+           "deepseek_v3": "DeepseekV3ForCausalLM"}
+LATENT = ("smoke.gin", "models/moe_tiny_latent.gin")  # sigmoid router, balancing bias, shared
 
 
 @pytest.mark.parametrize("gin_files, bindings, fmt", [
     (MOE, (), "mixtral"), (MOE, (), "qwen2_moe"), (MOE, (PER_HEAD,), "qwen3_moe"),
-    (MOE, (ACROSS_HEADS,), "olmoe"), (DENSE, (), "llama"), (DENSE, (PER_HEAD,), "qwen3")])
+    (MOE, (ACROSS_HEADS,), "olmoe"), (DENSE, (), "llama"), (DENSE, (PER_HEAD,), "qwen3"),
+    (LATENT, (), "deepseek_v3")])
 def test_transformers_gives_the_same_logits_and_token_ids(train_tiny, tmp_path, gin_files,
                                                           bindings, fmt):
     from moejax.data.vocabularies import get_vocabulary

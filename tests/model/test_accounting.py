@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from moejax.model import ModelConfig, MoEConfig, build_model
+from moejax.model.config import LatentAttentionConfig
 from moejax.model import accounting
 from moejax.model.granularity import fine_grained_moe, width_tied_moe
 from moejax.errors import ConfigError
@@ -42,6 +43,17 @@ CONFIGS = {
                                                num_shared_experts=1, d_shared_expert=32,
                                                bias_update_rate=0.001),
                                  dense_ff_multiplier=1.5, first_dense_layers=1, n_kv_heads=2),
+    "latent": ModelConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4, d_ff=96,
+                          latent_attention=LatentAttentionConfig(
+                              kv_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=16,
+                              v_head_dim=12)),
+    "latent_query_latent": ModelConfig(vocab_size=300, d_model=64, n_layers=3, n_heads=5,
+                                       d_ff=96, moe=MoEConfig(num_experts=4, top_k=2,
+                                                              d_expert=32, num_shared_experts=1),
+                                       first_dense_layers=1,
+                                       latent_attention=LatentAttentionConfig(
+                                           kv_lora_rank=24, qk_rope_head_dim=8,
+                                           qk_nope_head_dim=16, v_head_dim=12, q_lora_rank=20)),
 }
 
 
@@ -115,6 +127,28 @@ def test_krajewski_flops_reproduce_table_2(dense_params, tokens, granularity, ex
     d_model = (dense_params * 64 / 12.0) ** (1 / 3)
     flops = accounting.krajewski_training_flops(d_model, d_model / 64, 64, granularity, tokens)
     assert abs(flops / expected - 1) < 0.01
+
+
+def test_latent_attention_by_hand():
+    """DeepSeek-V2's per-token cache of (d_c + d_h^R) numbers per layer, and the projections."""
+    c = CONFIGS["latent_query_latent"]
+    d, n, layers, C, R, P, V, Q = 64, 5, 3, 24, 8, 16, 12, 20
+    attention = (d * Q + Q * n * (P + R)  # query down and up
+                 + d * (C + R)  # latent and shared rotary key
+                 + C * n * (P + V)  # keys' position-free parts and values from the latent
+                 + n * V * d)  # output
+    counts = accounting.parameter_counts(c)
+    assert counts.attention == layers * attention
+    assert counts.norms == (2 * layers + 1) * d + layers * (C + Q)
+    assert accounting.kv_cache_bytes_per_token(c) == layers * (C + R) * 2
+    # Grouped-query attention of the same heads would cache 2 * n * (P + R) numbers per layer.
+    assert 2 * n * (P + R) / (C + R) == 7.5
+    context = 100
+    training = 2 * context * n * ((P + R) + V)  # scores over expanded keys, weighted values
+    decoding = 2 * context * n * ((C + R) + C)  # the same over cached latents
+    difference = accounting.inference_flops_per_token(c, context) - \
+        accounting.forward_flops_per_token(c, context)
+    assert difference == layers * (decoding - training)
 
 
 def test_flops_and_memory_by_hand():

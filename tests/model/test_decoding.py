@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from moejax.model import ModelConfig, MoEConfig, build_model
+from moejax.model.config import LatentAttentionConfig
 from moejax.model.decoding import (cache_bytes, init_cache, left_padded, PADDING_SEGMENT,
                                    START_TOKEN, UNWRITTEN_SEGMENT)
 from moejax.model.layers import attention_mask, cached_attention_mask
@@ -30,6 +31,10 @@ VARIANTS = {
     "balancing_bias": dataclasses.replace(BASE, moe=dataclasses.replace(
         MOE, bias_update_rate=1e-3, router_scores="sigmoid")),
     "dense_untied": dataclasses.replace(BASE, moe=None, tie_embeddings=False),
+    # the cache holds latents; the step attends in latent space (LatentAttention.extend)
+    "latent_attention": dataclasses.replace(BASE, n_kv_heads=None, latent_attention=(
+        LatentAttentionConfig(kv_lora_rank=12, qk_rope_head_dim=4, qk_nope_head_dim=6,
+                              v_head_dim=5, q_lora_rank=10))),
 }
 
 PROMPT_LENGTHS = (5, 1, 0, 9)  # prompt tokens per row (START_TOKEN comes on top)
@@ -142,7 +147,7 @@ def test_cached_mask_over_a_full_cache_is_the_training_mask():
 def test_empty_cache_and_its_size():
     cache = init_cache(BASE, batch=3, slots=10)
     assert len(cache.layers) == BASE.n_layers
-    assert cache.layers[0].keys_BSGH.shape == (3, 10, BASE.kv_heads, BASE.head_dim)
+    assert cache.layers[0].keys_BGSH.shape == (3, BASE.kv_heads, 10, BASE.head_dim)
     assert int(cache.length) == 0 and (np.asarray(cache.segment_ids_BS) == -1).all()
     # 2 (keys, values) x 3 layers x 2 kv heads x 8 dims x 4 bytes, per slot and row
     assert cache_bytes(BASE, batch=3, slots=10) == 3 * 10 * 2 * 3 * 2 * 8 * 4
@@ -152,7 +157,8 @@ def test_the_cache_holds_what_the_planner_counts():
     # accounting.kv_cache_bytes_per_token is the inference memory the planner budgets for.
     from moejax.model.accounting import kv_cache_bytes_per_token
 
-    for config in (BASE, VARIANTS["qk_across_heads"], dataclasses.replace(BASE, n_layers=5)):
+    for config in (BASE, VARIANTS["qk_across_heads"], dataclasses.replace(BASE, n_layers=5),
+                   VARIANTS["latent_attention"]):
         bf16 = dataclasses.replace(config, compute_dtype="bfloat16")
         assert cache_bytes(bf16, batch=2, slots=7) == 2 * 7 * kv_cache_bytes_per_token(bf16)
         cache = init_cache(bf16, batch=2, slots=7)

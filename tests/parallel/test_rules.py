@@ -1,6 +1,8 @@
 """Logical axis rules: names -> PartitionSpec; every parameter carries names; constrain is inert
 without a mesh."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,8 +56,13 @@ def test_overrides_change_rules_and_unknown_names_fail():
     assert sharding_rules()["vocab"] == ()
 
 
-def test_every_parameter_has_one_logical_name_per_dimension():
-    model = build_model(CONFIG)
+@pytest.mark.parametrize("latent", [False, True])
+def test_every_parameter_has_one_logical_name_per_dimension(latent):
+    from moejax.model.config import LatentAttentionConfig
+
+    config = CONFIG if not latent else dataclasses.replace(
+        CONFIG, latent_attention=LatentAttentionConfig(q_lora_rank=24))
+    model = build_model(config)
     names = jax.tree.leaves(model.logical_axes, is_leaf=lambda x: isinstance(x, tuple))
     shapes = jax.tree.leaves(model.abstract_params)
     assert len(names) == len(shapes) > 0

@@ -5,6 +5,8 @@ Tolerance: float32 losses agree to 1e-5 relative (measured: within 5e-7 after 4 
 partitioned programs sum the same numbers in a different order, nothing more.
 """
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from moejax.errors import ConfigError
 from moejax.model import ModelConfig, MoEConfig, build_model
 from moejax.model import capacity as capacity_lib
+from moejax.model.config import LatentAttentionConfig
 from moejax.model.experts import swiglu_experts_batched
 from moejax.parallel import sharding as sh
 from moejax.parallel.mesh import MeshConfig, make_mesh
@@ -129,6 +132,20 @@ def test_capacity_routing_on_expert_mesh_matches_one_device():
     run = Sharded(model, MeshConfig(data=2, expert=4))
     _, losses = run.run(run.init(), 0, STEPS)
     np.testing.assert_allclose(losses, single_device_losses(model, STEPS), rtol=RTOL)
+
+
+@pytest.mark.slow
+def test_latent_attention_on_fsdp_expert_tensor_mesh_matches_one_device():
+    latent = LatentAttentionConfig(kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                                   v_head_dim=8, q_lora_rank=12)
+    model = build_model(dataclasses.replace(config(), latent_attention=latent))
+    run = Sharded(model, MeshConfig(data=1, fsdp=2, expert=2, tensor=2))
+    state, losses = run.run(run.init(), 0, STEPS)
+    np.testing.assert_allclose(losses, single_device_losses(model, STEPS), rtol=RTOL)
+    attn = state.params["blocks"][0]["attn"]
+    # heads split over tensor, the latent kept whole, the residual dimension over fsdp
+    assert attn["w_k_up_CNP"].sharding.spec == jax.sharding.PartitionSpec(None, "tensor")
+    assert attn["w_kv_down_DC"].sharding.spec == jax.sharding.PartitionSpec("fsdp")
 
 
 def test_capacity_dispatch_is_an_all_to_all_over_expert_and_exact():

@@ -26,6 +26,19 @@ def test_model_from_point_counts_by_hand():
         DENSE_NON_EMBEDDING + 256 * 128)  # tied embedding
     moe = model_from_point({**DENSE, "ModelConfig.moe": 0, "MoEConfig.num_experts": 4})
     assert moe.moe is not None and moe.moe.num_experts == 4
+    # latent attention's knobs count: per block 128·(48 + 16) (latent and rotary key)
+    # + 48·2·(32 + 32) (expansion) + 128·2·48 (queries) + 2·32·128 (output), and the latent's
+    # norm of 48, instead of 4·128² attention weights
+    latent = model_from_point({**DENSE, "ModelConfig.latent_attention": 0,
+                               "LatentAttentionConfig.kv_lora_rank": 48,
+                               "LatentAttentionConfig.qk_rope_head_dim": 16,
+                               "LatentAttentionConfig.qk_nope_head_dim": 32,
+                               "LatentAttentionConfig.v_head_dim": 32})
+    per_block = 128 * 64 + 48 * 2 * 64 + 128 * 2 * 48 + 2 * 32 * 128 + 48 - 4 * 128 ** 2
+    assert parameter_counts(latent).total == DENSE_NON_EMBEDDING + 2 * per_block
+    grouped = model_from_point({**DENSE, "ModelConfig.latent_attention": None,
+                                "LatentAttentionConfig.kv_lora_rank": 48})
+    assert grouped.latent_attention is None
 
 
 def test_keep_active_params_fixed_derives_width_and_top_k():

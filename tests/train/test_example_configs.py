@@ -55,12 +55,13 @@ def test_model_config_validates_and_has_the_size_its_header_states(path):
 # The fast suite trains the hash variant end to end; the others run with -m slow (12-16 s each).
 # Their pieces stay in the fast suite: tests/model/test_moe.py checks fine-grained, shared and
 # heterogeneous layers against a loop over experts, tests/train/test_run.py trains a
-# heterogeneous run, and tests/train/test_step.py moves the loss-free balancing bias.
+# heterogeneous run, tests/train/test_step.py moves the loss-free balancing bias, and
+# tests/model/test_latent_attention.py checks latent attention and its gradients.
 @pytest.mark.parametrize("name", [
     *(pytest.param(name, marks=pytest.mark.slow) for name in (
         "moe_tiny_fine_grained", "moe_tiny_shared", "moe_tiny_heterogeneous",
         "moe_tiny_capacity_lossfree")),
-    "moe_tiny_hash"])
+    pytest.param("moe_tiny_latent", marks=pytest.mark.slow), "moe_tiny_hash"])
 def test_variant_trains(tmp_path, name):
     model, data, train = load_configs(["smoke.gin", f"models/{name}.gin"], SHORT)
     summary = run_training(str(tmp_path), model, data, train)

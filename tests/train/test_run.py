@@ -42,3 +42,17 @@ def test_missing_run_and_step_are_named(tmp_path):
         restore_run(str(tmp_path), 7)
     with pytest.raises(CheckpointError, match="never finalized"):
         restore_params(str(tmp_path), 7)
+
+
+@pytest.mark.parametrize("model_file", ["moe_tiny_heterogeneous", "moe_tiny_latent"])
+def test_config_json_gives_back_the_nested_configs(model_file):
+    # eval, export and generate rebuild a run's model from its config.json alone
+    import json
+
+    from moejax.train.checkpoint import config_fingerprint
+    from moejax.train.run import configs_from_json
+
+    model, data, train = load_configs(["smoke.gin", f"models/{model_file}.gin"], BINDINGS)
+    model = validate_all(model, data, train)
+    written = json.dumps(config_fingerprint(model, data, train))
+    assert configs_from_json(written) == (model, data, train)
