@@ -17,7 +17,8 @@
 #   bash benchmarks/gpu_session.sh memory           # the memory moejax lower --topology=h100
 #     predicts without a GPU (benchmarks/step_memory.py) against the GPU's peak, 4 configs
 #   bash benchmarks/gpu_session.sh decode           # a decoding step of an MoE against its
-#     FLOP- and parameter-matched dense models at batch 1 to 512 (benchmarks/decode.py)
+#     FLOP- and parameter-matched dense models at batch 1 to 512, and the MoE with latent
+#     attention (benchmarks/decode.py --latent)
 #   bash benchmarks/gpu_session.sh rivals           # other projects' grouped matmuls next to
 #     ours on the CASES: MaxText's (tokamax "mosaic"), tokamax's Triton one, JAX's Hopper
 #     example kernels (benchmarks/rivals.py); first, here: bash benchmarks/rival_wheels.sh
@@ -168,9 +169,10 @@ for l in sys.stdin:
         timeout 300 python3 benchmarks/moe_step.py --dtype bfloat16 --reps 5 --vocab 32768 $spec \
           2>>"$OUT/step.err" | tee -a "$OUT/step.jsonl"
       done ;;
-    decode)  # one decoding step: the MoE against its FLOP- and parameter-matched dense models
-      timeout 400 python3 benchmarks/decode.py --dtype bfloat16 --d-model 2048 --layers 8 \
-        --experts 8 --top-k 2 --d-expert 2048 --vocab 32768 --context 1024 --batch 1 \
+    decode)  # one decoding step: the MoE against its FLOP- and parameter-matched dense models,
+      # and the MoE with latent attention
+      timeout 500 python3 benchmarks/decode.py --dtype bfloat16 --d-model 2048 --layers 8 \
+        --latent --experts 8 --top-k 2 --d-expert 2048 --vocab 32768 --context 1024 --batch 1 \
         --batch 16 --batch 128 --batch 512 2>>"$OUT/decode.err" | tee -a "$OUT/decode.jsonl" \
         | python3 -c "import json,sys
 for l in sys.stdin:

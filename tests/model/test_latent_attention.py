@@ -88,8 +88,9 @@ def _inputs(seed, batch=2, seq=9):
     return x, positions[:batch], segments[:batch]
 
 
-@pytest.mark.parametrize("mla", [WITHOUT_QUERY_LATENT, WITH_QUERY_LATENT],
-                         ids=["query_straight", "query_latent"])
+@pytest.mark.parametrize("mla", [
+    pytest.param(WITHOUT_QUERY_LATENT, marks=pytest.mark.slow, id="query_straight"),
+    pytest.param(WITH_QUERY_LATENT, id="query_latent")])
 def test_training_attention_matches_the_papers_equations(mla):
     layer = _layer(mla)
     x, positions, segments = _inputs(0)
@@ -100,8 +101,9 @@ def test_training_attention_matches_the_papers_equations(mla):
         np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-5, err_msg=f"row {b}")
 
 
-@pytest.mark.parametrize("mla", [WITHOUT_QUERY_LATENT, WITH_QUERY_LATENT],
-                         ids=["query_straight", "query_latent"])
+@pytest.mark.parametrize("mla", [
+    pytest.param(WITHOUT_QUERY_LATENT, marks=pytest.mark.slow, id="query_straight"),
+    pytest.param(WITH_QUERY_LATENT, id="query_latent")])
 def test_absorbed_decoding_equals_the_expanded_attention(mla):
     """Prefill 4 tokens, then one at a time, through the latent cache."""
     layer = _layer(mla, seed=2)

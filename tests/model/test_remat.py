@@ -55,6 +55,7 @@ def test_remat_gives_the_same_loss_and_gradients(remat):
 @pytest.mark.skipif(
     not os.path.isdir(os.path.join(gpu_topology.plugin_dir(), "jax_plugins")),
     reason="JAX's CUDA plugin not installed (launch/setup.sh dev installs it on Linux x86_64)")
+@pytest.mark.slow  # a GPU compile (12 s); the loss and gradient tests above stay fast
 def test_remat_compiles_to_fewer_temporary_bytes_for_an_h100():
     """XLA:GPU's buffer assignment, compiled here for an H100 (XLA:CPU's schedule keeps most
     of the activations alive either way, so its figures do not show it): a dense 8-block model

@@ -219,6 +219,7 @@ def test_the_expert_parallel_smoke_step_compiles_for_eight_h100s(capsys, tmp_pat
                            "pallas_gpu")
 
 
+@pytest.mark.slow  # 14 s; the TPU preflight's too-big case and the H100 smoke compile stay fast
 @needs_plugin
 def test_a_step_too_big_for_the_gpu_exits_3(capsys):
     status = main(["lower", SMOKE, "--gin_bindings=DataConfig.batch_size = 4096",

@@ -193,6 +193,7 @@ def test_a_second_process_can_compile_while_this_one_holds_libtpu():
 
 
 @needs_libtpu
+@pytest.mark.slow  # 8 s; the expert-parallel v5e compile stays fast
 def test_fsdp_gathers_appear_only_after_xla_partitions_the_step(capsys):
     fsdp = f"--gin_file={os.path.join(CONFIGS, 'mesh', 'fsdp_all.gin')}"
     assert main(["lower", SMOKE, fsdp, "--topology=v5e:2x4", "--json"]) == 0
