@@ -55,7 +55,9 @@ def test_matches_ragged_dot(case, tiles):
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="the race detector is the interpreter's")
-@pytest.mark.parametrize("tiles", TILINGS)
+@pytest.mark.parametrize("tiles", [  # two warpgroups: ~10 s, in the slow suite
+    pytest.param(tiles, marks=[pytest.mark.slow] if tiles == "two warpgroups" else [])
+    for tiles in TILINGS])
 def test_interpreter_finds_no_race(monkeypatch, tiles):
     # Shared-memory buffers, TMA copies and barriers of the pipelines, happens-before checked
     # (the warp-specialized one's producer and consumers too). It does not flag an output

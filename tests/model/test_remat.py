@@ -39,7 +39,7 @@ def _loss_and_grads(config, tokens):
     return value, logits, grads
 
 
-@pytest.mark.parametrize("remat", ["block", "dots"])
+@pytest.mark.parametrize("remat", ["block", pytest.param("dots", marks=pytest.mark.slow)])
 def test_remat_gives_the_same_loss_and_gradients(remat):
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 128)
     value, logits, grads = _loss_and_grads(CFG, tokens)

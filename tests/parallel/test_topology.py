@@ -94,6 +94,7 @@ def test_large_float32_tiles_compile_on_v5e_only_with_the_raised_vmem_limit():
                 compile_forward_backward()
 
 
+@pytest.mark.slow  # 9 s; tests/train/test_lowering.py lowers expert-parallel steps for TPU fast
 @needs_libtpu
 def test_the_expert_parallel_smoke_step_compiles_for_a_v5e_slice(capsys, tmp_path):
     status = main(["lower", SMOKE, "--gin_bindings=MeshConfig.expert = 4",

@@ -178,7 +178,8 @@ def test_cli_unknown_binding_names_the_knob(tmp_path):
 
 @pytest.mark.parametrize("change, named", [
     ("MoEConfig.top_k = 1", "top_k"),              # same parameter shapes
-    ("MoEConfig.num_experts = 8", "num_experts"),  # expert weights of another shape
+    pytest.param("MoEConfig.num_experts = 8", "num_experts",  # expert weights of another shape
+                 marks=pytest.mark.slow),
 ])
 def test_changed_model_config_refuses_to_resume_and_keeps_the_run(tmp_path, change, named):
     """A checkpoint of another model is refused by its metadata before any array is read: it

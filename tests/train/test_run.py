@@ -14,6 +14,7 @@ BINDINGS = ["ModelConfig.d_model = 32", "ModelConfig.n_layers = 2", "ModelConfig
             "TrainConfig.checkpoint_every = 2", "TrainConfig.eval_every = 0"]
 
 
+@pytest.mark.slow  # 13 s; the config round-trip below and test_loop's resume tests stay fast
 def test_reopen_a_heterogeneous_run(tmp_path):
     model, data, train = load_configs(["smoke.gin", "models/moe_tiny_heterogeneous.gin"],
                                       BINDINGS + ["MoEConfig.bias_update_rate = 0.01"])
