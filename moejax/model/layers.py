@@ -100,8 +100,9 @@ def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
 class LayerCache(NamedTuple):
     """One attention layer's keys and values at every slot of a decoding cache, (B, G, S, H):
     head-major, so that each head's slots are contiguous and a decoding step's products over
-    them need no transpose of the cache (on XLA:CPU a (B, S, G, H) cache was copied at every
-    step: 15x slower at 2,048 slots, ``benchmarks/decode.py``)."""
+    them need no transpose of the cache (on XLA:CPU a (B, S, G, H) cache was transposed at every
+    step: one layer's scores 15x slower at 2,048 slots, the whole step 4-6x at batch 16,
+    ``benchmarks/decode.py``)."""
 
     keys_BGSH: jax.Array
     values_BGSH: jax.Array
