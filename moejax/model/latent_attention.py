@@ -35,7 +35,7 @@ from flax import nnx
 
 from moejax.model.config import LatentAttentionConfig
 from moejax.model.layers import (RMSNorm, _linear_init, attention_mask, cached_attention_mask,
-                                 rotary_embedding)
+                                 masked_softmax, rotary_embedding)
 from moejax.parallel.rules import constrain, logical_param
 
 
@@ -54,12 +54,6 @@ def write_latent_cache(cache: LatentCache, latent_BTC, rope_keys_BTR, start) -> 
         jax.lax.dynamic_update_slice(cache.rope_keys_BSR,
                                      rope_keys_BTR.astype(cache.rope_keys_BSR.dtype),
                                      (0, start, 0)))
-
-
-def masked_softmax(scores_BNTS: jax.Array, mask_B1TS: jax.Array) -> jax.Array:
-    """Softmax over S in float32 of the scores the mask keeps (masked ones get weight 0)."""
-    scores = jnp.where(mask_B1TS, scores_BNTS.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores, axis=-1)
 
 
 class LatentAttention(nnx.Module):

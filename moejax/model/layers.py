@@ -119,6 +119,14 @@ def write_layer_cache(cache: LayerCache, k_BTGH, v_BTGH, start) -> LayerCache:
     return LayerCache(write(cache.keys_BGSH, k_BTGH), write(cache.values_BGSH, v_BTGH))
 
 
+def masked_softmax(scores_BNTS: jax.Array, mask_B1TS: jax.Array) -> jax.Array:
+    """Softmax over S in float32 of the scores the mask keeps (masked ones get weight 0); the
+    mask broadcasts over the head axes (one (B, 1, T, S) mask, or (B, 1, 1, T, S) for
+    grouped heads)."""
+    scores = jnp.where(mask_B1TS, scores_BNTS.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
 def attend_to_cache(q_BTNH, cache: LayerCache, mask_B1TS) -> jax.Array:
     """(B, T, N, H): softmax(q k / sqrt(H)) v of T queries over the cached slots the mask keeps
     (float32 softmax), query head n reading key/value head n // (N / G) as
@@ -128,9 +136,7 @@ def attend_to_cache(q_BTNH, cache: LayerCache, mask_B1TS) -> jax.Array:
     q_BTGRH = q_BTNH.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim)
     keys_BGSH = cache.keys_BGSH.astype(q_BTNH.dtype)
     scores_BGRTS = jnp.einsum("btgrh,bgsh->bgrts", q_BTGRH, keys_BGSH) / math.sqrt(head_dim)
-    scores_BGRTS = jnp.where(mask_B1TS[:, :, None], scores_BGRTS.astype(jnp.float32),
-                             jnp.finfo(jnp.float32).min)
-    probs_BGRTS = jax.nn.softmax(scores_BGRTS, axis=-1).astype(q_BTNH.dtype)
+    probs_BGRTS = masked_softmax(scores_BGRTS, mask_B1TS[:, :, None]).astype(q_BTNH.dtype)
     out_BTGRH = jnp.einsum("bgrts,bgsh->btgrh", probs_BGRTS,
                            cache.values_BGSH.astype(q_BTNH.dtype))
     return out_BTGRH.reshape(batch, seq, heads, head_dim)

@@ -6,23 +6,14 @@ checkpoints at steps 2 and 4, two validation batches per task.
 
 import pytest
 
-TINY = [
-    "ModelConfig.d_model = 32", "ModelConfig.n_layers = 2", "ModelConfig.n_heads = 2",
-    "ModelConfig.d_ff = 64", "MoEConfig.d_expert = 32", "MoEConfig.capacity_factor = 0.5",
-    "DataConfig.vocabulary = 'byte'", "DataConfig.seq_len = 32", "DataConfig.batch_size = 4",
-    "TrainConfig.steps = 4", "TrainConfig.warmup_steps = 1", "TrainConfig.learning_rate = 3e-3",
-    "TrainConfig.checkpoint_every = 2", "TrainConfig.eval_every = 0",
-    "TrainConfig.eval_batches = 2",
-]
+from tests.tiny_runs import train_tiny_run
+
+CAPACITY = ["MoEConfig.capacity_factor = 0.5", "DataConfig.vocabulary = 'byte'",
+            "TrainConfig.eval_batches = 2"]
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """Path of a finished run directory; tests must copy it before changing anything in it."""
-    from moejax.train.cli import load_configs
-    from moejax.train.loop import run_training
-
-    workdir = tmp_path_factory.mktemp("eval_runs") / "capacity_run"
-    model, data, train = load_configs(["smoke.gin"], TINY)
-    run_training(str(workdir), model, data, train, log=lambda line: None)
-    return str(workdir)
+    return train_tiny_run(tmp_path_factory.mktemp("eval_runs") / "capacity_run",
+                          bindings=CAPACITY)

@@ -57,6 +57,27 @@ def _mlp(x, tensors, prefix, names=("gate_proj", "up_proj", "down_proj")):
     return _linear(hidden, tensors, f"{prefix}.{down}")
 
 
+def _rotated(x, theta):
+    """x (T, heads, dim) rotated at positions 0..T-1: x * cos + rotate_half(x) * sin, frequencies
+    theta^(-2i/dim) [apply_rotary_pos_emb]."""
+    seq, dim = x.shape[0], x.shape[-1]
+    inv_freq = 1.0 / theta ** (np.arange(0, dim, 2) / dim)
+    angles = np.arange(seq)[:, None] * inv_freq[None, :]
+    cos = np.concatenate([np.cos(angles)] * 2, axis=-1)[:, None, :]
+    sin = np.concatenate([np.sin(angles)] * 2, axis=-1)[:, None, :]
+    return x * cos + _rotate_half(x) * sin
+
+
+def _causal_attention(q, k, v, scale):
+    """(T, heads * value dim): causal softmax(q k * scale) v per head; q, k, v (T, heads, dim)."""
+    seq = q.shape[0]
+    scores = np.einsum("tnh,snh->nts", q, k) * scale
+    scores = np.where(np.tril(np.ones((seq, seq), bool))[None], scores, -np.inf)
+    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs = scores / scores.sum(axis=-1, keepdims=True)
+    return np.einsum("nts,snh->tnh", probs, v).reshape(seq, -1)
+
+
 def _attention(x_TD, tensors, prefix, config):
     seq = x_TD.shape[0]
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
@@ -71,20 +92,11 @@ def _attention(x_TD, tensors, prefix, config):
         q = _rms_norm(q, tensors[f"{prefix}.q_norm.weight"], eps)
         k = _rms_norm(k, tensors[f"{prefix}.k_norm.weight"], eps)
     v = _linear(x_TD, tensors, f"{prefix}.v_proj").reshape(seq, kv_heads, head_dim)
-    inv_freq = 1.0 / config["rope_theta"] ** (np.arange(0, head_dim, 2) / head_dim)
-    angles = np.arange(seq)[:, None] * inv_freq[None, :]
-    cos = np.concatenate([np.cos(angles)] * 2, axis=-1)[:, None, :]
-    sin = np.concatenate([np.sin(angles)] * 2, axis=-1)[:, None, :]
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    q, k = _rotated(q, config["rope_theta"]), _rotated(k, config["rope_theta"])
     n_rep = heads // kv_heads
     k = np.repeat(k, n_rep, axis=1)  # head g -> g*n_rep .. g*n_rep + n_rep - 1
     v = np.repeat(v, n_rep, axis=1)
-    scores = np.einsum("tnh,snh->nts", q, k) * head_dim ** -0.5
-    scores = np.where(np.tril(np.ones((seq, seq), bool))[None], scores, -np.inf)
-    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    probs = scores / scores.sum(axis=-1, keepdims=True)
-    out = np.einsum("nts,snh->tnh", probs, v).reshape(seq, heads * head_dim)
+    out = _causal_attention(q, k, v, head_dim ** -0.5)
     return _linear(out, tensors, f"{prefix}.o_proj")
 
 
@@ -113,19 +125,10 @@ def _latent_attention(x_TD, tensors, prefix, config):
     k_pass, v = kv[..., :nope], kv[..., nope:]
     if config.get("rope_interleave", True):
         q_rot, k_rot = _deinterleave(q_rot), _deinterleave(k_rot)
-    inv_freq = 1.0 / config["rope_theta"] ** (np.arange(0, rope, 2) / rope)
-    angles = np.arange(seq)[:, None] * inv_freq[None, :]
-    cos = np.concatenate([np.cos(angles)] * 2, axis=-1)[:, None, :]
-    sin = np.concatenate([np.sin(angles)] * 2, axis=-1)[:, None, :]
-    q_rot = q_rot * cos + _rotate_half(q_rot) * sin
-    k_rot = k_rot * cos + _rotate_half(k_rot) * sin
+    q_rot, k_rot = _rotated(q_rot, config["rope_theta"]), _rotated(k_rot, config["rope_theta"])
     query = np.concatenate([q_pass, q_rot], axis=-1)
     key = np.concatenate([k_pass, np.broadcast_to(k_rot, (seq, heads, rope))], axis=-1)
-    scores = np.einsum("tnh,snh->nts", query, key) * (nope + rope) ** -0.5
-    scores = np.where(np.tril(np.ones((seq, seq), bool))[None], scores, -np.inf)
-    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    probs = scores / scores.sum(axis=-1, keepdims=True)
-    out = np.einsum("nts,snh->tnh", probs, v).reshape(seq, heads * v_dim)
+    out = _causal_attention(query, key, v, (nope + rope) ** -0.5)
     return _linear(out, tensors, f"{prefix}.o_proj")
 
 
