@@ -10,7 +10,9 @@ the missing-libtpu message are checked everywhere.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from unittest import mock
 
 import jax
@@ -143,14 +145,39 @@ MODEL_CONFIGS = sorted(name for name in os.listdir(os.path.join(CONFIGS, "models
                        if "tiny" in name)
 
 
+_ENTRY_PARAMETER = re.compile(
+    r"[a-z]+(\d+)\[([\d,]*)\]\{([\d,]*):T\(([\d,]+)\)\} parameter\(\d+\)")
+
+
+def _entry_parameter_bytes(hlo_text: str) -> tuple[int, int]:
+    """(padded, unpadded) bytes of a compiled TPU module's entry parameters. Each layout lists
+    the dimensions minor-first and a tile T(a, b) (or T(b)): the minor-most dimension is padded
+    to a multiple of b, the next to a multiple of a; a scalar takes one tile."""
+    entry = hlo_text[hlo_text.index("\nENTRY"):]
+    entry = entry[:entry.index("\n}")]
+    padded = unpadded = 0
+    for bits, dims, layout, tile in _ENTRY_PARAMETER.findall(entry):
+        shape = [int(d) for d in dims.split(",")] if dims else []
+        minor_first = [shape[int(i)] for i in layout.split(",")] if layout else []
+        tile_minor_first = [int(t) for t in tile.split(",")][::-1]
+        for i, t in enumerate(tile_minor_first[:len(minor_first)]):
+            minor_first[i] = -(-minor_first[i] // t) * t
+        size = math.prod(minor_first) if minor_first else tile_minor_first[0]
+        padded += size * int(bits) // 8
+        unpadded += math.prod(shape) * int(bits) // 8
+    return padded, unpadded
+
+
 @needs_libtpu
 @pytest.mark.slow
 @pytest.mark.parametrize("model_gin", MODEL_CONFIGS)
 def test_every_tiny_model_variant_compiles_for_v5e_and_its_state_matches_the_accounting(
         model_gin):
     """XLA:TPU compiles each variant (dense, dropless, capacity, fine-grained, shared,
-    heterogeneous experts), and its argument buffers agree with moejax's parameter count."""
+    heterogeneous experts, latent attention), and its argument buffers agree with moejax's
+    parameter count."""
     from moejax.model.accounting import parameter_counts
+    from moejax.model.config import moe_layer_indices
     from moejax.train.cli import load_configs
     from moejax.train.loop import validate_all
     from moejax.train.lower import compile_train_step
@@ -159,16 +186,27 @@ def test_every_tiny_model_variant_compiles_for_v5e_and_its_state_matches_the_acc
     model, data, train = load_configs(
         [os.path.join(CONFIGS, "base.gin"), os.path.join(CONFIGS, "models", model_gin)],
         [f"DataConfig.batch_size = {batch}", f"DataConfig.seq_len = {seq}"])
-    _, summary = compile_train_step(model, data, train, None, "v5e:2x2")
+    compiled, summary = compile_train_step(model, data, train, None, "v5e:2x2")
     memory = summary.compiled
     assert memory["fits"] is True and summary.device == "TPU v5 lite"
-    # The compiled program's arguments are the state (float32 parameters and AdamW's two
-    # moments: 12 bytes per parameter, counted from the config by the accounting module) and
-    # the batch (3 int32/float32 arrays), and a few KiB: step counters, and TPU layouts padding
-    # small leaves (10,240 bytes for each of these). One expert matrix is larger than that.
+    # XLA's argument bytes are its entry parameters laid out in TPU tiles: the tile model below
+    # (from the layouts printed in the HLO) must give the same figure to the byte.
+    padded, unpadded = _entry_parameter_bytes(compiled.as_text())
+    assert padded == memory["argument_bytes"]
+    # Unpadded, the arguments are the state (float32 parameters and AdamW's two moments: 12
+    # bytes per parameter, counted from the config by the accounting module), the router-bias
+    # buffers of loss-free balancing (one float32 per expert and MoE block), the batch (inputs,
+    # targets, loss weights, segment ids, positions: 5 arrays of 4-byte numbers) and three int32
+    # step counters with the uint32[2] random key.
     resolved = validate_all(model, data, train)
-    expected = 12 * parameter_counts(resolved).total + 3 * 4 * batch * seq
-    assert 0 <= memory["argument_bytes"] - expected < 64 * 1024
+    bias = (resolved.moe is not None and resolved.moe.bias_update_rate > 0)
+    buffers = 4 * resolved.moe.num_experts * len(moe_layer_indices(resolved)) if bias else 0
+    expected = 12 * parameter_counts(resolved).total + buffers + 5 * 4 * batch * seq + 3 * 4 + 8
+    assert unpadded == expected
+    # Tiles pad small dimensions: under 10 KiB for most variants; 1.09 MB (2.9%) for the latent
+    # one, whose 64-wide latent lies minor-most in its up-projections and is padded to 128 (a
+    # toy-scale cost: DeepSeek's latents are 512 and 1536 wide).
+    assert padded - unpadded < unpadded // 32
     if resolved.moe is not None and resolved.moe.capacity_factor is None:  # dropless: gmm
         assert {k["impl"] for k in summary.kernels} == {"pallas_tpu"}
         kernel_calls, _ = expected_moe_calls(
