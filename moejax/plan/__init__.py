@@ -10,9 +10,11 @@ Modules: ``joint_moe`` (per-E reduction, compute-, memory- and inference-optimal
 learning-rate rule), ``chinchilla`` (closed form), ``krajewski`` (fine-grained MoE FLOPs),
 ``optimal`` (numerical compute-optimal N, D for any registered law), ``hardware`` (accelerator
 presets, Yun et al.'s serving cost per token), ``liew`` (constraint solver over candidate
-architectures).
+architectures), ``attention`` (the planned model's attention: multi-head, grouped-query or
+latent, its parameters and KV cache per block).
 """
 
+from moejax.plan.attention import GroupedQuery, Latent, MultiHead, parse_attention
 from moejax.plan.chinchilla import chinchilla_compute_optimal
 from moejax.plan.hardware import HARDWARE_PRESETS, Hardware, ServingCost, serving_cost_per_token
 from moejax.plan.joint_moe import (
@@ -24,8 +26,9 @@ from moejax.plan.liew import Candidate, rank_architectures
 from moejax.plan.optimal import numerical_compute_optimal
 
 __all__ = [
-    "Candidate", "HARDWARE_PRESETS", "Hardware", "InfeasiblePlan", "JOINT_MOE_TABLE3",
-    "JointMoeCounts", "MemoryPlan", "ServingCost", "budget_plan", "budget_plans",
+    "Candidate", "GroupedQuery", "HARDWARE_PRESETS", "Hardware", "InfeasiblePlan",
+    "JOINT_MOE_TABLE3", "JointMoeCounts", "Latent", "MemoryPlan", "MultiHead", "ServingCost",
+    "budget_plan", "budget_plans", "parse_attention",
     "chinchilla_compute_optimal", "compute_optimal", "inference_aware_optimal",
     "joint_moe_counts", "joint_moe_loss", "krajewski_dense_shape", "krajewski_training_flops",
     "kv_cache_bytes", "memory_footprint", "memory_optimal", "numerical_compute_optimal",

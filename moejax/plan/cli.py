@@ -4,7 +4,9 @@ Two modes.
 - Joint MoE (default): ``--flops`` (training FLOPs), optionally ``--memory-bytes`` (bf16 weights,
   plus KV cache for ``--context-tokens``), ``--inference-tokens`` (expected tokens served, 2 N_act
   FLOPs each, paid from ``--flops``), ``--experts=1,2,4,...``, ``--fit=fit.json`` (a ``joint_moe``
-  fit from ``moejax fit``; default the paper's Table 3) and ``--hardware`` for the serving cost.
+  fit from ``moejax fit``; default the paper's Table 3), ``--attention`` (``mha``, the paper's;
+  ``gqa:GROUP``; ``mla:KV_RANK[:ROPE_DIM]``: see ``moejax.plan.attention``) and ``--hardware`` for
+  the serving cost.
   Per expert count: the inference-aware optimum (6 N D + 2 N D_inf = flops), shrunk to the largest
   model that fits the memory budget. Out: a table per expert count (active/total parameters,
   d_model, tokens, predicted loss, serving cost per token), with the counts that fit no model and
@@ -35,6 +37,7 @@ from moejax.errors import ConfigError
 from moejax.files import directory_problem, write_atomic, write_figure
 from moejax.model import accounting
 from moejax.model.config import validate_model_config
+from moejax.plan.attention import MultiHead, parse_attention
 from moejax.plan.hardware import HARDWARE_PRESETS, serving_cost_per_token
 from moejax.plan.joint_moe import JOINT_MOE_TABLE3, budget_plans, kv_cache_bytes
 from moejax.plan.liew import Candidate
@@ -95,6 +98,14 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def _attention(text: str):
+    """An argparse type: a planned attention (``mha``, ``gqa:8``, ``mla:256``, ``mla:512:64``)."""
+    try:
+        return parse_attention(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flops", type=_positive, default=None,
                         help="training budget in FLOPs (6 N_act D, plus 2 N_act per inference "
@@ -109,6 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="expert counts to consider (whole numbers >= 1)")
     parser.add_argument("--fit", type=Path, default=None,
                         help="fit.json of a joint_moe fit (default: Table 3)")
+    parser.add_argument("--attention", type=_attention, default=MultiHead(),
+                        help="the planned models' attention, which sets their KV cache: mha "
+                             "(default, the paper's), gqa:GROUP (query heads per key/value "
+                             "head), mla:KV_RANK[:ROPE_DIM] (latent attention; ROPE_DIM 32)")
     parser.add_argument("--hardware", choices=sorted(HARDWARE_PRESETS), default="h100")
     parser.add_argument("--serving-context", type=_non_negative, default=4096,
                         help="context per served sequence")
@@ -182,7 +197,8 @@ def _serving(plan, args) -> dict | None:
     """Yun et al.'s serving cost of a plan on --hardware; None when the weights fit on none of
     SERVING_DEVICES devices."""
     try:
-        cost = serving_cost_per_token(plan.n_total, plan.n_active, kv_cache_bytes(plan.d_model, 1),
+        kv_per_token = kv_cache_bytes(plan.d_model, 1, attention=args.attention)
+        cost = serving_cost_per_token(plan.n_total, plan.n_active, kv_per_token,
                                       args.serving_context, args.hardware, SERVING_DEVICES)
     except ValueError:
         return None
@@ -194,7 +210,8 @@ def joint_moe_rows(args, parameters) -> tuple[list[dict], list[dict]]:
     [{E, reason}] for the counts no model of which meets them)."""
     plans, skipped = budget_plans(args.flops, args.experts, memory_bytes=args.memory_bytes,
                                   context_tokens=args.context_tokens,
-                                  inference_tokens=args.inference_tokens, parameters=parameters)
+                                  inference_tokens=args.inference_tokens, parameters=parameters,
+                                  attention=args.attention)
     rows = [{"E": plan.num_experts, "d_model": plan.d_model, "n_active": plan.n_active,
              "n_total": plan.n_total, "tokens": plan.tokens, "loss": plan.loss,
              "memory_bytes": plan.memory_bytes, "size_set_by": plan.size_set_by,
@@ -217,7 +234,8 @@ def _joint_moe_report(args, rows, skipped, source) -> str:
     if args.inference_tokens:
         budget += (f", {args.inference_tokens:.3g} inference tokens (2 N_act FLOPs each, paid "
                    "from the training FLOPs)")
-    out.write(f"# moejax plan (Joint MoE law, {source})\n\nBudget: {budget}.\n\n")
+    out.write(f"# moejax plan (Joint MoE law, {source})\n\nBudget: {budget}.\n\n"
+              f"Attention: {args.attention.describe()}.\n\n")
     out.write(f"| E | d_model | N_act | N_total | tokens | predicted loss | size set by | "
               f"{args.hardware} cost/token (device-s) |\n|---|---|---|---|---|---|---|---|\n")
     for row in rows:
@@ -303,7 +321,8 @@ def _run_joint_moe(args) -> int:
         ranked = sorted(rows, key=lambda r: r["loss"])[: args.top]
         texts = {}
         for rank, row in enumerate(ranked, 1):
-            config = joint_moe_architecture(row["d_model"], int(row["E"]))
+            config = joint_moe_architecture(row["d_model"], int(row["E"]),
+                                            attention=args.attention)
             texts[f"recommended_{rank}_E{int(row['E'])}.gin"] = gin_text(
                 config, tokens=row["tokens"], learning_rate=joint_moe_learning_rate(config),
                 title=f"moejax plan rank {rank}: E = {row['E']:g}, predicted loss "
@@ -312,7 +331,8 @@ def _run_joint_moe(args) -> int:
         report += "\nGin files (train with `moejax train --gin_file=FILE --workdir=...`): " + \
             ", ".join(f"`{f}`" for f in files) + "\n"
         texts["plan.json"] = json.dumps(
-            {"law": "joint_moe", "source": source, "plans": rows, "skipped": skipped,
+            {"law": "joint_moe", "source": source, "attention": args.attention.describe(),
+             "plans": rows, "skipped": skipped,
              "recommended": ranked[0], "gin_files": files}, indent=2)
         texts["report.md"] = report
         _write_out(args.out, texts)
@@ -398,7 +418,8 @@ def _other_mode_budgets(args) -> list[str]:
     if args.liew:
         given = {"--memory-bytes": args.memory_bytes is not None,
                  "--inference-tokens": args.inference_tokens != 0,
-                 "--context-tokens": args.context_tokens != 0, "--fit": args.fit is not None}
+                 "--context-tokens": args.context_tokens != 0, "--fit": args.fit is not None,
+                 "--attention": args.attention != MultiHead()}
     else:
         given = {"--memory-params": args.memory_params is not None,
                  "--active-params": args.active_params != math.inf}
@@ -415,7 +436,8 @@ def _check_arguments(args) -> None:
     if ignored:
         mode = "--liew" if args.liew else "the Joint MoE mode (without --liew)"
         raise ConfigError(f"{', '.join(ignored)} would be ignored by {mode}; the Joint MoE mode "
-                          "takes --memory-bytes, --context-tokens, --inference-tokens, --fit; "
+                          "takes --memory-bytes, --context-tokens, --inference-tokens, --fit, "
+                          "--attention; "
                           "--liew takes --memory-params, --active-params")
     check_out(args.out)
 

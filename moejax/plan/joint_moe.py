@@ -9,6 +9,9 @@ Conventions (paper's): N_act counts active parameters WITH embeddings; training 
 FLOPs and inference 2 N_act FLOPs per token; weights and KV cache are stored in bf16 (2 bytes).
 Widths are continuous (a relaxation), but no plan is narrower than the family's smallest member,
 one block of one head (d_model = 64): ``moejax plan`` writes each plan as a concrete model.
+The family's attention is multi-head; every count, footprint and plan takes an ``attention`` from
+``moejax.plan.attention`` (grouped-query or latent) that changes the attention parameters and the
+KV cache.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ import numpy as np
 import scipy.optimize
 
 from moejax.laws.saturation import saturating_expert_count
+from moejax.plan.attention import HEAD_DIM, MultiHead, PlannedAttention
 
 JOINT_MOE_TABLE3: dict[str, float] = {
     "a": 35.91, "alpha": -0.1889, "delta": -0.2285, "gamma": 0.0098, "b": 35.98, "beta": -0.1775,
     "omega": 0.5529, "zeta": -0.0259, "E_start": 2.0732, "E_max": 290.4521, "c": 1.3637}
 VOCAB_SIZE = 50257
-HEAD_DIM = 64  # n_blocks = n_heads = d_model / 64 in the paper's model family
+# n_blocks = n_heads = d_model / HEAD_DIM (64) in the paper's model family
 SMALLEST_D_MODEL = float(HEAD_DIM)  # one block of one head: the family's smallest member
 BF16_BYTES = 2
+MULTI_HEAD = MultiHead()
 
 
 class InfeasiblePlan(ValueError):
@@ -83,26 +88,34 @@ class JointMoeCounts:
     n_active: float
 
 
-def joint_moe_counts(d_model: float, num_experts: float, vocab_size: int = VOCAB_SIZE) -> JointMoeCounts:
-    """N_total = 2 d V + (4 + 9E) n_blocks d^2; N_act = 2 d V + 13 n_blocks d^2; n_blocks = d/64.
+def joint_moe_counts(d_model: float, num_experts: float, vocab_size: int = VOCAB_SIZE,
+                     attention: PlannedAttention = MULTI_HEAD) -> JointMoeCounts:
+    """N_total = 2 d V + (4 + 9E) n_blocks d^2; N_act = 2 d V + 13 n_blocks d^2; n_blocks = d/64
+    (multi-head attention's 4 d^2 per block; another ``attention`` puts its own count there).
     d_model may be fractional (continuous relaxation used by the planners)."""
     n_blocks = d_model / HEAD_DIM
     embeddings = 2.0 * d_model * vocab_size
-    return JointMoeCounts(d_model, n_blocks, num_experts,
-                          embeddings + (4.0 + 9.0 * num_experts) * n_blocks * d_model**2,
-                          embeddings + 13.0 * n_blocks * d_model**2)
+    attention_params = attention.parameters_per_block(d_model)
+    return JointMoeCounts(
+        d_model, n_blocks, num_experts,
+        embeddings + n_blocks * (attention_params + 9.0 * num_experts * d_model**2),
+        embeddings + n_blocks * (attention_params + 9.0 * d_model**2))
 
 
-def kv_cache_bytes(d_model: float, context_tokens: float, bytes_per_value: int = BF16_BYTES) -> float:
-    """Bytes of KV cache for `context_tokens` cached tokens: 2 T n_blocks d values."""
-    return 2.0 * context_tokens * (d_model / HEAD_DIM) * d_model * bytes_per_value
+def kv_cache_bytes(d_model: float, context_tokens: float, bytes_per_value: int = BF16_BYTES,
+                   attention: PlannedAttention = MULTI_HEAD) -> float:
+    """Bytes of KV cache for `context_tokens` cached tokens: T n_blocks times the attention's
+    cached values per block (2 d for multi-head attention)."""
+    return (context_tokens * (d_model / HEAD_DIM) * attention.cache_values_per_block(d_model)
+            * bytes_per_value)
 
 
 def memory_footprint(d_model: float, num_experts: float, context_tokens: float = 0.0,
-                     bytes_per_param: int = BF16_BYTES) -> float:
+                     bytes_per_param: int = BF16_BYTES,
+                     attention: PlannedAttention = MULTI_HEAD) -> float:
     """Bytes of the weights (N_total) plus the KV cache of `context_tokens` cached tokens."""
-    return (bytes_per_param * joint_moe_counts(d_model, num_experts).n_total
-            + kv_cache_bytes(d_model, context_tokens, bytes_per_param))
+    return (bytes_per_param * joint_moe_counts(d_model, num_experts, attention=attention).n_total
+            + kv_cache_bytes(d_model, context_tokens, bytes_per_param, attention))
 
 
 _WIDEST = 1e7  # d_model; far past any model a FLOP budget can train
@@ -131,10 +144,11 @@ class MemoryPlan:
     size_set_by: str = "budget"  # "budget" (the optimum), "memory" or "smallest model"
 
 
-def _check_serving(flops: float, inference_tokens: float) -> None:
+def _check_serving(flops: float, inference_tokens: float,
+                   attention: PlannedAttention = MULTI_HEAD) -> None:
     """Raise InfeasiblePlan when serving alone, on the smallest model, spends the whole budget."""
     # N_act does not depend on E, so this rules out every expert count at once.
-    smallest = joint_moe_counts(SMALLEST_D_MODEL, 1).n_active
+    smallest = joint_moe_counts(SMALLEST_D_MODEL, 1, attention=attention).n_active
     serving_flops = 2.0 * smallest * inference_tokens
     if serving_flops >= flops:
         raise InfeasiblePlan(
@@ -146,7 +160,8 @@ def _check_serving(flops: float, inference_tokens: float) -> None:
 def budget_plan(flops: float, num_experts: float, *, memory_bytes: float | None = None,
                 context_tokens: float = 0.0, inference_tokens: float = 0.0,
                 parameters: Mapping[str, float] = JOINT_MOE_TABLE3,
-                bytes_per_param: int = BF16_BYTES) -> MemoryPlan:
+                bytes_per_param: int = BF16_BYTES,
+                attention: PlannedAttention = MULTI_HEAD) -> MemoryPlan:
     """The best model with E experts when training plus serving cost `flops`
     (6 N_act D + 2 N_act D_inf = flops, D_inf = inference_tokens) and, with `memory_bytes`,
     its weights plus the KV cache of `context_tokens` tokens fit in that many bytes.
@@ -158,10 +173,13 @@ def budget_plan(flops: float, num_experts: float, *, memory_bytes: float | None 
     smallest model does not fit in memory or serving alone costs the whole budget (D <= 0)."""
     if not inference_tokens >= 0:
         raise ValueError(f"inference tokens must be >= 0, got {inference_tokens}")
-    _check_serving(flops, inference_tokens)
+    _check_serving(flops, inference_tokens, attention)
 
     def footprint(d):
-        return memory_footprint(d, num_experts, context_tokens, bytes_per_param)
+        return memory_footprint(d, num_experts, context_tokens, bytes_per_param, attention)
+
+    def counts(d):
+        return joint_moe_counts(d, num_experts, attention=attention)
 
     if memory_bytes is not None and footprint(SMALLEST_D_MODEL) > memory_bytes:
         raise InfeasiblePlan(
@@ -169,42 +187,43 @@ def budget_plan(flops: float, num_experts: float, *, memory_bytes: float | None 
             f"needs {footprint(SMALLEST_D_MODEL):.3g} bytes, over the memory budget of "
             f"{memory_bytes:.3g} bytes")
     n_best, _, _ = inference_aware_optimal(flops, inference_tokens, num_experts, parameters)
-    d_best = _width_for(n_best, lambda d: joint_moe_counts(d, num_experts).n_active)
+    d_best = _width_for(n_best, lambda d: counts(d).n_active)
     d_memory = math.inf
     if memory_bytes is not None and footprint(_WIDEST) > memory_bytes:
         d_memory = _width_for(memory_bytes, footprint)
     d_model = max(SMALLEST_D_MODEL, min(d_best, d_memory))
     size_set_by = ("memory" if d_memory < d_best else
                    "smallest model" if d_best < SMALLEST_D_MODEL else "budget")
-    counts = joint_moe_counts(d_model, num_experts)
-    tokens = (flops - 2.0 * counts.n_active * inference_tokens) / (6.0 * counts.n_active)
-    loss = float(joint_moe_loss(counts.n_active, tokens, num_experts, parameters))
-    return MemoryPlan(float(num_experts), d_model, counts.n_active, counts.n_total, tokens, loss,
-                      footprint(d_model), d_memory < d_best, size_set_by)
+    planned = counts(d_model)
+    tokens = (flops - 2.0 * planned.n_active * inference_tokens) / (6.0 * planned.n_active)
+    loss = float(joint_moe_loss(planned.n_active, tokens, num_experts, parameters))
+    return MemoryPlan(float(num_experts), d_model, planned.n_active, planned.n_total, tokens,
+                      loss, footprint(d_model), d_memory < d_best, size_set_by)
 
 
 def budget_plans(flops: float, expert_counts: Sequence[float], *,
                  memory_bytes: float | None = None, context_tokens: float = 0.0,
                  inference_tokens: float = 0.0, parameters: Mapping[str, float] = JOINT_MOE_TABLE3,
-                 bytes_per_param: int = BF16_BYTES
+                 bytes_per_param: int = BF16_BYTES, attention: PlannedAttention = MULTI_HEAD
                  ) -> tuple[list[MemoryPlan], list[tuple[float, str]]]:
     """``budget_plan`` for every E: (plans, [(E, reason) for each E no model of which fits]).
     Raises InfeasiblePlan, naming the budget and the smallest footprint, when no E fits."""
     if not expert_counts:
         raise ValueError("no expert counts to plan for")
-    _check_serving(flops, inference_tokens)
+    _check_serving(flops, inference_tokens, attention)
     plans, skipped = [], []
     for num_experts in expert_counts:
         try:
             plans.append(budget_plan(flops, num_experts, memory_bytes=memory_bytes,
                                      context_tokens=context_tokens,
                                      inference_tokens=inference_tokens, parameters=parameters,
-                                     bytes_per_param=bytes_per_param))
+                                     bytes_per_param=bytes_per_param, attention=attention))
         except InfeasiblePlan as err:
             skipped.append((float(num_experts), str(err)))
     if not plans:
         fewest = min(expert_counts)
-        smallest = memory_footprint(SMALLEST_D_MODEL, fewest, context_tokens, bytes_per_param)
+        smallest = memory_footprint(SMALLEST_D_MODEL, fewest, context_tokens, bytes_per_param,
+                                    attention)
         cache = f" + KV cache of {context_tokens:g} tokens" if context_tokens else ""
         raise InfeasiblePlan(
             f"the memory budget of {memory_bytes:.3g} bytes fits no model with E in "
@@ -216,7 +235,8 @@ def budget_plans(flops: float, expert_counts: Sequence[float], *,
 def memory_optimal(flops: float, memory_bytes: float,
                    expert_counts: Sequence[float] = (1, 2, 4, 8, 16, 32, 64),
                    context_tokens: float = 0.0, parameters: Mapping[str, float] = JOINT_MOE_TABLE3,
-                   bytes_per_param: int = BF16_BYTES, inference_tokens: float = 0.0
+                   bytes_per_param: int = BF16_BYTES, inference_tokens: float = 0.0,
+                   attention: PlannedAttention = MULTI_HEAD
                    ) -> tuple[MemoryPlan, list[MemoryPlan]]:
     """Best expert count under training FLOPs `flops` (less 2 N_act per inference token) and a
     memory budget (bytes) on the model (context_tokens = 0) or model + KV cache for
@@ -226,7 +246,8 @@ def memory_optimal(flops: float, memory_bytes: float,
     never larger than that optimum. Returns (lowest-loss plan, plans for every E that fits)."""
     plans, _ = budget_plans(flops, expert_counts, memory_bytes=memory_bytes,
                             context_tokens=context_tokens, inference_tokens=inference_tokens,
-                            parameters=parameters, bytes_per_param=bytes_per_param)
+                            parameters=parameters, bytes_per_param=bytes_per_param,
+                            attention=attention)
     return min(plans, key=lambda plan: plan.loss), plans
 
 

@@ -82,6 +82,11 @@ JOINT_MOE_BAD_ARGUMENTS = [
     (["--memory-bytes=4e9"], ["--flops", "required without --liew"]),
     (["--flops=1e21", "--memory-params=1e9"], ["--memory-params", "ignored"]),
     (["--flops=1e21", "--inference-tokens=1e30"], ["serving 1e+30 tokens", "1e+21 FLOP budget"]),
+    (["--flops=1e21", "--attention=gqa"], ["--attention", "'gqa'", "gqa:GROUP"]),
+    (["--flops=1e21", "--attention=gqa:0"], ["--attention", "group >= 1", "0"]),
+    (["--flops=1e21", "--attention=mla:256:33"], ["--attention", "even rope_dim", "33"]),
+    (["--flops=1e21", "--attention=mla:x"], ["--attention", "'x' is not whole numbers"]),
+    (["--flops=1e21", "--attention=mqa"], ["--attention", "'mqa' is not one of", "mha"]),
 ]
 
 
@@ -111,6 +116,7 @@ LIEW_BAD_ARGUMENTS = [
     ([], ["--liew needs --memory-params"]),
     (["--memory-params=1e9", "--memory-bytes=4e9"], ["--memory-bytes", "ignored by --liew"]),
     (["--memory-params=1e9", "--inference-tokens=1e11"], ["--inference-tokens", "ignored"]),
+    (["--memory-params=1e9", "--attention=gqa:8"], ["--attention", "ignored by --liew"]),
 ]
 
 
