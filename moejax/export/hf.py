@@ -26,8 +26,12 @@ Qwen3 formats; "across_heads", OLMoE. A dense model is ``llama`` (LlamaForCausal
 - ``deepseek_v3`` (DeepseekV3ForCausalLM): multi-head latent attention
   (``ModelConfig.latent_attention``), the first ``first_dense_layers`` blocks dense and the rest
   MoE, sigmoid router scores with the auxiliary-loss-free balancing bias as
-  ``e_score_correction_bias`` (one expert group: n_group = topk_group = 1; routed_scaling_factor
-  1), shared experts as one of n times the expert width (none: one of zero weights). Its rotary
+  ``e_score_correction_bias``, group-limited routing (``MoEConfig.router_groups`` and
+  ``router_groups_per_token`` as n_group and topk_group) and ``routed_scaling`` as
+  routed_scaling_factor, shared experts as one of n times the expert width (none: one of zero
+  weights). transformers masks the experts outside a token's groups with 0 where DeepSeek's own
+  code (and moejax) uses -inf: the two choose alike unless one of a token's K best biased scores
+  in its groups is <= 0 (a balancing bias below minus the sigmoid). Its rotary
   features are written interleaved (pairs (2i, 2i + 1), ``rope_interleave``), the layout of
   DeepSeek's own checkpoints that serving engines expect; transformers turns them back into
   moejax's pairs (i, i + R/2).
@@ -109,6 +113,12 @@ def softmax_router_problems(config: ModelConfig) -> list[str]:
     if moe.bias_update_rate > 0:
         problems.append(f"MoEConfig.bias_update_rate = {moe.bias_update_rate}: the balancing "
                         "bias changes which experts are chosen and has no place in the format")
+    if moe.router_groups > 1:
+        problems.append(f"MoEConfig.router_groups = {moe.router_groups}: group-limited routing "
+                        "(only deepseek_v3 has it)")
+    if moe.routed_scaling != 1:
+        problems.append(f"MoEConfig.routed_scaling = {moe.routed_scaling}: the combine weights "
+                        "are not scaled (only deepseek_v3 scales them)")
     return problems
 
 
@@ -415,9 +425,12 @@ class DeepseekV3(_MoEFormat):
             problems.append(f"blocks {dense} are dense (moe_every = {config.moe_every}): "
                             "DeepSeek-V3's dense blocks are the first first_dense_layers")
         group = config.moe.groups[0]
-        if group.num_experts < 2:
-            problems.append(f"MoEConfig.num_experts = {group.num_experts}: DeepSeek-V3's router "
-                            "ranks expert groups by their two best scores, so it needs >= 2")
+        per_group = group.num_experts // config.moe.router_groups
+        if per_group < 2:
+            problems.append(f"{per_group} expert(s) per router group (num_experts = "
+                            f"{group.num_experts}, router_groups = {config.moe.router_groups}): "
+                            "DeepSeek-V3's router ranks groups by their two best scores, so it "
+                            "needs >= 2 per group")
         if config.moe.shared_width % group.d_expert:
             problems.append(f"shared experts of total width {config.moe.shared_width}: "
                             f"DeepSeek-V3's are n experts of d_expert = {group.d_expert}")
@@ -432,7 +445,8 @@ class DeepseekV3(_MoEFormat):
         return {"intermediate_size": config.dense_d_ff, "moe_intermediate_size": group.d_expert,
                 "n_routed_experts": group.num_experts,
                 "n_shared_experts": max(1, moe.shared_width // group.d_expert),
-                "routed_scaling_factor": 1.0, "n_group": 1, "topk_group": 1,
+                "routed_scaling_factor": float(moe.routed_scaling), "n_group": moe.router_groups,
+                "topk_group": moe.router_groups_per_token,
                 "first_k_dense_replace": config.first_dense_layers,
                 "norm_topk_prob": moe.renormalize, "kv_lora_rank": mla.kv_lora_rank,
                 "q_lora_rank": mla.q_lora_rank, "qk_rope_head_dim": mla.qk_rope_head_dim,

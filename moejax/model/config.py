@@ -66,6 +66,14 @@ class MoEConfig:
         future tokens in a decoder, for analysis only).
       router_scores: "softmax" or "sigmoid" scores, computed in float32.
       renormalize: rescale the K chosen weights to sum to one (Mixtral) instead of raw scores.
+      router_groups: G, group-limited routing (DeepSeek-V3): the experts (of each expert group)
+        split into G groups of consecutive ids; 1 = no limit.
+      router_groups_per_token: M, the groups a token may choose its K experts from (its M
+        groups with the highest sums of two best scores): at most M groups (devices, with
+        expert parallelism over G shards) per token. 1 <= M <= G, M * E / G >= K.
+      routed_scaling: multiplies the routed experts' combine weights (after renormalize), as
+        DeepSeek-V3's routed_scaling_factor (2.5) does to keep the routed output's scale next to
+        the shared expert's.
       router_jitter: multiplicative uniform noise (1 +- jitter) on router inputs in training.
       aux_loss_weight: weight of the Switch load-balancing loss (0 disables it).
       aux_loss_scope: "global" (f and p averaged over the whole batch) or "sequence" (per sequence,
@@ -105,6 +113,9 @@ class MoEConfig:
     routing: str = "token_choice"
     router_scores: str = "softmax"
     renormalize: bool = False
+    router_groups: int = 1
+    router_groups_per_token: int = 1
+    routed_scaling: float = 1.0
     router_jitter: float = 0.0
     aux_loss_weight: float = 1e-2
     aux_loss_scope: str = "global"
@@ -391,6 +402,7 @@ def validate_moe_config(moe: MoEConfig) -> MoEConfig:
 
     _require(moe.gmm_impl in IMPLEMENTATIONS, "MoEConfig.gmm_impl", moe.gmm_impl,
              f"one of {IMPLEMENTATIONS}")
+    _validate_group_limit(moe)
     if moe.routing == "expert_choice":
         _require(moe.bias_update_rate == 0, "MoEConfig.bias_update_rate", moe.bias_update_rate,
                  "0 with routing = 'expert_choice' (experts already receive equal load)")
@@ -400,6 +412,30 @@ def validate_moe_config(moe: MoEConfig) -> MoEConfig:
         _require(moe.router_jitter == 0, "MoEConfig.router_jitter", moe.router_jitter,
                  "0 with routing = 'hash' (there is no router input to jitter)")
     return moe
+
+
+def _validate_group_limit(moe: MoEConfig) -> None:
+    """Group-limited routing and the routed scaling: token choice only; G divides every expert
+    group's E, and a token's M groups hold at least its K experts."""
+    G, M = moe.router_groups, moe.router_groups_per_token
+    _require(isinstance(G, int) and not isinstance(G, bool) and G >= 1, "MoEConfig.router_groups",
+             G, "an integer >= 1 (1 = every expert open to every token)")
+    _require(isinstance(M, int) and not isinstance(M, bool) and 1 <= M <= G,
+             "MoEConfig.router_groups_per_token", M, f"an integer in [1, router_groups = {G}]")
+    _require(isinstance(moe.routed_scaling, (int, float)) and 0 < moe.routed_scaling < math.inf,
+             "MoEConfig.routed_scaling", moe.routed_scaling, "a finite number > 0")
+    if G > 1 or moe.routed_scaling != 1:
+        knob, value = (("router_groups", G) if G > 1 else ("routed_scaling", moe.routed_scaling))
+        _require(moe.routing == "token_choice", f"MoEConfig.{knob}", value,
+                 f"{1 if G > 1 else 1.0} with routing = {moe.routing!r} (only a learned "
+                 "token-choice router chooses among groups or scales its weights)")
+    for i, group in enumerate(moe.groups):
+        where = "" if moe.expert_groups is None else f" (expert_groups[{i}])"
+        _require(group.num_experts % G == 0, "MoEConfig.router_groups", G,
+                 f"a divisor of num_experts = {group.num_experts}{where}")
+        _require(M * (group.num_experts // G) >= group.top_k, "MoEConfig.router_groups_per_token",
+                 M, f"an integer with M x {group.num_experts // G} experts per group >= top_k = "
+                    f"{group.top_k}{where} (a token's M groups must hold its K experts)")
 
 
 def capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:

@@ -142,9 +142,12 @@ def dispatch_path(capacity_factor: float | None) -> str:
 
 def _learned_router(d_model: int, group: ExpertGroup, moe: MoEConfig, init_std: float,
                     rngs: nnx.Rngs) -> Router:
+    groups = (None if moe.router_groups == 1 else
+              (moe.router_groups, moe.router_groups_per_token))
     return Router(d_model, group.num_experts, group.top_k, scores=moe.router_scores,
                   renormalize=moe.renormalize, jitter=moe.router_jitter,
-                  balancing_bias=moe.bias_update_rate > 0, init_std=init_std, rngs=rngs)
+                  balancing_bias=moe.bias_update_rate > 0, groups=groups,
+                  scale=moe.routed_scaling, init_std=init_std, rngs=rngs)
 
 
 def _hash_router(d_model: int, group: ExpertGroup, moe: MoEConfig, init_std: float,

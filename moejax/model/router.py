@@ -10,6 +10,11 @@ Pure functions (no Flax) plus thin modules, one per rule, each called as
 - ``HashRouter``: no parameters; a token's K experts are fixed by a hash of its id
   (``hash_expert_ids``), as in Hash Layers (Roller et al. 2021).
 
+Group-limited routing (DeepSeek-V3, arXiv 2412.19437 Sec. 2.1.2): the E experts are split into G
+equal groups of consecutive ids (with expert parallelism, a group per device or node); each token
+first keeps the M groups whose two best (biased) scores sum highest and chooses its K experts
+among those groups only, so its assignments reach at most M groups (``limit_to_groups``).
+
 Shapes: T tokens, D d_model, E experts, K top-k.
 """
 
@@ -58,8 +63,22 @@ def sigmoid_scores(logits_TE: jax.Array) -> jax.Array:
 SCORE_FUNCTIONS = {"softmax": softmax_scores, "sigmoid": sigmoid_scores}
 
 
+def limit_to_groups(ranking_TE: jax.Array, num_groups: int, groups_per_token: int) -> jax.Array:
+    """The ranking with every expert outside each token's ``groups_per_token`` best groups set
+    to -inf. Experts form ``num_groups`` groups of consecutive ids; a group's score is the sum of
+    its two best rankings (its one expert's, for groups of one)."""
+    tokens, experts = ranking_TE.shape
+    grouped_TGX = ranking_TE.reshape(tokens, num_groups, experts // num_groups)
+    best_TGX, _ = jax.lax.top_k(grouped_TGX, min(2, experts // num_groups))
+    _, kept_TM = jax.lax.top_k(jnp.sum(best_TGX, axis=-1), groups_per_token)
+    kept_TG = jnp.zeros((tokens, num_groups), bool).at[
+        jnp.arange(tokens)[:, None], kept_TM].set(True)
+    return jnp.where(kept_TG[:, :, None], grouped_TGX, -jnp.inf).reshape(tokens, experts)
+
+
 def route_top_k(logits_TE: jax.Array, top_k: int, *, scores: str = "softmax",
-                renormalize: bool = False, bias_E: jax.Array | None = None) -> Routing:
+                renormalize: bool = False, bias_E: jax.Array | None = None,
+                groups: tuple[int, int] | None = None, scale: float = 1.0) -> Routing:
     """Choose the top_k highest-scoring experts of every token.
 
     Args:
@@ -69,14 +88,21 @@ def route_top_k(logits_TE: jax.Array, top_k: int, *, scores: str = "softmax",
       renormalize: divide the K chosen scores by their sum so the combine weights sum to one.
       bias_E: added to the scores only to rank experts (auxiliary-loss-free balancing); the
         combine weights are always the unbiased scores.
+      groups: (G, M): choose only among each token's M best of G expert groups
+        (``limit_to_groups``); None: among all experts.
+      scale: multiplies the combine weights (DeepSeek-V3's routed scaling factor, 2.5 there).
     """
     logits_TE = logits_TE.astype(jnp.float32)
     scores_TE = SCORE_FUNCTIONS[scores](logits_TE)
     ranking_TE = scores_TE if bias_E is None else scores_TE + jax.lax.stop_gradient(bias_E)
+    if groups is not None:
+        ranking_TE = limit_to_groups(ranking_TE, *groups)
     _, expert_ids_TK = jax.lax.top_k(ranking_TE, top_k)
     weights_TK = jnp.take_along_axis(scores_TE, expert_ids_TK, axis=-1)
     if renormalize:
         weights_TK = weights_TK / jnp.sum(weights_TK, axis=-1, keepdims=True)
+    if scale != 1.0:
+        weights_TK = weights_TK * scale
     return Routing(logits_TE, scores_TE, weights_TK, expert_ids_TK.astype(jnp.int32))
 
 
@@ -91,10 +117,12 @@ class Router(nnx.Module):
 
     def __init__(self, d_model: int, num_experts: int, top_k: int, *, scores: str = "softmax",
                  renormalize: bool = False, jitter: float = 0.0, balancing_bias: bool = False,
+                 groups: tuple[int, int] | None = None, scale: float = 1.0,
                  init_std: float = 0.02, rngs: nnx.Rngs):
         self.top_k = top_k
         self.scores = scores
         self.renormalize = renormalize
+        self.groups, self.scale = groups, scale
         self.jitter = jitter
         init = jax.nn.initializers.truncated_normal(init_std)
         self.w_DE = logical_param(init(rngs.params(), (d_model, num_experts), jnp.float32),
@@ -112,7 +140,8 @@ class Router(nnx.Module):
                  rng: jax.Array | None = None) -> Routing:
         bias = None if self.bias_E is None else self.bias_E[...]
         return route_top_k(self.logits(x_TD, rng), self.top_k, scores=self.scores,
-                           renormalize=self.renormalize, bias_E=bias)
+                           renormalize=self.renormalize, bias_E=bias, groups=self.groups,
+                           scale=self.scale)
 
     def balancing_losses(self, routing: Routing, mask_T: jax.Array, *, batch: int,
                          aux_scope: str) -> tuple[jax.Array, jax.Array]:

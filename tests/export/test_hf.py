@@ -75,9 +75,11 @@ CASES = {
     "olmoe, qk norm across heads, GQA, tied": (dict(qk_norm="across_heads", tie_embeddings=True),
                                                "olmoe"),
     "qwen3, dense, per-head qk norm": (dict(dense=True, qk_norm="per_head"), "qwen3"),
-    "deepseek_v3, query latent, 2 shared, first dense, balancing bias": (
+    "deepseek_v3, query latent, 2 shared, first dense, balancing bias, 1 of 2 groups": (
         dict(n_kv_heads=None, norm_eps=1e-6, first_dense_layers=1, latent_attention=LATENT,
-             moe=dict(router_scores="sigmoid", bias_update_rate=1e-3, num_shared_experts=2)),
+             moe=dict(router_scores="sigmoid", bias_update_rate=1e-3, num_shared_experts=2,
+                      num_experts=8, router_groups=2, router_groups_per_token=1,
+                      routed_scaling=2.5)),
         "deepseek_v3"),
     "deepseek_v3, query straight, no shared, raw weights, tied": (
         dict(n_kv_heads=None, norm_eps=1e-6, tie_embeddings=True, n_heads=3,
@@ -87,6 +89,7 @@ CASES = {
 
 
 SLOW_CASES = {"deepseek_v3, query straight, no shared, raw weights, tied"}  # kin of a fast one
+DEEPSEEK = "deepseek_v3, query latent, 2 shared, first dense, balancing bias, 1 of 2 groups"
 
 
 @pytest.mark.parametrize("name", [
@@ -107,10 +110,11 @@ def test_logits_match_the_transformers_forward_pass(tmp_path, name):
     assert np.std(reference) > 0.1
 
 
-def test_deepseek_v3_rotary_layout_and_bias_matter(tmp_path):
-    """The comparison can fail: read with moejax's own rotary pairs, or without the balancing
-    bias, the exported DeepSeek-V3 gives other logits."""
-    fields, _ = CASES["deepseek_v3, query latent, 2 shared, first dense, balancing bias"]
+def test_deepseek_v3_rotary_layout_bias_and_groups_matter(tmp_path):
+    """The comparison can fail: read with moejax's own rotary pairs, without the balancing bias,
+    without the group limit or without the routed scaling, the exported DeepSeek-V3 gives other
+    logits."""
+    fields, _ = CASES[DEEPSEEK]
     config = _config(**fields)
     model = build_model(config)
     params, buffers = _random_params(model, seed=5), _random_buffers(model, seed=5)
@@ -123,12 +127,15 @@ def test_deepseek_v3_rotary_layout_and_bias_matter(tmp_path):
                for k, v in tensors.items()}
     assert np.max(np.abs(np.asarray(ours[0]) - hf_reference.logits(no_bias, config_json,
                                                                   TOKENS))) > 1e-3
+    for changed in ({"n_group": 1, "topk_group": 1}, {"routed_scaling_factor": 1.0}):
+        other = hf_reference.logits(tensors, {**config_json, **changed}, TOKENS)
+        assert np.max(np.abs(np.asarray(ours[0]) - other)) > 1e-3, changed
     with pytest.raises(hf.ExportError, match="pass the checkpoint's buffers"):
         hf.choose_format(config).tensors(params, config)
 
 
 def test_deepseek_v3_names_and_shapes(tmp_path):
-    fields, _ = CASES["deepseek_v3, query latent, 2 shared, first dense, balancing bias"]
+    fields, _ = CASES[DEEPSEEK]
     config = _config(**fields)
     model = build_model(config)
     _, config_json, tensors = _export(tmp_path, config, model.init(jax.random.key(0)),
@@ -138,8 +145,8 @@ def test_deepseek_v3_names_and_shapes(tmp_path):
               f"{attn}.q_b_proj.weight": (4 * 10, 10),
               f"{attn}.kv_a_proj_with_mqa.weight": (12 + 6, 32),
               f"{attn}.kv_a_layernorm.weight": (12,), f"{attn}.kv_b_proj.weight": (4 * 9, 12),
-              f"{attn}.o_proj.weight": (32, 4 * 5), f"{moe}.gate.weight": (4, 32),
-              f"{moe}.gate.e_score_correction_bias": (4,),
+              f"{attn}.o_proj.weight": (32, 4 * 5), f"{moe}.gate.weight": (8, 32),
+              f"{moe}.gate.e_score_correction_bias": (8,),
               f"{moe}.experts.3.down_proj.weight": (32, 16),
               f"{moe}.shared_experts.gate_proj.weight": (32, 32),
               "model.layers.0.mlp.up_proj.weight": (48, 32)}
@@ -147,7 +154,8 @@ def test_deepseek_v3_names_and_shapes(tmp_path):
         assert tensors[name].shape == shape, name
     assert (config_json["architectures"], config_json["n_shared_experts"],
             config_json["first_k_dense_replace"], config_json["n_group"],
-            config_json["routed_scaling_factor"]) == (["DeepseekV3ForCausalLM"], 2, 1, 1, 1.0)
+            config_json["topk_group"], config_json["routed_scaling_factor"]) == (
+                ["DeepseekV3ForCausalLM"], 2, 1, 2, 1, 2.5)
 
 
 def test_a_misplaced_weight_is_caught(tmp_path):

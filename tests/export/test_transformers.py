@@ -27,12 +27,14 @@ CLASSES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
            "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
            "deepseek_v3": "DeepseekV3ForCausalLM"}
 LATENT = ("smoke.gin", "models/moe_tiny_latent.gin")  # sigmoid router, balancing bias, shared
+GROUP_LIMITED = ("MoEConfig.router_groups = 2", "MoEConfig.router_groups_per_token = 1",
+                 "MoEConfig.routed_scaling = 2.5")
 
 
 @pytest.mark.parametrize("gin_files, bindings, fmt", [
     (MOE, (), "mixtral"), (MOE, (), "qwen2_moe"), (MOE, (PER_HEAD,), "qwen3_moe"),
     (MOE, (ACROSS_HEADS,), "olmoe"), (DENSE, (), "llama"), (DENSE, (PER_HEAD,), "qwen3"),
-    (LATENT, (), "deepseek_v3")])
+    (LATENT, (), "deepseek_v3"), (LATENT, GROUP_LIMITED, "deepseek_v3")])
 def test_transformers_gives_the_same_logits_and_token_ids(train_tiny, tmp_path, gin_files,
                                                           bindings, fmt):
     from moejax.data.vocabularies import get_vocabulary

@@ -6,6 +6,7 @@ Routing decisions are discrete, so gradients flow only through the scores and th
 both implementations.
 """
 
+import dataclasses
 import warnings
 
 import jax
@@ -48,12 +49,27 @@ def hash_choices(token_ids_T, num_experts, top_k):
     return np.argsort(-rank, axis=-1, kind="stable")[:, :top_k]
 
 
+def group_limited_choices(ranking_TE, top_k, num_groups, groups_per_token):
+    """Per token, in a loop: the groups of consecutive experts worth the sum of their two best
+    rankings, the best groups_per_token of them kept, the top_k experts chosen among those."""
+    chosen = []
+    for row in np.asarray(ranking_TE):
+        by_group = row.reshape(num_groups, -1)
+        worth = np.sort(by_group, axis=-1)[:, -2:].sum(-1)
+        kept = np.argsort(-worth, kind="stable")[:groups_per_token]
+        allowed = [e for e in range(row.size) if e // by_group.shape[1] in kept]
+        chosen.append(sorted(allowed, key=lambda e: -row[e])[:top_k])
+    return np.array(chosen)
+
+
 def plan_group(scores_TE, top_k, *, bias_E=None, capacity_slots=None, mask_T=None,
-               chosen=None):
+               chosen=None, groups=(1, 1)):
     """Numpy routing decisions of one token-choice group: chosen (T, K) ids (from the scores
-    unless given) and kept (T, K)."""
+    unless given; among each token's best groups with group-limited routing) and kept (T, K)."""
     s = np.asarray(scores_TE)
     ranking = s + (0.0 if bias_E is None else np.asarray(bias_E))
+    if chosen is None and groups[0] > 1:
+        chosen = group_limited_choices(ranking, top_k, *groups)
     if chosen is None:
         chosen = np.argsort(-ranking, axis=-1, kind="stable")[:, :top_k]  # best first
     T, E = s.shape
@@ -109,7 +125,8 @@ def make_plan(params, buffers, x_TD, moe, *, train, mask_T=None, token_ids_T=Non
         slots = None if factor is None else slots_by_hand(x_TD.shape[0], group.num_experts,
                                                           group.top_k, factor)
         plan.append(plan_group(scores, group.top_k, bias_E=bias, capacity_slots=slots,
-                               mask_T=mask_T))
+                               mask_T=mask_T,
+                               groups=(moe.router_groups, moe.router_groups_per_token)))
     return plan
 
 
@@ -135,6 +152,7 @@ def reference_layer(params, x_TD, moe, plan):
             weights = jnp.take_along_axis(scores, jnp.asarray(chosen), axis=-1)
             if moe.renormalize:
                 weights = weights / weights.sum(-1, keepdims=True)
+            weights = weights * moe.routed_scaling
             weights = jnp.where(jnp.asarray(keep), weights, 0.0)
             gates_TE = jnp.einsum("tk,tke->te", weights, jax.nn.one_hot(jnp.asarray(chosen), E))
         for e in range(E):  # the plain loop over experts
@@ -162,6 +180,10 @@ CASES = {
     "sigmoid_renorm": MoEConfig(num_experts=6, top_k=2, d_expert=6, router_scores="sigmoid",
                                 renormalize=True),
     "balancing_bias": MoEConfig(num_experts=4, top_k=2, d_expert=6, bias_update_rate=0.01),
+    "group_limited_scaled": MoEConfig(num_experts=8, top_k=2, d_expert=6, router_scores="sigmoid",
+                                      renormalize=True, router_groups=4,
+                                      router_groups_per_token=1, routed_scaling=2.5,
+                                      bias_update_rate=0.01),
     "capacity": MoEConfig(num_experts=4, top_k=2, d_expert=6, capacity_factor=0.5),
     "shared": MoEConfig(num_experts=4, top_k=1, d_expert=6, num_shared_experts=2,
                         d_shared_expert=5),
@@ -186,8 +208,15 @@ def test_moe_layer_matches_expert_loop(name):
     def layer_out(params, x):
         return nnx.merge(graphdef, params, buffers)(x, mask, train=True, token_ids_BT=token_ids)[0]
 
+    if name == "group_limited_scaled":  # the bias takes part in ranking the groups
+        buffers["groups"][0]["router"]["bias_E"].value = 0.2 * jnp.arange(8.0) % 0.5 - 0.2
     plan = make_plan(nnx.to_pure_dict(params), nnx.to_pure_dict(buffers), x_BTD.reshape(-1, D),
                      moe, train=True, token_ids_T=np.asarray(token_ids).reshape(-1))
+    if moe.router_groups > 1:  # the limit binds: some token's best two lie in different groups
+        free = make_plan(nnx.to_pure_dict(params), nnx.to_pure_dict(buffers),
+                         x_BTD.reshape(-1, D), dataclasses.replace(moe, router_groups=1),
+                         train=True)
+        assert not np.array_equal(plan[0][0], free[0][0])
 
     def ref_out(params, x):
         return reference_layer(nnx.to_pure_dict(params), x.reshape(-1, D), moe,
