@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "accelerator needed: shapes, shardings, kernels, state per device; with "
               "--topology, compile it for a TPU slice or NVIDIA GPUs: memory per device"),
     "sweep": ("moejax.sweep.cli", "expand a design grid into runs, train, evaluate, fit and report"),
+    "describe": ("moejax.train.describe_cli", "what a configuration amounts to: architecture, "
+                 "exact parameter counts, FLOPs and memory per token, knob interactions"),
     "eval": ("moejax.eval.cli", "score checkpoints of runs and export one point per run and step"),
     "export": ("moejax.export.cli", "write a run's checkpoint as a Hugging Face model directory "
                "(Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3, Llama or Qwen3: safetensors, "

@@ -35,6 +35,7 @@ import jax
 from moejax import data as data_lib
 from moejax import files
 from moejax.kernels import record as kernels_record
+from moejax.model import accounting
 from moejax.model.config import ConfigError, ModelConfig, moe_layer_indices, validate_model_config
 from moejax.model.functional import build_model
 from moejax.parallel import distributed
@@ -173,6 +174,11 @@ def run_training(workdir: str, model: ModelConfig, data, train: TrainConfig, *,
     TrainingDiverged on a non-finite loss.
     """
     model = validate_all(model, data, train)
+    if distributed.is_primary():
+        counts = accounting.parameter_counts(model)
+        log(f"model: {counts.total:,} parameters, {counts.active:,} active per token "
+            f"({counts.active_non_embedding:,} without embeddings); `moejax describe` with the "
+            "same gin files gives the rest")
     fmodel = build_model(model)
     schedule = make_schedule(train)
     tx = make_optimizer(train)
