@@ -43,6 +43,8 @@ class PlannedAttention(Protocol):
 
     def describe(self) -> str: ...
 
+    def spec(self) -> str: ...
+
 
 @dataclasses.dataclass(frozen=True)
 class MultiHead:
@@ -59,6 +61,9 @@ class MultiHead:
 
     def describe(self) -> str:
         return "multi-head attention (2 d cached values per token and block)"
+
+    def spec(self) -> str:
+        return "mha"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +94,9 @@ class GroupedQuery:
     def describe(self) -> str:
         return (f"grouped-query attention, {self.group} query heads per key/value head "
                 f"(2 d / {self.group} cached values per token and block)")
+
+    def spec(self) -> str:
+        return f"gqa:{self.group}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +132,22 @@ class Latent:
                 f"{self.rope_dim}-wide rotary key ({self.kv_rank + self.rope_dim} cached values "
                 "per token and block)")
 
+    def spec(self) -> str:
+        return f"mla:{self.kv_rank}:{self.rope_dim}"
+
+
+def parse_attentions(text: str) -> tuple[PlannedAttention, ...]:
+    """A comma-separated list of ``parse_attention`` forms, each once, in the order given."""
+    attentions = tuple(dict.fromkeys(parse_attention(item) for item in text.split(",")
+                                     if item.strip()))
+    if not attentions:
+        raise ValueError(f"attention {text!r} names none; use mha, gqa:GROUP or mla:KV_RANK")
+    return attentions
+
 
 def parse_attention(text: str) -> PlannedAttention:
-    """``mha``, ``gqa:GROUP`` or ``mla:KV_RANK[:ROPE_DIM]`` as a planned attention; ValueError
-    naming the accepted forms otherwise."""
+    """``mha``, ``gqa:GROUP`` or ``mla:KV_RANK[:ROPE_DIM]`` (``spec()`` gives it back) as a
+    planned attention; ValueError naming the accepted forms otherwise."""
     forms = "mha, gqa:GROUP (e.g. gqa:8) or mla:KV_RANK[:ROPE_DIM] (e.g. mla:256 or mla:512:64)"
     name, _, rest = text.strip().partition(":")
     try:

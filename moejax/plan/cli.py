@@ -5,8 +5,8 @@ Two modes.
   plus KV cache for ``--context-tokens``), ``--inference-tokens`` (expected tokens served, 2 N_act
   FLOPs each, paid from ``--flops``), ``--experts=1,2,4,...``, ``--fit=fit.json`` (a ``joint_moe``
   fit from ``moejax fit``; default the paper's Table 3), ``--attention`` (``mha``, the paper's;
-  ``gqa:GROUP``; ``mla:KV_RANK[:ROPE_DIM]``: see ``moejax.plan.attention``) and ``--hardware`` for
-  the serving cost.
+  ``gqa:GROUP``; ``mla:KV_RANK[:ROPE_DIM]``: see ``moejax.plan.attention``; several,
+  comma-separated, are planned side by side) and ``--hardware`` for the serving cost.
   Per expert count: the inference-aware optimum (6 N D + 2 N D_inf = flops), shrunk to the largest
   model that fits the memory budget. Out: a table per expert count (active/total parameters,
   d_model, tokens, predicted loss, serving cost per token), with the counts that fit no model and
@@ -37,9 +37,9 @@ from moejax.errors import ConfigError
 from moejax.files import directory_problem, write_atomic, write_figure
 from moejax.model import accounting
 from moejax.model.config import validate_model_config
-from moejax.plan.attention import MultiHead, parse_attention
+from moejax.plan.attention import MultiHead, parse_attention, parse_attentions
 from moejax.plan.hardware import HARDWARE_PRESETS, serving_cost_per_token
-from moejax.plan.joint_moe import JOINT_MOE_TABLE3, budget_plans, kv_cache_bytes
+from moejax.plan.joint_moe import JOINT_MOE_TABLE3, InfeasiblePlan, budget_plans, kv_cache_bytes
 from moejax.plan.liew import Candidate
 from moejax.plan.recommend import (candidate_config, candidate_grid, gin_text,
                                    joint_moe_architecture, joint_moe_learning_rate, rank_by_liew)
@@ -98,10 +98,11 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
-def _attention(text: str):
-    """An argparse type: a planned attention (``mha``, ``gqa:8``, ``mla:256``, ``mla:512:64``)."""
+def _attentions(text: str):
+    """An argparse type: planned attentions (``mha``, ``gqa:8``, ``mla:256``, ``mla:512:64``),
+    comma-separated."""
     try:
-        return parse_attention(text)
+        return parse_attentions(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -120,10 +121,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="expert counts to consider (whole numbers >= 1)")
     parser.add_argument("--fit", type=Path, default=None,
                         help="fit.json of a joint_moe fit (default: Table 3)")
-    parser.add_argument("--attention", type=_attention, default=MultiHead(),
+    parser.add_argument("--attention", type=_attentions, default=(MultiHead(),),
                         help="the planned models' attention, which sets their KV cache: mha "
                              "(default, the paper's), gqa:GROUP (query heads per key/value "
-                             "head), mla:KV_RANK[:ROPE_DIM] (latent attention; ROPE_DIM 32)")
+                             "head), mla:KV_RANK[:ROPE_DIM] (latent attention; ROPE_DIM 32); "
+                             "several, comma-separated, are compared")
     parser.add_argument("--hardware", choices=sorted(HARDWARE_PRESETS), default="h100")
     parser.add_argument("--serving-context", type=_non_negative, default=4096,
                         help="context per served sequence")
@@ -193,11 +195,11 @@ def _write_out(out: Path, texts: dict[str, str]) -> None:
         write_atomic(out / name, text)
 
 
-def _serving(plan, args) -> dict | None:
+def _serving(plan, args, attention) -> dict | None:
     """Yun et al.'s serving cost of a plan on --hardware; None when the weights fit on none of
     SERVING_DEVICES devices."""
     try:
-        kv_per_token = kv_cache_bytes(plan.d_model, 1, attention=args.attention)
+        kv_per_token = kv_cache_bytes(plan.d_model, 1, attention=attention)
         cost = serving_cost_per_token(plan.n_total, plan.n_active, kv_per_token,
                                       args.serving_context, args.hardware, SERVING_DEVICES)
     except ValueError:
@@ -206,17 +208,32 @@ def _serving(plan, args) -> dict | None:
 
 
 def joint_moe_rows(args, parameters) -> tuple[list[dict], list[dict]]:
-    """(one plan per expert count under the compute, memory and inference budgets,
-    [{E, reason}] for the counts no model of which meets them)."""
-    plans, skipped = budget_plans(args.flops, args.experts, memory_bytes=args.memory_bytes,
-                                  context_tokens=args.context_tokens,
-                                  inference_tokens=args.inference_tokens, parameters=parameters,
-                                  attention=args.attention)
-    rows = [{"E": plan.num_experts, "d_model": plan.d_model, "n_active": plan.n_active,
-             "n_total": plan.n_total, "tokens": plan.tokens, "loss": plan.loss,
-             "memory_bytes": plan.memory_bytes, "size_set_by": plan.size_set_by,
-             "serving": _serving(plan, args)} for plan in plans]
-    return rows, [{"E": num_experts, "reason": reason} for num_experts, reason in skipped]
+    """(one plan per expert count and attention under the compute, memory and inference
+    budgets, [{E, attention, reason}] for those no model of which meets them). Raises
+    InfeasiblePlan only when no attention has a plan."""
+    rows, skipped, refusals = [], [], []
+    for attention in args.attention:
+        try:
+            plans, refused = budget_plans(
+                args.flops, args.experts, memory_bytes=args.memory_bytes,
+                context_tokens=args.context_tokens, inference_tokens=args.inference_tokens,
+                parameters=parameters, attention=attention)
+        except InfeasiblePlan as err:
+            refusals.append(err)
+            refused = [(num_experts, str(err)) for num_experts in args.experts]
+            plans = []
+        rows += [{"attention": attention.spec(), "E": plan.num_experts, "d_model": plan.d_model,
+                  "n_active": plan.n_active, "n_total": plan.n_total, "tokens": plan.tokens,
+                  "loss": plan.loss, "memory_bytes": plan.memory_bytes,
+                  "size_set_by": plan.size_set_by, "serving": _serving(plan, args, attention)}
+                 for plan in plans]
+        skipped += [{"E": num_experts, "attention": attention.spec(), "reason": reason}
+                    for num_experts, reason in refused]
+    if not rows:
+        raise refusals[0] if len(refusals) == 1 else InfeasiblePlan(
+            "no attention fits a model: " + "; ".join(
+                f"{a.spec()}: {err}" for a, err in zip(args.attention, refusals)))
+    return rows, skipped
 
 
 def _cost_cell(serving: dict | None) -> str:
@@ -234,38 +251,60 @@ def _joint_moe_report(args, rows, skipped, source) -> str:
     if args.inference_tokens:
         budget += (f", {args.inference_tokens:.3g} inference tokens (2 N_act FLOPs each, paid "
                    "from the training FLOPs)")
-    out.write(f"# moejax plan (Joint MoE law, {source})\n\nBudget: {budget}.\n\n"
-              f"Attention: {args.attention.describe()}.\n\n")
-    out.write(f"| E | d_model | N_act | N_total | tokens | predicted loss | size set by | "
-              f"{args.hardware} cost/token (device-s) |\n|---|---|---|---|---|---|---|---|\n")
-    for row in rows:
-        out.write(f"| {row['E']:g} | {row['d_model']:.0f} | {row['n_active']:.3g} | "
-                  f"{row['n_total']:.3g} | {row['tokens']:.3g} | {row['loss']:.4f} | "
-                  f"{row['size_set_by']} | {_cost_cell(row['serving'])} |\n")
-    if skipped:
-        out.write("\nNo model fits for:\n" + "".join(f"- {item['reason']}\n" for item in skipped))
+    out.write(f"# moejax plan (Joint MoE law, {source})\n\nBudget: {budget}.\n")
+    for attention in args.attention:
+        mine = [row for row in rows if row["attention"] == attention.spec()]
+        out.write(f"\n{'### ' if len(args.attention) > 1 else ''}Attention: "
+                  f"{attention.describe()}.\n\n")
+        if mine:
+            out.write(f"| E | d_model | N_act | N_total | tokens | predicted loss | size set by | "
+                      f"{args.hardware} cost/token (device-s) |\n"
+                      "|---|---|---|---|---|---|---|---|\n")
+        for row in mine:
+            out.write(f"| {row['E']:g} | {row['d_model']:.0f} | {row['n_active']:.3g} | "
+                      f"{row['n_total']:.3g} | {row['tokens']:.3g} | {row['loss']:.4f} | "
+                      f"{row['size_set_by']} | {_cost_cell(row['serving'])} |\n")
+        refused = [item for item in skipped if item["attention"] == attention.spec()]
+        if refused:
+            out.write(("\n" if mine else "") + "No model fits for:\n"
+                      + "".join(f"- {item['reason']}\n" for item in refused))
     best = min(rows, key=lambda r: r["loss"])
-    out.write(f"\nRecommended: E = {best['E']:g} (lowest predicted loss).\n")
+    with_attention = f" with {best['attention']}" if len(args.attention) > 1 else ""
+    out.write(f"\nRecommended: E = {best['E']:g}{with_attention} (lowest predicted loss).\n")
     return out.getvalue()
 
 
 def _plot(path: Path, rows: list[dict], title: str) -> None:
+    """Predicted loss against E (a line per attention), and the plans' sizes and tokens (one
+    attention) or active and total parameters per attention (several)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    experts = [r["E"] for r in rows]
+    attentions = list(dict.fromkeys(r["attention"] for r in rows))
     fig, (ax_loss, ax_size) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(experts, [r["loss"] for r in rows], marker="o")
+    for name in attentions:
+        mine = [r for r in rows if r["attention"] == name]
+        experts = [r["E"] for r in mine]
+        ax_loss.plot(experts, [r["loss"] for r in mine], marker="o", label=name)
+        if len(attentions) > 1:
+            line, = ax_size.plot(experts, [r["n_total"] for r in mine], marker="s",
+                                 label=f"N_total, {name}")
+            ax_size.plot(experts, [r["n_active"] for r in mine], marker="o", linestyle="--",
+                         color=line.get_color(), label=f"N_act, {name}")
+        else:
+            ax_size.plot(experts, [r["n_active"] for r in mine], marker="o", label="N_act")
+            ax_size.plot(experts, [r["n_total"] for r in mine], marker="s", label="N_total")
+            ax_size.plot(experts, [r["tokens"] for r in mine], marker="^",
+                         label="training tokens")
+    if len(attentions) > 1:
+        ax_loss.legend()
     ax_loss.set_xscale("log", base=2)
     ax_loss.set_xlabel("experts E")
     ax_loss.set_ylabel("predicted loss")
     ax_loss.set_title(title)
     ax_loss.grid(alpha=0.3)
-    ax_size.plot(experts, [r["n_active"] for r in rows], marker="o", label="N_act")
-    ax_size.plot(experts, [r["n_total"] for r in rows], marker="s", label="N_total")
-    ax_size.plot(experts, [r["tokens"] for r in rows], marker="^", label="training tokens")
     ax_size.set_xscale("log", base=2)
     ax_size.set_yscale("log")
     ax_size.set_xlabel("experts E")
@@ -322,21 +361,27 @@ def _run_joint_moe(args) -> int:
         texts = {}
         for rank, row in enumerate(ranked, 1):
             config = joint_moe_architecture(row["d_model"], int(row["E"]),
-                                            attention=args.attention)
-            texts[f"recommended_{rank}_E{int(row['E'])}.gin"] = gin_text(
+                                            attention=parse_attention(row["attention"]))
+            suffix = "" if len(args.attention) == 1 else "_" + row["attention"].replace(":", "-")
+            texts[f"recommended_{rank}_E{int(row['E'])}{suffix}.gin"] = gin_text(
                 config, tokens=row["tokens"], learning_rate=joint_moe_learning_rate(config),
-                title=f"moejax plan rank {rank}: E = {row['E']:g}, predicted loss "
-                      f"{row['loss']:.4f}, {row['tokens']:.3g} tokens")
+                title=f"moejax plan rank {rank}: E = {row['E']:g}, {row['attention']}, "
+                      f"predicted loss {row['loss']:.4f}, {row['tokens']:.3g} tokens")
         files = list(texts)
         report += "\nGin files (train with `moejax train --gin_file=FILE --workdir=...`): " + \
             ", ".join(f"`{f}`" for f in files) + "\n"
         texts["plan.json"] = json.dumps(
-            {"law": "joint_moe", "source": source, "attention": args.attention.describe(),
+            {"law": "joint_moe", "source": source,
+             "attention": [attention.describe() for attention in args.attention],
              "plans": rows, "skipped": skipped,
              "recommended": ranked[0], "gin_files": files}, indent=2)
         texts["report.md"] = report
         _write_out(args.out, texts)
-        _plot(args.out / "plan.png", rows, f"compute {args.flops:.2g} FLOPs")
+        title = f"compute {args.flops:.2g} FLOPs"
+        if args.memory_bytes is not None:
+            title += f", memory {args.memory_bytes:.2g} B"
+            title += f" with {args.context_tokens:g} cached tokens" if args.context_tokens else ""
+        _plot(args.out / "plan.png", rows, title)
         print(f"wrote {args.out}/report.md, plan.json, plan.png and {len(files)} gin file(s)")
     return 0
 
@@ -419,7 +464,7 @@ def _other_mode_budgets(args) -> list[str]:
         given = {"--memory-bytes": args.memory_bytes is not None,
                  "--inference-tokens": args.inference_tokens != 0,
                  "--context-tokens": args.context_tokens != 0, "--fit": args.fit is not None,
-                 "--attention": args.attention != MultiHead()}
+                 "--attention": args.attention != (MultiHead(),)}
     else:
         given = {"--memory-params": args.memory_params is not None,
                  "--active-params": args.active_params != math.inf}

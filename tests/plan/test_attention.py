@@ -80,7 +80,7 @@ def test_plan_writes_a_latent_attention_model_that_trains(tmp_path, capsys):
     report = capsys.readouterr().out
     assert "multi-head latent attention, a 128-wide latent" in report
     written = json.loads((out / "plan.json").read_text())
-    assert "latent" in written["attention"]
+    assert written["attention"] == [Latent(128).describe()]
     best = written["recommended"]
     gin_file = out / written["gin_files"][0]
     assert "LatentAttentionConfig.kv_lora_rank = 128" in gin_file.read_text()
@@ -89,3 +89,27 @@ def test_plan_writes_a_latent_attention_model_that_trains(tmp_path, capsys):
     assert resolved.latent_attention.kv_lora_rank == 128
     assert resolved.moe.num_experts == best["E"]
     assert resolved.d_model == 64 * round(best["d_model"] / 64)
+
+
+def test_several_attentions_are_planned_side_by_side(tmp_path, capsys):
+    """One plan per expert count and attention, each the same as planning that attention alone;
+    the recommendation is the lowest loss over all of them, its gin file the attention's."""
+    from moejax.cli import main
+
+    argv = ["plan", "--flops=1e21", "--memory-bytes=8e9", "--context-tokens=131072",
+            "--experts=4,16,64"]
+    assert main([*argv, "--attention=mha,gqa:8,mla:256,gqa:8", f"--out={tmp_path / 'all'}"]) == 0
+    report = capsys.readouterr().out
+    both = json.loads((tmp_path / "all" / "plan.json").read_text())
+    assert [row["attention"] for row in both["plans"]] == (
+        ["mha"] * 3 + ["gqa:8"] * 3 + ["mla:256:32"] * 3)  # gqa:8 given twice, planned once
+    for spec in ("mha", "mla:256:32"):
+        assert main([*argv, f"--attention={spec}", f"--out={tmp_path / spec}"]) == 0
+        alone = json.loads((tmp_path / spec / "plan.json").read_text())["plans"]
+        assert [r for r in both["plans"] if r["attention"] == spec] == alone
+    best = min(both["plans"], key=lambda row: row["loss"])
+    assert both["recommended"] == best and best["attention"] == "mla:256:32"
+    assert f"Recommended: E = {best['E']:g} with mla:256:32" in report
+    first = tmp_path / "all" / both["gin_files"][0]
+    assert first.name == f"recommended_1_E{best['E']:g}_mla-256-32.gin"
+    assert "LatentAttentionConfig.kv_lora_rank = 256" in first.read_text()

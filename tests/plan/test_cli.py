@@ -87,6 +87,10 @@ JOINT_MOE_BAD_ARGUMENTS = [
     (["--flops=1e21", "--attention=mla:256:33"], ["--attention", "even rope_dim", "33"]),
     (["--flops=1e21", "--attention=mla:x"], ["--attention", "'x' is not whole numbers"]),
     (["--flops=1e21", "--attention=mqa"], ["--attention", "'mqa' is not one of", "mha"]),
+    (["--flops=1e21", "--attention=mha,gqa:3:1"], ["--attention", "'gqa:3:1' is not one of"]),
+    (["--flops=1e21", "--attention=,"], ["--attention", "names none"]),
+    (["--flops=1e21", "--memory-bytes=1e6", "--attention=mha,gqa:8"],
+     ["no attention fits a model", "mha: ", "gqa:8: "]),
 ]
 
 
