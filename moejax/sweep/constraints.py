@@ -207,7 +207,8 @@ def solve_depth_width(point: dict, *, input: str = "param_budget", quantity: str
                       d_model_range: tuple = (128, 8192), width_step: int = 128,
                       head_dim: int = 128, d_ff_multiplier: float = 4.0,
                       expert_width_multiplier: float | None = 1.0, aspect_ratio: float = 64.0,
-                      tolerance: float = 0.1, on_infeasible: str = "error") -> dict | str:
+                      tolerance: float = 0.1, on_infeasible: str = "error",
+                      context_tokens: int = 0) -> dict | str:
     """Choose n_layers and d_model (and n_heads, d_ff, d_expert from them) to fill a budget.
 
     Search space: n_layers in n_layers_range (inclusive), d_model a multiple of width_step in
@@ -223,6 +224,9 @@ def solve_depth_width(point: dict, *, input: str = "param_budget", quantity: str
       quantity: one of QUANTITIES (counts in parameters, ``*_bytes*`` in bytes).
       vocab_size: embedding rows for the count when the point binds no ModelConfig.vocab_size.
       on_infeasible: 'error' (ConfigError naming the budget and the reachable range) or 'drop'.
+      context_tokens: with a ``*_bytes*`` quantity, the bf16 KV cache of this many tokens
+        (``accounting.kv_cache_bytes_per_token``: grouped-query or latent, as the point says)
+        counts against the budget too: a serving-memory budget.
     """
     if quantity not in QUANTITIES:
         raise ConfigError(f"solve_depth_width.quantity = {quantity!r} is not allowed: one of "
@@ -231,8 +235,15 @@ def solve_depth_width(point: dict, *, input: str = "param_budget", quantity: str
         raise ConfigError(f"solve_depth_width: width_step = {width_step} must be a multiple of "
                           f"head_dim = {head_dim}, on_infeasible = {on_infeasible!r} one of "
                           f"('error', 'drop'), tolerance = {tolerance} in (0, 1)")
+    if not (isinstance(context_tokens, int) and context_tokens >= 0) or (
+            context_tokens and "bytes" not in quantity):
+        raise ConfigError(f"solve_depth_width.context_tokens = {context_tokens!r} is not allowed: "
+                          "a whole number >= 0, and > 0 only with a *_bytes* quantity")
     budget = float(_require(point, input, "solve_depth_width"))
-    count = QUANTITIES[quantity]
+
+    def count(c: ModelConfig) -> float:
+        cache = context_tokens * accounting.kv_cache_bytes_per_token(c) if context_tokens else 0
+        return QUANTITIES[quantity](c) + cache
 
     def derived(n_layers: int, d_model: int) -> dict:
         knobs = {"ModelConfig.n_layers": n_layers, "ModelConfig.d_model": d_model,

@@ -98,6 +98,23 @@ def test_solve_depth_width_fills_the_budget():
         solve_depth_width({"param_budget": 1e6}, quantity="total_params")
 
 
+def test_solve_depth_width_counts_the_kv_cache_of_a_serving_budget():
+    # The model above (n = 16, d = 256, 4 heads of 64) with 1,000 tied embedding rows:
+    # 16,785,664 + 256,000 parameters, 2 bytes each, plus a bf16 multi-head KV cache of
+    # 16 blocks x 2 x 256 values x 2 bytes = 16,384 bytes per token, for 1,000 tokens.
+    budget = 2 * (16_785_664 + 256_000) + 1000 * 16_384
+    point = {"ModelConfig.moe": None, "ModelConfig.tie_embeddings": True, "memory": budget}
+    knobs = dict(input="memory", quantity="parameter_bytes_bf16", head_dim=64, width_step=64,
+                 n_layers_range=(2, 32), d_model_range=(64, 1024), vocab_size=1000,
+                 expert_width_multiplier=None, aspect_ratio=16.0, tolerance=0.01)
+    out = solve_depth_width(point, **knobs, context_tokens=1000)
+    assert (out["ModelConfig.n_layers"], out["ModelConfig.d_model"]) == (16, 256)
+    weights_only = solve_depth_width(point, **{**knobs, "tolerance": 0.1})  # all to weights
+    assert weights_only["ModelConfig.d_model"] * weights_only["ModelConfig.n_layers"] > 16 * 256
+    with pytest.raises(ConfigError, match="solve_depth_width.context_tokens"):
+        solve_depth_width({"param_budget": 1e6}, quantity="total_params", context_tokens=10)
+
+
 def test_solve_depth_width_moe_memory_budget():
     # 8 experts of width d, top-2, bf16 bytes of all parameters incl. an untied 1000-row vocab.
     point = {"MoEConfig.num_experts": 8, "MoEConfig.top_k": 2, "ModelConfig.tie_embeddings": False,
