@@ -100,9 +100,9 @@ def notes(c: ModelConfig, data, train) -> list[str]:
                                          balancing[0] if balancing else
                                          "none (aux_loss_weight = 0, bias_update_rate = 0): "
                                          "nothing keeps the experts' loads apart from collapse"))
-    if moe.routing == "hash":
-        out.append("hash routing: no router; aux_loss_weight and z_loss_weight have nothing to "
-                   "act on")
+    if moe.routing == "hash" and (moe.aux_loss_weight or moe.z_loss_weight):
+        out.append("hash routing has no router: aux_loss_weight and z_loss_weight have nothing "
+                   "to act on (both losses are 0)")
     if moe.routing == "expert_choice":
         out.append("expert choice: each expert picks from the whole sequence, so a token's "
                    "output depends on later tokens; for analysis, not for a decoder's loss")

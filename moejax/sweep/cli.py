@@ -123,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
 
     for d in dropped:
         print(f"  dropped {d['values']}: {d['reason']}")
+    if args.dry_run:
+        from moejax.sweep.design import design_table
+
+        print(design_table(selected))
     if args.preflight:
         from moejax.sweep.preflight import exit_status, preflight
 
