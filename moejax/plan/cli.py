@@ -14,8 +14,8 @@ Two modes.
   that many experts.
 - Liew et al. (``--liew``): ``--memory-params`` (total-parameter budget), ``--active-params``
   (inference budget), a grid of ``--depths``, ``--widths``, ``--experts``, ``--top-ks``,
-  ``--granularities``. Out: concrete architectures counted exactly by ``moejax.model.accounting``,
-  ranked by the rule (max N_total, then min sparsity, then min E).
+  ``--granularities``, one ``--attention``. Out: concrete architectures counted exactly by
+  ``moejax.model.accounting``, ranked by the rule (max N_total, then min sparsity, then min E).
 
 With ``--out=DIR``: ``plan.json``, ``report.md``, ``plan.png`` and one gin file per top
 recommendation (``recommended_<rank>_<name>.gin``) that ``moejax train`` runs as it is.
@@ -410,7 +410,8 @@ def _liew_candidates(args) -> list:
 
 def _no_liew_fit(args, candidates) -> str:
     """Why no candidate fits: the budgets against the grid's smallest counts."""
-    every = rank_by_liew(candidates, vocab_size=args.vocab_size, memory_budget_params=math.inf)
+    every = rank_by_liew(candidates, vocab_size=args.vocab_size, memory_budget_params=math.inf,
+                         attention=args.attention[0])
     return (f"no candidate fits the budgets N_total <= {args.memory_params:.3g}, N_active <= "
             f"{args.active_params:.3g}: the grid's smallest N_total is "
             f"{min(r.n_total for r in every):.3g} and smallest N_active "
@@ -419,15 +420,16 @@ def _no_liew_fit(args, candidates) -> str:
 
 def _run_liew(args) -> int:
     candidates = _liew_candidates(args)
+    attention = args.attention[0]  # one: _check_arguments
     ranked = rank_by_liew(candidates, vocab_size=args.vocab_size,
                           memory_budget_params=args.memory_params,
-                          inference_budget_params=args.active_params)
+                          inference_budget_params=args.active_params, attention=attention)
     if not ranked:
         raise ConfigError(_no_liew_fit(args, candidates))
     out = io.StringIO()
     out.write(f"# moejax plan (Liew et al. rule)\n\nBudgets: N_total <= {args.memory_params:.3g}, "
               f"N_active <= {args.active_params:.3g}; {len(candidates)} candidates, "
-              f"{len(ranked)} feasible.\n\n"
+              f"{len(ranked)} feasible. Attention: {attention.describe()}.\n\n"
               "| rank | architecture | N_total | N_active | sparsity E/K |\n"
               "|---|---|---|---|---|\n")
     for rank, item in enumerate(ranked[:20], 1):
@@ -438,7 +440,8 @@ def _run_liew(args) -> int:
     if args.out is not None:
         texts = {}
         for rank, item in enumerate(ranked[: args.top], 1):
-            config = candidate_config(item.candidate, vocab_size=args.vocab_size)
+            config = candidate_config(item.candidate, vocab_size=args.vocab_size,
+                                      attention=attention)
             tokens = None if args.flops is None else args.flops / (
                 6.0 * accounting.parameter_counts(config).active)
             texts[f"recommended_{rank}_{item.candidate.name}.gin"] = gin_text(
@@ -446,7 +449,7 @@ def _run_liew(args) -> int:
                 title=f"moejax plan (Liew rule) rank {rank}: {item.candidate.name}")
         files = list(texts)
         texts["plan.json"] = json.dumps(
-            {"rule": "liew", "ranked": [{"name": r.candidate.name, "n_total": r.n_total,
+            {"rule": "liew", "attention": attention.describe(), "ranked": [{"name": r.candidate.name, "n_total": r.n_total,
                                          "n_active": r.n_active, **dataclasses.asdict(r.candidate)}
                                         for r in ranked],
              "gin_files": files}, indent=2)
@@ -463,8 +466,7 @@ def _other_mode_budgets(args) -> list[str]:
     if args.liew:
         given = {"--memory-bytes": args.memory_bytes is not None,
                  "--inference-tokens": args.inference_tokens != 0,
-                 "--context-tokens": args.context_tokens != 0, "--fit": args.fit is not None,
-                 "--attention": args.attention != (MultiHead(),)}
+                 "--context-tokens": args.context_tokens != 0, "--fit": args.fit is not None}
     else:
         given = {"--memory-params": args.memory_params is not None,
                  "--active-params": args.active_params != math.inf}
@@ -481,9 +483,12 @@ def _check_arguments(args) -> None:
     if ignored:
         mode = "--liew" if args.liew else "the Joint MoE mode (without --liew)"
         raise ConfigError(f"{', '.join(ignored)} would be ignored by {mode}; the Joint MoE mode "
-                          "takes --memory-bytes, --context-tokens, --inference-tokens, --fit, "
-                          "--attention; "
+                          "takes --memory-bytes, --context-tokens, --inference-tokens, --fit; "
                           "--liew takes --memory-params, --active-params")
+    if args.liew and len(args.attention) > 1:
+        raise ConfigError(f"--liew ranks one attention at a time; --attention names "
+                          f"{len(args.attention)}: "
+                          f"{', '.join(a.spec() for a in args.attention)}")
     check_out(args.out)
 
 

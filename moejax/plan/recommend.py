@@ -36,14 +36,16 @@ def joint_moe_architecture(d_model: float, num_experts: int, *, vocab_size: int 
         tie_embeddings=False, moe=moe))
 
 
-def candidate_config(candidate: Candidate, *, vocab_size: int) -> ModelConfig:
-    """A Liew candidate (depth, width, n_exp, n_topk, d_expert) as a ModelConfig (heads of 64)."""
+def candidate_config(candidate: Candidate, *, vocab_size: int,
+                     attention: PlannedAttention = MultiHead()) -> ModelConfig:
+    """A Liew candidate (depth, width, n_exp, n_topk, d_expert) as a ModelConfig (heads of 64,
+    the planned attention)."""
     d_expert = candidate.d_expert or 4 * candidate.width
     moe = None if candidate.n_exp <= 1 else MoEConfig(
         num_experts=candidate.n_exp, top_k=candidate.n_topk, d_expert=d_expert)
-    return ModelConfig(vocab_size=vocab_size, d_model=candidate.width, n_layers=candidate.depth,
-                       n_heads=max(1, candidate.width // HEAD_DIM), d_ff=4 * candidate.width,
-                       moe=moe)
+    return attention.configure(ModelConfig(
+        vocab_size=vocab_size, d_model=candidate.width, n_layers=candidate.depth,
+        n_heads=max(1, candidate.width // HEAD_DIM), d_ff=4 * candidate.width, moe=moe))
 
 
 def candidate_grid(depths: Iterable[int], widths: Iterable[int], expert_counts: Iterable[int],
@@ -60,12 +62,14 @@ def candidate_grid(depths: Iterable[int], widths: Iterable[int], expert_counts: 
 
 
 def rank_by_liew(candidates: Sequence[Candidate], *, vocab_size: int, memory_budget_params: float,
-                 inference_budget_params: float = math.inf, predicted_loss=None
-                 ) -> list[RankedArchitecture]:
-    """Liew et al.'s rule with the model's exact total and active parameter counts."""
+                 inference_budget_params: float = math.inf, predicted_loss=None,
+                 attention: PlannedAttention = MultiHead()) -> list[RankedArchitecture]:
+    """Liew et al.'s rule with the model's exact total and active parameter counts (with the
+    planned attention's parameters)."""
 
     def counts(candidate):
-        return accounting.parameter_counts(candidate_config(candidate, vocab_size=vocab_size))
+        return accounting.parameter_counts(candidate_config(candidate, vocab_size=vocab_size,
+                                                            attention=attention))
 
     return rank_architectures(candidates, lambda c: counts(c).total, lambda c: counts(c).active,
                               memory_budget_params, inference_budget_params, predicted_loss)

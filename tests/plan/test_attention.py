@@ -113,3 +113,27 @@ def test_several_attentions_are_planned_side_by_side(tmp_path, capsys):
     first = tmp_path / "all" / both["gin_files"][0]
     assert first.name == f"recommended_1_E{best['E']:g}_mla-256-32.gin"
     assert "LatentAttentionConfig.kv_lora_rank = 256" in first.read_text()
+
+
+def test_liew_ranks_with_the_planned_attentions_parameters(tmp_path):
+    """Every candidate counts fewer parameters with grouped-query attention's fewer key/value
+    heads; the counts are the accounting of the gin files written."""
+    from moejax.cli import main
+
+    argv = ["plan", "--liew", "--memory-params=3e7", "--depths=4,8", "--widths=256,512",
+            "--experts=1,4", "--top-ks=1"]
+    ranked = {}
+    for spec in ("mha", "gqa:8"):
+        out = tmp_path / spec
+        assert main([*argv, f"--attention={spec}", f"--out={out}"]) == 0
+        written = json.loads((out / "plan.json").read_text())
+        ranked[spec] = {r["name"]: r for r in written["ranked"]}
+        best = written["ranked"][0]
+        model, data, train = load_configs([str(out / written["gin_files"][0])],
+                                          ["ModelConfig.vocab_size = 8064"])
+        counts = accounting.parameter_counts(validate_all(model, data, train))
+        assert (counts.total, counts.active) == (best["n_total"], best["n_active"])
+        assert model.n_kv_heads == (None if spec == "mha" else max(1, model.n_heads // 8))
+    # every candidate feasible with multi-head attention is feasible with fewer parameters here
+    for name, row in ranked["mha"].items():
+        assert ranked["gqa:8"][name]["n_total"] < row["n_total"]

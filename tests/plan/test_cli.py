@@ -120,7 +120,7 @@ LIEW_BAD_ARGUMENTS = [
     ([], ["--liew needs --memory-params"]),
     (["--memory-params=1e9", "--memory-bytes=4e9"], ["--memory-bytes", "ignored by --liew"]),
     (["--memory-params=1e9", "--inference-tokens=1e11"], ["--inference-tokens", "ignored"]),
-    (["--memory-params=1e9", "--attention=gqa:8"], ["--attention", "ignored by --liew"]),
+    (["--memory-params=1e9", "--attention=mha,gqa:8"], ["one attention at a time", "mha, gqa:8"]),
 ]
 
 
