@@ -449,9 +449,9 @@ def _run_liew(args) -> int:
                 title=f"moejax plan (Liew rule) rank {rank}: {item.candidate.name}")
         files = list(texts)
         texts["plan.json"] = json.dumps(
-            {"rule": "liew", "attention": attention.describe(), "ranked": [{"name": r.candidate.name, "n_total": r.n_total,
-                                         "n_active": r.n_active, **dataclasses.asdict(r.candidate)}
-                                        for r in ranked],
+            {"rule": "liew", "attention": attention.describe(),
+             "ranked": [{"name": r.candidate.name, "n_total": r.n_total, "n_active": r.n_active,
+                         **dataclasses.asdict(r.candidate)} for r in ranked],
              "gin_files": files}, indent=2)
         texts["report.md"] = report + "\nGin files: " + ", ".join(f"`{f}`" for f in files) + "\n"
         _write_out(args.out, texts)
