@@ -482,20 +482,15 @@ class DeepseekV3(_MoEFormat):
 
     def moe_tensors(self, ff: dict, prefix: str, config: ModelConfig, buffers) -> Tensors:
         names = ("gate_proj", "up_proj", "down_proj")
-        group = ff["groups"][0]
-        experts = group["experts"]["w_in_EDF2"].shape[0]
+        gate, *experts = _experts(ff["groups"][0], prefix, names)
         if config.moe.bias_update_rate > 0:
             if buffers is None:
                 raise ExportError("the model has balancing biases (MoEConfig.bias_update_rate "
                                   "> 0): pass the checkpoint's buffers to tensors()")
             bias = _array(buffers["groups"][0]["router"]["bias_E"])
         else:
-            bias = np.zeros(experts, np.float32)
-        out: Tensors = [(f"{prefix}.gate.weight", _array(group["router"]["w_DE"]).T),
-                        (f"{prefix}.gate.e_score_correction_bias", bias)]
-        w_in, w_out = group["experts"]["w_in_EDF2"], group["experts"]["w_out_EFD"]
-        for e in range(experts):
-            out += _swiglu(w_in[e], w_out[e], names, f"{prefix}.experts.{e}")
+            bias = np.zeros(gate[1].shape[0], np.float32)
+        out = [gate, (f"{prefix}.gate.e_score_correction_bias", bias), *experts]
         if config.moe.num_shared_experts:
             shared_in, shared_out = ff["shared"]["w_in_DF2"], ff["shared"]["w_out_FD"]
         else:  # the format always has shared experts: one that outputs 0

@@ -206,7 +206,7 @@ def krajewski_training_flops(d_model: float, n_blocks: float, expansion: float,
                   * KRAJEWSKI_C_R) * tokens * n_blocks)
 
 
-def _routed_summary(c: ModelConfig) -> tuple[float, float, float]:
+def routed_summary(c: ModelConfig) -> tuple[float, float, float]:
     """(total routed experts, total top-k, mean expert width) over the groups; (1, 1, d_ff) dense."""
     if c.moe is None:
         return 1.0, 1.0, float(c.d_ff)
@@ -225,7 +225,7 @@ def paper_quantities(c: ModelConfig, seq_len: int = 2048) -> dict[str, float]:
     """
     counts = parameter_counts(c)
     dense_counts = parameter_counts(corresponding_dense(c))
-    experts, top_k, width = _routed_summary(c)
+    experts, top_k, width = routed_summary(c)
     krajewski_granularity = c.d_ff / width
     krajewski_expansion = experts * width / c.d_ff  # total expert width in dense-FFN units
     return {

@@ -424,11 +424,10 @@ def _validate_group_limit(moe: MoEConfig) -> None:
              "MoEConfig.router_groups_per_token", M, f"an integer in [1, router_groups = {G}]")
     _require(isinstance(moe.routed_scaling, (int, float)) and 0 < moe.routed_scaling < math.inf,
              "MoEConfig.routed_scaling", moe.routed_scaling, "a finite number > 0")
-    if G > 1 or moe.routed_scaling != 1:
-        knob, value = (("router_groups", G) if G > 1 else ("routed_scaling", moe.routed_scaling))
-        _require(moe.routing == "token_choice", f"MoEConfig.{knob}", value,
-                 f"{1 if G > 1 else 1.0} with routing = {moe.routing!r} (only a learned "
-                 "token-choice router chooses among groups or scales its weights)")
+    for knob, value, off in (("router_groups", G, 1), ("routed_scaling", moe.routed_scaling, 1.0)):
+        _require(value == off or moe.routing == "token_choice", f"MoEConfig.{knob}", value,
+                 f"{off} with routing = {moe.routing!r} (only a learned token-choice router "
+                 "chooses among groups or scales its weights)")
     for i, group in enumerate(moe.groups):
         where = "" if moe.expert_groups is None else f" (expert_groups[{i}])"
         _require(group.num_experts % G == 0, "MoEConfig.router_groups", G,

@@ -44,10 +44,7 @@ def architecture(c: ModelConfig) -> dict:
     shared = (f", {moe.num_shared_experts} shared expert(s) of total width {moe.shared_width}"
               if moe.num_shared_experts else "")
     out["feed_forward"] = f"MoE: {groups}{shared}; routing by {routing}"
-    experts, top_k, width = (sum(g.num_experts for g in moe.groups),
-                             sum(g.top_k for g in moe.groups),
-                             sum(g.num_experts * g.d_expert for g in moe.groups)
-                             / sum(g.num_experts for g in moe.groups))
+    experts, top_k, width = accounting.routed_summary(c)
     out.update(num_experts=experts, top_k=top_k, sparsity=experts / top_k,
                granularity=c.d_ff / width)
     return out
@@ -126,7 +123,8 @@ def notes(c: ModelConfig, data, train) -> list[str]:
     return out
 
 
-def _count(n: float) -> str:
+def short_count(n: float) -> str:
+    """1.23M, 456k, 7.8B: three significant digits and an SI-style suffix."""
     for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
             return f"{n / scale:.3g}{unit}"
@@ -151,17 +149,18 @@ def render(described: dict) -> str:
         blocks = a["moe_blocks"]
         lines.append(f"  MoE in {len(blocks)} of {a['n_layers']} blocks {blocks}; sparsity E/K "
                      f"{a['sparsity']:g}, granularity d_ff/d_expert {a['granularity']:g}")
-    lines += [f"parameters: {_count(p['total'])} total ({_count(p['total_non_embedding'])} "
-              f"without embeddings), {_count(p['active'])} active per token "
-              f"({_count(p['active_non_embedding'])} without embeddings)",
-              "  " + ", ".join(f"{name.replace('_', ' ')} {_count(p[name])}" for name in
+    n = short_count
+    lines += [f"parameters: {n(p['total'])} total ({n(p['total_non_embedding'])} "
+              f"without embeddings), {n(p['active'])} active per token "
+              f"({n(p['active_non_embedding'])} without embeddings)",
+              "  " + ", ".join(f"{name.replace('_', ' ')} {n(p[name])}" for name in
                                ("embedding", "attention", "dense_ff", "routed_experts",
                                 "shared_experts", "router", "norms") if p[name])]
-    lines += [f"training: {_count(t['flops_per_token'])} FLOPs per token (6N: "
-              f"{_count(t['flops_per_token_6n'])}), {t['tokens_per_step']} tokens per step x "
-              f"{t['steps']} steps = {_count(t['tokens'])} tokens, {t['flops']:.3g} FLOPs; "
+    lines += [f"training: {n(t['flops_per_token'])} FLOPs per token (6N: "
+              f"{n(t['flops_per_token_6n'])}), {t['tokens_per_step']} tokens per step x "
+              f"{t['steps']} steps = {n(t['tokens'])} tokens, {t['flops']:.3g} FLOPs; "
               f"state (float32 parameters, AdamW) {_bytes(t['state_bytes'])}",
-              f"inference: {_count(i['flops_per_token'])} FLOPs per token at context "
+              f"inference: {n(i['flops_per_token'])} FLOPs per token at context "
               f"{i['context']}; bfloat16 weights {_bytes(i['parameter_bytes_bf16'])}, KV cache "
               f"{_bytes(i['kv_cache_bytes_per_token_bf16'])} per token"]
     if described["notes"]:

@@ -35,7 +35,7 @@ from flax import nnx
 
 from moejax.model.config import LatentAttentionConfig
 from moejax.model.layers import (RMSNorm, _linear_init, attention_mask, cached_attention_mask,
-                                 masked_softmax, rotary_embedding)
+                                 masked_softmax, rotary_embedding, write_slots)
 from moejax.parallel.rules import constrain, logical_param
 
 
@@ -48,12 +48,9 @@ class LatentCache(NamedTuple):
 
 def write_latent_cache(cache: LatentCache, latent_BTC, rope_keys_BTR, start) -> LatentCache:
     """``cache`` with T new latents and rotary keys written at slots start .. start+T-1."""
-    return LatentCache(
-        jax.lax.dynamic_update_slice(cache.latent_BSC,
-                                     latent_BTC.astype(cache.latent_BSC.dtype), (0, start, 0)),
-        jax.lax.dynamic_update_slice(cache.rope_keys_BSR,
-                                     rope_keys_BTR.astype(cache.rope_keys_BSR.dtype),
-                                     (0, start, 0)))
+    at = (0, start, 0)
+    return LatentCache(write_slots(cache.latent_BSC, latent_BTC, at),
+                       write_slots(cache.rope_keys_BSR, rope_keys_BTR, at))
 
 
 class LatentAttention(nnx.Module):

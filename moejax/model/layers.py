@@ -108,15 +108,16 @@ class LayerCache(NamedTuple):
     values_BGSH: jax.Array
 
 
+def write_slots(buffer: jax.Array, x: jax.Array, at: tuple) -> jax.Array:
+    """``buffer`` with ``x``, cast to the buffer's dtype, written from index ``at``."""
+    return jax.lax.dynamic_update_slice(buffer, x.astype(buffer.dtype), at)
+
+
 def write_layer_cache(cache: LayerCache, k_BTGH, v_BTGH, start) -> LayerCache:
     """``cache`` with T new keys and values written at slots start .. start+T-1."""
     at = (0, 0, start, 0)
-
-    def write(buffer_BGSH, x_BTGH):
-        return jax.lax.dynamic_update_slice(
-            buffer_BGSH, jnp.swapaxes(x_BTGH, 1, 2).astype(buffer_BGSH.dtype), at)
-
-    return LayerCache(write(cache.keys_BGSH, k_BTGH), write(cache.values_BGSH, v_BTGH))
+    return LayerCache(write_slots(cache.keys_BGSH, jnp.swapaxes(k_BTGH, 1, 2), at),
+                      write_slots(cache.values_BGSH, jnp.swapaxes(v_BTGH, 1, 2), at))
 
 
 def masked_softmax(scores_BNTS: jax.Array, mask_B1TS: jax.Array) -> jax.Array:

@@ -13,13 +13,6 @@ import os
 from moejax.errors import ConfigError
 
 
-def _short(n: float) -> str:
-    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.3g}"
-
-
 def design_rows(runs: list[dict]) -> list[dict]:
     """Per run: run_id, its axis values and the summary numbers, or the error."""
     from moejax.ginconf import GinConfigError
@@ -45,14 +38,16 @@ def design_rows(runs: list[dict]) -> list[dict]:
 
 def design_table(runs: list[dict]) -> str:
     """The rows of ``design_rows`` as aligned text."""
+    from moejax.model.describe import short_count
+
     rows = design_rows(runs)
     cells = [["run", "values", "N_total", "N_active", "tokens", "FLOPs"]]
     for row in rows:
         values = " ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else
                           f"{k.split('.')[-1]}={v}" for k, v in row["values"].items())
         numbers = ([f"error: {row['error']}", "", "", ""] if "error" in row else
-                   [_short(row["n_total"]), _short(row["n_active"]), _short(row["tokens"]),
-                    f"{row['flops']:.3g}"])
+                   [short_count(row["n_total"]), short_count(row["n_active"]),
+                    short_count(row["tokens"]), f"{row['flops']:.3g}"])
         cells.append([row["run_id"], values, *numbers])
     widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
